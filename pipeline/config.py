@@ -1,0 +1,353 @@
+"""The configuration tree: one pydantic model per section of ``config.yaml``.
+
+``load_config(path)`` reads the YAML file, applies ``VOICEBOT__SECTION__KEY`` overrides from the
+environment, validates everything at once and raises :class:`ConfigError` whose message names the
+bad key and what it expects.  Relative paths (model files, the SQLite database) are resolved against
+the directory of the config file, so a config written next to its models works from any cwd.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "VOICEBOT__"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message is meant for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _parse_hhmm(value: Any) -> dt.time:
+    if isinstance(value, dt.time):
+        return value
+    if isinstance(value, int):  # YAML 1.1 reads an unquoted 11:00 as sexagesimal 660
+        return dt.time(value // 60, value % 60)
+    if isinstance(value, str):
+        try:
+            hh, mm = value.strip().split(":")
+            return dt.time(int(hh), int(mm))
+        except ValueError:
+            pass
+    raise ValueError(f"expected a time as HH:MM, got {value!r}")
+
+
+HHMM = Annotated[dt.time, Field(json_schema_extra={"format": "HH:MM"})]
+
+
+class Hours(_Section):
+    open: HHMM
+    close: HHMM
+
+    _v = field_validator("open", "close", mode="before")(lambda cls, v: _parse_hhmm(v))
+
+    @model_validator(mode="after")
+    def _order(self) -> Hours:
+        if self.close <= self.open:
+            raise ValueError("close must be after open")
+        return self
+
+
+class ClosedPeriod(_Section):
+    """A yearly closure, inclusive, as MM-DD; it may wrap the new year (12-29 .. 01-03)."""
+
+    start: str
+    end: str
+    reason: str = ""
+
+    @field_validator("start", "end")
+    @classmethod
+    def _mmdd(cls, v: str) -> str:
+        try:
+            dt.date(2000, int(v[:2]), int(v[3:5]))
+            assert len(v) == 5 and v[2] == "-"
+        except (ValueError, AssertionError, TypeError):
+            raise ValueError(f"expected MM-DD, got {v!r}") from None
+        return v
+
+
+class FAQEntry(_Section):
+    id: str
+    keywords: dict[str, list[str]] = Field(default_factory=dict, description="language -> words that select it")
+    answer: dict[str, str] = Field(description="language -> answer text")
+
+
+def _default_faq() -> list[FAQEntry]:
+    return [
+        FAQEntry(
+            id="hours",
+            keywords={"ja": ["営業時間", "何時から", "何時まで", "定休日", "休み", "開店", "閉店"],
+                      "en": ["hours", "open", "close", "closing", "opening", "holiday"]},
+            answer={"ja": "平日は11時から22時まで、土日祝日は10時から23時まで営業しております。12月29日から1月3日までは年末年始のためお休みです。",
+                    "en": "We are open from 11 am to 10 pm on weekdays, and from 10 am to 11 pm on weekends and public holidays. We are closed for the New Year, from December 29th to January 3rd."},
+        ),
+        FAQEntry(
+            id="access",
+            keywords={"ja": ["場所", "アクセス", "住所", "駅", "行き方", "どこ"],
+                      "en": ["where", "address", "station", "access", "located", "location", "get there"]},
+            answer={"ja": "渋谷駅から徒歩5分、道玄坂の途中にございます。",
+                    "en": "We are a five-minute walk from Shibuya Station, on Dogenzaka."},
+        ),
+        FAQEntry(
+            id="parking",
+            keywords={"ja": ["駐車場", "車", "パーキング"], "en": ["parking", "park", "car"]},
+            answer={"ja": "専用の駐車場はございません。お近くのコインパーキングをご利用ください。",
+                    "en": "We have no parking of our own; there are paid car parks nearby."},
+        ),
+        FAQEntry(
+            id="payment",
+            keywords={"ja": ["支払", "カード", "クレジット", "現金", "電子マネー", "paypay", "ペイペイ", "決済"],
+                      "en": ["pay", "payment", "card", "credit", "cash"]},
+            answer={"ja": "現金のほか、各種クレジットカードと電子マネーをご利用いただけます。",
+                    "en": "We take cash, all major credit cards and electronic money."},
+        ),
+        FAQEntry(
+            id="allergies",
+            keywords={"ja": ["アレルギー", "食材", "ベジタリアン", "グルテン", "卵", "小麦", "そば"],
+                      "en": ["allergy", "allergies", "allergic", "vegetarian", "vegan", "gluten"]},
+            answer={"ja": "アレルギーのある食材は、ご予約の際にお知らせいただければ対応いたします。",
+                    "en": "Tell us about any allergies when you book and the kitchen will adapt your dishes."},
+        ),
+        FAQEntry(
+            id="cancellation",
+            keywords={"ja": ["キャンセル", "取り消", "変更"], "en": ["cancel", "cancellation", "change my booking"]},
+            answer={"ja": "キャンセルやご変更は、前日までにお電話でご連絡ください。当日のキャンセルはキャンセル料を頂く場合がございます。",
+                    "en": "Please call us by the day before to cancel or change a booking; a same-day cancellation may be charged."},
+        ),
+    ]
+
+
+class RestaurantConfig(_Section):
+    name: str = "AI-SHIFT"
+    timezone: str = "Asia/Tokyo"
+    weekday_hours: Hours = Hours(open=dt.time(11), close=dt.time(22))
+    weekend_hours: Hours = Field(
+        default=Hours(open=dt.time(10), close=dt.time(23)),
+        description="Saturdays, Sundays and public holidays",
+    )
+    holidays_country: str | None = Field(default="JP", description="public-holiday calendar; null for none")
+    closed_periods: list[ClosedPeriod] = Field(
+        default_factory=lambda: [ClosedPeriod(start="12-29", end="01-03", reason="new_year")]
+    )
+    closed_weekdays: list[int] = Field(default_factory=list, description="0=Monday .. 6=Sunday")
+    min_party_size: int = Field(default=1, ge=1)
+    max_party_size: int = Field(default=4, ge=1)
+    slot_minutes: int = Field(default=30, gt=0, le=240)
+    last_booking_before_close_minutes: int = Field(default=60, ge=0)
+    tables_per_slot: int = Field(default=3, ge=1)
+    booking_horizon_days: int = Field(default=60, ge=1)
+    min_lead_minutes: int = Field(default=30, ge=0, description="how soon before a slot one may still book it")
+    phone: str = "03-1234-5678"
+    faq: list[FAQEntry] = Field(default_factory=_default_faq)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r} (expected an IANA name such as Asia/Tokyo)") from None
+        return v
+
+    @field_validator("closed_weekdays")
+    @classmethod
+    def _weekdays(cls, v: list[int]) -> list[int]:
+        if any(d < 0 or d > 6 for d in v):
+            raise ValueError("weekdays are 0 (Monday) to 6 (Sunday)")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> RestaurantConfig:
+        if self.max_party_size < self.min_party_size:
+            raise ValueError("max_party_size must be at least min_party_size")
+        return self
+
+
+class StoreConfig(_Section):
+    url: str = Field(default="sqlite:///data/reservations.db", description="SQLAlchemy URL")
+
+
+class AgentConfig(_Section):
+    kind: Literal["auto", "rules", "llm"] = "auto"
+    language: Literal["ja", "en"] = "ja"
+    max_failures: int = Field(default=3, ge=1, description="failed attempts at one slot before the bot stops asking")
+
+
+class LLMConfig(_Section):
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; null = no LLM")
+    model: str = "gpt-4o-mini"
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the key")
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tool_steps: int = Field(default=6, ge=1)
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_tokens: int = Field(default=300, gt=0)
+
+    def api_key(self) -> SecretStr:
+        return SecretStr(os.environ.get(self.api_key_env, "not-needed"))
+
+
+class STTConfig(_Section):
+    provider: Literal["faster-whisper"] = "faster-whisper"
+    model: str = Field(default="base", description="a size name (tiny, base, small, ...) or a local directory")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    language: Literal["ja", "en", "auto"] = "ja"
+    beam_size: int = Field(default=1, ge=1)
+    hotwords: list[str] = Field(default_factory=lambda: ["AI-SHIFT", "予約"])
+    cpu_threads: int = Field(default=0, ge=0, description="0 = library default")
+
+
+class TTSConfig(_Section):
+    provider: Literal["kokoro"] = "kokoro"
+    model: str = "models/kokoro-v1.0.onnx"
+    voices: str = "models/voices-v1.0.bin"
+    voice: dict[str, str] = Field(default_factory=lambda: {"ja": "jf_alpha", "en": "af_heart"})
+    speed: float = Field(default=1.0, gt=0.3, le=3.0)
+
+
+class VADConfig(_Section):
+    threshold: float = Field(default=0.5, gt=0, lt=1, description="silero speech probability")
+    audio_chunk_duration: float = Field(default=0.6, gt=0, description="seconds between pause checks")
+    started_talking_threshold: float = Field(default=0.2, gt=0)
+    speech_threshold: float = Field(default=0.1, gt=0)
+    min_silence_duration_ms: int = Field(default=500, ge=0)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, gt=0, lt=65536)
+    concurrency_limit: int = Field(default=4, ge=1)
+    time_limit_s: float = Field(default=600, gt=0)
+
+
+class ModelsConfig(_Section):
+    dir: str = "models"
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    restaurant: RestaurantConfig = Field(default_factory=RestaurantConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    stt: STTConfig = Field(default_factory=STTConfig)
+    tts: TTSConfig = Field(default_factory=TTSConfig)
+    vad: VADConfig = Field(default_factory=VADConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    #: directory relative paths are resolved against (the config file's folder)
+    base_dir: Path = Field(default=PROJECT_ROOT, exclude=True)
+
+    def path(self, value: str | os.PathLike) -> Path:
+        """A config path made absolute against the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def store_url(self) -> str:
+        """``store.url`` with a relative SQLite path resolved against the config folder."""
+        url = self.store.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            rel = url[len(prefix):]
+            if rel:
+                return prefix + str(self.path(rel))
+        return url
+
+
+def _set_path(tree: dict, keys: list[str], value: Any, env_name: str) -> None:
+    node = tree
+    for key in keys[:-1]:
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{env_name}: '{key}' is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def apply_env_overrides(tree: dict, environ: dict[str, str] | None = None) -> dict:
+    """Apply ``VOICEBOT__SECTION__KEY=value``; values are read as YAML scalars (``7860``, ``true``, ``[a, b]``)."""
+    environ = os.environ if environ is None else environ
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        if not keys:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dt.date, dt.datetime)):
+            value = raw
+        _set_path(tree, keys, value, name)
+    return tree
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see config.yaml for the keys)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}"
+        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("VOICEBOT_CONFIG")
+    if env:
+        return Path(env)
+    cwd = Path.cwd() / "config.yaml"
+    return cwd if cwd.exists() else PROJECT_ROOT / "config.yaml"
+
+
+def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate. Raises ConfigError with a readable message."""
+    p = Path(path) if path is not None else default_config_path()
+    tree: dict = {}
+    if path is not None or p.exists():
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {p}: {e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+    tree = apply_env_overrides(tree, environ)
+    tree.pop("base_dir", None)
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"{p}: {_describe(e)}") from None
+    cfg.base_dir = p.resolve().parent
+    return cfg

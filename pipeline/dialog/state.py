@@ -1,0 +1,60 @@
+"""The reservation being taken during one call: slots, confirmation and outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Language = Literal["ja", "en"]
+SLOT_ORDER: tuple[str, ...] = ("date", "time", "party_size", "name", "phone", "note")
+
+
+@dataclass
+class Slots:
+    date: dt.date | None = None
+    time: dt.time | None = None
+    party_size: int | None = None
+    name: str | None = None
+    phone: str | None = None  # digits only
+    note: str | None = None
+    #: the caller has answered the note question (a note, or "no requests")
+    note_done: bool = False
+
+    def is_filled(self, slot: str) -> bool:
+        if slot == "note":
+            return self.note_done or self.note is not None
+        return getattr(self, slot) is not None
+
+    def missing(self) -> list[str]:
+        return [s for s in SLOT_ORDER if not self.is_filled(s)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "date": self.date.isoformat() if self.date else None,
+            "time": self.time.strftime("%H:%M") if self.time else None,
+            "party_size": self.party_size,
+            "name": self.name,
+            "phone": self.phone,
+            "note": self.note,
+        }
+
+
+@dataclass
+class DialogState:
+    """Everything about the call that the tools and agents share."""
+
+    language: Language = "ja"
+    slots: Slots = field(default_factory=Slots)
+    #: the full read-back was given and the bot is waiting for yes/no
+    awaiting_confirmation: bool = False
+    #: the reservation as booked (``Reservation.to_json()``), once booked
+    reservation: dict[str, Any] | None = None
+    ended: bool = False
+    #: failed attempts per slot (or per "confirm"), to stop re-asking forever
+    failures: dict[str, int] = field(default_factory=dict)
+    #: what the bot last asked for (a slot name, "confirm", or None)
+    asking: str | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.slots.to_json()
