@@ -120,7 +120,7 @@ def _default_faq() -> list[FAQEntry]:
         ),
         FAQEntry(
             id="cancellation",
-            keywords={"ja": ["キャンセル", "取り消", "変更"], "en": ["cancel", "cancellation", "change my booking"]},
+            keywords={"ja": ["キャンセル", "取り消"], "en": ["cancel", "cancellation"]},
             answer={"ja": "キャンセルやご変更は、前日までにお電話でご連絡ください。当日のキャンセルはキャンセル料を頂く場合がございます。",
                     "en": "Please call us by the day before to cancel or change a booking; a same-day cancellation may be charged."},
         ),

@@ -55,6 +55,11 @@ class DialogState:
     failures: dict[str, int] = field(default_factory=dict)
     #: what the bot last asked for (a slot name, "confirm", or None)
     asking: str | None = None
+    #: caller utterances seen so far; the read-back must come in an earlier turn than the "yes"
+    turn: int = 0
+    readback_turn: int | None = None
+    #: the caller's latest utterance, as transcribed: booking checks the "yes" in it itself
+    last_user_text: str = ""
 
     def snapshot(self) -> dict[str, Any]:
         return self.slots.to_json()

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what the tests need (uv, the project with its dev group, espeak-ng for test speech) and runs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v uv >/dev/null 2>&1; then
+  python3 -m pip install --quiet uv
+fi
+if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) \
+    || echo "warning: could not install espeak-ng; tests that need caller speech will say so" >&2
+fi
+uv sync --quiet --group dev
+exec uv run --no-sync pytest -q "$@"
