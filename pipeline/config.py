@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "VOICEBOT__"
@@ -214,7 +222,11 @@ class TTSConfig(_Section):
     model: str = "models/kokoro-v1.0.onnx"
     voices: str = "models/voices-v1.0.bin"
     voice: dict[str, str] = Field(default_factory=lambda: {"ja": "jf_alpha", "en": "af_heart"})
-    speed: float = Field(default=1.0, gt=0.3, le=3.0)
+    speed: float = Field(default=1.0, ge=0.5, le=2.0, description="kokoro accepts 0.5 to 2.0")
+    readings: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"ja": {"AI-SHIFT": "エーアイシフト"}},
+        description="language -> {written: spoken}: how to say names the G2P would spell out letter by letter",
+    )
 
 
 class VADConfig(_Section):

@@ -375,8 +375,9 @@ class RulesAgent:
             result = self.tools.book()
             if result.ok and result.reservation:
                 res = result.reservation
-                    when = self._join(speech.say_date(dt.date.fromisoformat(res["date"]), self.lang, self.tools.today()),
-                                  ("の" if self.lang == "ja" else " at ") + speech.say_time(dt.time.fromisoformat(res["time"]), self.lang))
+                day = speech.say_date(dt.date.fromisoformat(res["date"]), self.lang, self.tools.today())
+                at = speech.say_time(dt.time.fromisoformat(res["time"]), self.lang)
+                when = f"{day}の{at}" if self.lang == "ja" else f"{day} at {at}"
                 st.asking = "anything_else"
                 return self.p("booked", id=res["id"], when=when, name=res["name"])
             if result.code == "store_error":

@@ -138,35 +138,7 @@ class BookingTools:
 
     def _check_slot_time(self, d: dt.date, t: dt.time) -> Problem | None:
         """Date-and-time rules plus capacity: the one check both update and book use."""
-        problem = self.restaurant.check_time(d, t, self.now())
-        if problem is not None:
-            return problem
-        if not self._free(d, t):
-            alts = self.restaurant.nearest_times(d, t, 3, free=self._free)
-            return self._fully_booked(d, t, alts)
-        return None
-
-    def _fully_booked(self, d: dt.date, t: dt.time, alts: list[dt.time]) -> Problem:
-        when = f"{speech.say_date(d, 'ja')}の{speech.say_time(t, 'ja')}"
-        when_en = f"{speech.say_time(t, 'en')} on {speech.say_date(d, 'en')}"
-        if alts:
-            ja = (f"申し訳ございません、{when}は満席となっております。"
-                  f"{speech.say_list([speech.say_time(a, 'ja') for a in alts], 'ja')}でしたらお席をご用意できます。")
-            en = (f"I'm sorry, {when_en} is fully booked. "
-                  f"I can offer {speech.say_list([speech.say_time(a, 'en') for a in alts], 'en')}.")
-        else:
-            dates = self.available_dates(d + dt.timedelta(days=1), 3)
-            ja = f"申し訳ございません、{speech.say_date(d, 'ja')}は満席となっております。"
-            en = f"I'm sorry, {speech.say_date(d, 'en')} is fully booked."
-            if dates:
-                ja += f"{speech.say_list([speech.say_date(x, 'ja') for x in dates], 'ja')}はいかがでしょうか。"
-                en += f" How about {speech.say_list([speech.say_date(x, 'en') for x in dates], 'en')}?"
-        return Problem("fully_booked", {"ja": ja, "en": en}, [a.strftime("%H:%M") for a in alts])
-
-    def begin_turn(self, text: str) -> None:
-        """A new caller utterance: the read-back/yes ordering and the booking's "yes" check use it."""
-        self.state.turn += 1
-        self.state.last_user_text = text or ""
+        return self.restaurant.check_time(d, t, self.now(), free=self._free)
 
     # ------------------------------------------------------------------ slots
     def update(self, values: dict[str, Any]) -> UpdateResult:
@@ -256,7 +228,7 @@ class BookingTools:
             elif slot == "phone":
                 text = str(raw)
                 digits = parse.parse_phone(text) or "".join(ch for ch in parse.normalize(text) if ch.isdigit())
-                if not parse.is_valid_phone(digits):
+                if not digits or self.restaurant.check_phone(digits) is not None:
                     result.issues.append(
                         SlotIssue("phone", "invalid_phone", self._msg("invalid_phone", heard=_heard_phone(digits, self.lang)))
                     )
@@ -309,20 +281,11 @@ class BookingTools:
 
     # ------------------------------------------------------------------ availability
     def available_dates(self, start: dt.date, n: int = 5) -> list[dt.date]:
-        out: list[dt.date] = []
         now = self.now()
-        d = max(start, now.date())
-        last = now.date() + dt.timedelta(days=self.restaurant.cfg.booking_horizon_days)
-        while d <= last and len(out) < n:
-            if self.restaurant.check_date(d, now) is None and self.free_times(d):
-                out.append(d)
-            d += dt.timedelta(days=1)
-        return out
+        return [d for d in self.restaurant.next_bookable_dates(start, now, n=n + 14) if self.free_times(d)][:n]
 
     def free_times(self, d: dt.date) -> list[dt.time]:
-        now = self.now()
-        return [t for t in self.restaurant.slot_times(d)
-                if self.restaurant.check_time(d, t, now) is None and self._free(d, t)]
+        return [t for t in self.restaurant.bookable_times(d, self.now()) if self._free(d, t)]
 
     def availability(self, date: Any = None, time: Any = None, party_size: Any = None) -> dict[str, Any]:
         today = self.today()
@@ -405,8 +368,7 @@ class BookingTools:
                               message="The caller has not clearly said yes to the read-back; ask them to confirm.")
         s = st.slots
         assert s.date and s.time and s.party_size and s.name and s.phone
-        for problem in (self.restaurant.check_date(s.date, self.now()), self.restaurant.check_time(s.date, s.time, self.now()),
-                        self.restaurant.check_party(s.party_size)):
+        for problem in (self.restaurant.check_time(s.date, s.time, self.now()), self.restaurant.check_party(s.party_size)):
             if problem is not None:
                 st.awaiting_confirmation = False
                 return BookResult(False, code=problem.code, message=problem.message.get(self.lang, ""),
@@ -417,8 +379,7 @@ class BookingTools:
                                   note=s.note, capacity=self.restaurant.cfg.tables_per_slot,
                                   idempotency_key=key, call_id=self.call_id)
         except FullyBooked:
-            alts = self.restaurant.nearest_times(s.date, s.time, 3, free=self._free)
-            problem = self._fully_booked(s.date, s.time, alts)
+            problem = self.restaurant.fully_booked(s.date, s.time, self.now(), self._free)
             s.time = None
             st.awaiting_confirmation = False
             return BookResult(False, code="fully_booked", message=problem.message.get(self.lang, ""),
