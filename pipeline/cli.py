@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterable, TextIO
+from collections.abc import Iterable
+from typing import TextIO
 
 from pipeline.config import ConfigError, load_config
 

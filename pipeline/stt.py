@@ -1,0 +1,189 @@
+"""Speech to text behind one small Protocol; faster-whisper is the local backend.
+
+``transcribe()`` is synchronous and CPU-bound: callers run it in a worker thread, never on the
+event loop. It consumes faster-whisper's lazy segment generator itself, so all the decoding happens
+in that thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from pipeline.config import STTConfig
+
+log = logging.getLogger(__name__)
+
+WHISPER_SAMPLE_RATE = 16000
+MAX_AUDIO_S = 120.0  # a turn longer than this is a stuck line, not a caller
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str | None  # the language decoded in (configured, or detected when "auto")
+    duration_s: float  # seconds of audio transcribed
+    elapsed_s: float  # seconds transcribe() took
+
+
+@runtime_checkable
+class STT(Protocol):
+    def transcribe(self, audio: np.ndarray, sample_rate: int) -> Transcript: ...
+
+    def warmup(self) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------ audio input
+def to_mono_float32(audio: np.ndarray) -> np.ndarray:
+    """Mono float32 in [-1, 1] from int16/int32/float PCM shaped (N,), (1, N), (N, 1) or (C, N)/(N, C).
+
+    Raises ValueError for anything that is not finite PCM audio.
+    """
+    if not isinstance(audio, np.ndarray):
+        raise ValueError(f"audio must be a numpy array, got {type(audio).__name__}")
+    if audio.ndim not in (1, 2):
+        raise ValueError(f"audio must be 1-D or 2-D (channels x samples), got shape {audio.shape}")
+    if audio.dtype == np.int16:
+        x = audio.astype(np.float32) / 32768.0
+    elif audio.dtype == np.int32:
+        x = (audio / 2147483648.0).astype(np.float32)
+    elif audio.dtype in (np.float32, np.float64, np.float16):
+        x = audio.astype(np.float32, copy=False)
+        if x.size and not np.isfinite(x).all():
+            raise ValueError("audio contains NaN or infinite samples")
+    else:
+        raise ValueError(f"unsupported audio dtype {audio.dtype} (expected int16, int32 or float PCM)")
+    if x.ndim == 2:
+        # FastRTC hands over (1, N); files and sound cards give (N, C). Channels are the short axis.
+        x = x.mean(axis=0 if x.shape[0] <= x.shape[1] else 1, dtype=np.float32)
+    return x
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample mono float32 audio; soxr (pulled in by FastRTC's librosa) when present."""
+    if sr_in == sr_out or audio.size == 0:
+        return audio
+    try:
+        import soxr
+
+        return soxr.resample(audio, sr_in, sr_out).astype(np.float32, copy=False)
+    except ImportError:
+        # Linear interpolation aliases a little when downsampling; good enough for speech and VAD.
+        n_out = int(round(len(audio) * sr_out / sr_in))
+        t = np.arange(n_out, dtype=np.float64) * (sr_in / sr_out)
+        return np.interp(t, np.arange(len(audio)), audio).astype(np.float32)
+
+
+def prepare_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Validated mono float32 at 16 kHz, ready for Whisper."""
+    if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool) or not (
+        4000 <= sample_rate <= 192000
+    ):
+        raise ValueError(f"sample_rate must be an integer between 4000 and 192000 Hz, got {sample_rate!r}")
+    x = to_mono_float32(audio)
+    if x.size == 0:
+        raise ValueError("audio is empty")
+    if x.size / sample_rate > MAX_AUDIO_S:
+        raise ValueError(f"audio is {x.size / sample_rate:.0f} s long; the limit is {MAX_AUDIO_S:.0f} s")
+    x = resample(x, int(sample_rate), WHISPER_SAMPLE_RATE)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak > 1.0:
+        # float input outside [-1, 1] is almost always int16 values in a float array
+        x = x / (32768.0 if peak > 2.0 else peak)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ backends
+class FasterWhisperSTT:
+    """faster-whisper (CTranslate2) on a local model directory, loaded once."""
+
+    def __init__(self, cfg: STTConfig, model_path: str | Path):
+        from faster_whisper import WhisperModel
+
+        self.cfg = cfg
+        self.model_path = Path(model_path)
+        if not (self.model_path / "model.bin").is_file():
+            raise FileNotFoundError(
+                f"no faster-whisper model in {self.model_path} (model.bin missing); "
+                "run `voicebot models download` or set stt.model in config.yaml to a model directory"
+            )
+        self.language = None if cfg.language == "auto" else cfg.language
+        # Hotwords go into the decoder prompt; they bias spelling of names the caller says.
+        self.hotwords = " ".join(w.strip() for w in cfg.hotwords if w.strip()) or None
+        start = time.perf_counter()
+        self.model = WhisperModel(
+            str(self.model_path),
+            device=cfg.device,
+            compute_type=cfg.compute_type,
+            cpu_threads=cfg.cpu_threads,
+            local_files_only=True,
+        )
+        log.info("loaded faster-whisper from %s (%s, %s) in %.2f s", self.model_path, cfg.device,
+                 cfg.compute_type, time.perf_counter() - start)
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int) -> Transcript:
+        start = time.perf_counter()
+        x = prepare_audio(audio, sample_rate)
+        segments, info = self.model.transcribe(
+            x,
+            language=self.language,
+            beam_size=self.cfg.beam_size,
+            # One temperature: the fallback ladder re-decodes up to 6 times, seconds of dead air on a
+            # phone line; a garbled turn is cheaper to ask again.
+            temperature=0.0,
+            vad_filter=False,  # ReplyOnPause has already cut the turn with silero
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            hotwords=self.hotwords,
+        )
+        # The generator does the decoding: consume it here, in the caller's worker thread.
+        text = "".join(seg.text for seg in segments).strip()
+        elapsed = time.perf_counter() - start
+        duration = x.size / WHISPER_SAMPLE_RATE
+        log.debug("transcribed %.2f s of audio in %.3f s: %r", duration, elapsed, text)
+        return Transcript(text=text, language=info.language or self.language, duration_s=duration,
+                          elapsed_s=elapsed)
+
+    def warmup(self) -> None:
+        """One decode on a second of low noise so the first caller does not pay for lazy init."""
+        start = time.perf_counter()
+        noise = np.random.default_rng(0).standard_normal(WHISPER_SAMPLE_RATE).astype(np.float32) * 1e-3
+        segments, _ = self.model.transcribe(noise, language=self.language or "en", beam_size=1, temperature=0.0,
+                                            vad_filter=False, without_timestamps=True, max_new_tokens=4)
+        for _ in segments:
+            pass
+        log.debug("STT warmed up in %.2f s", time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------ factory
+STTFactory = Callable[[STTConfig, Path], STT]
+_PROVIDERS: dict[str, STTFactory] = {"faster-whisper": FasterWhisperSTT}
+
+
+def make_stt(cfg: STTConfig, resolve: Callable[[str], Path] | Path | str) -> STT:
+    """The STT backend named by ``cfg.provider``.
+
+    ``resolve`` turns ``cfg.model`` into a local model directory (``pipeline.models.model_resolver``
+    knows the size names; ``Config.path`` suffices for a local directory), or is that directory.
+    """
+    factory = _PROVIDERS.get(cfg.provider)
+    if factory is None:
+        raise ValueError(f"stt.provider: unknown provider {cfg.provider!r} (known: {', '.join(_PROVIDERS)})")
+    path = Path(resolve(cfg.model)) if callable(resolve) else Path(resolve)
+    return factory(cfg, path)
+
+
+def is_silent(audio: np.ndarray, threshold_dbfs: float = -60.0) -> bool:
+    """True when the audio's RMS is below ``threshold_dbfs`` (a cheap guard before decoding)."""
+    x = to_mono_float32(audio)
+    if x.size == 0:
+        return True
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return rms == 0.0 or 20 * math.log10(rms) < threshold_dbfs

@@ -1,0 +1,161 @@
+"""KokoroTTS through the real kokoro-onnx + misaki code on the fake model; speech text; sentences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import TTSConfig
+from pipeline.tts import TTS, KokoroTTS, SentenceSplitter, make_tts, normalize_for_speech, split_sentences
+
+
+@pytest.fixture(scope="module")
+def tts(test_config) -> KokoroTTS:
+    engine = make_tts(test_config.tts, test_config.path)
+    engine.warmup()
+    return engine
+
+
+# ------------------------------------------------------------------------------------ synthesis
+@pytest.mark.parametrize(
+    "lang,text",
+    [("ja", "ご予約ありがとうございます。12月24日の19時半、3名様ですね。"),
+     ("en", "Thank you for calling. Your table for three is at 7:30 pm on December 24th.")],
+)
+def test_synthesizes_audible_float32_in_both_languages(tts, lang, text):
+    audio = tts.synthesize(text, lang)
+    assert isinstance(tts, TTS) and tts.sample_rate == 24000
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert audio.size > 0.5 * tts.sample_rate and np.abs(audio).max() > 0.1
+
+
+def test_stream_yields_one_chunk_per_sentence(tts):
+    chunks = list(tts.stream("はい。承知しました！ご予約は19:30ですね？", "ja"))
+    assert len(chunks) == 3
+    assert all(rate == 24000 and audio.dtype == np.float32 and audio.size for rate, audio in chunks)
+    en = list(tts.stream("Hello. Mr. Tanaka, your table is ready! See you at 7 p.m. tomorrow.", "en"))
+    assert len(en) == 3
+
+
+def test_japanese_goes_through_misaki_phonemes(tts):
+    # The fake model's output length is proportional to the phoneme count: a longer reading is longer audio.
+    short = tts.synthesize("はい。", "ja")
+    long = tts.synthesize("はい、かしこまりました。", "ja")
+    assert long.size > short.size > 0
+    phonemes = tts._ja("12月24日の19時30分")
+    assert "ʥɨːɲi" in phonemes and "joʔka" in phonemes  # 24日 read as ニジューヨッカ, not "nijuuyon ka"
+    assert not any(c.isdigit() for c in phonemes)
+    name = tts._ja("AI-SHIFTです")  # the configured reading, not spelled out letter by letter
+    assert "ɕiɸɯto" in name and not any(c.isascii() and c.isupper() for c in name)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "！？", "...", "🙂👍", "**", "https://example.com"])
+@pytest.mark.parametrize("lang", ["ja", "en"])
+def test_nothing_to_say_gives_empty_audio_not_an_error(tts, text, lang):
+    assert tts.synthesize(text, lang).size == 0
+    assert list(tts.stream(text, lang)) == []
+
+
+def test_unknown_language_and_voice_are_clear_errors(tts, test_config):
+    with pytest.raises(ValueError, match="unsupported speech language"):
+        tts.synthesize("hola", "es")
+    cfg = TTSConfig(**{**test_config.tts.model_dump(), "voice": {"ja": "jf_nobody", "en": "af_heart"}})
+    with pytest.raises(ValueError, match="jf_nobody"):
+        make_tts(cfg, test_config.path)
+    with pytest.raises(FileNotFoundError, match="voicebot models download"):
+        KokoroTTS(test_config.tts, test_config.path("missing.onnx"), test_config.path(test_config.tts.voices))
+
+
+def test_speed_changes_duration(test_config):
+    slow = KokoroTTS(TTSConfig(**{**test_config.tts.model_dump(), "speed": 0.5}),
+                     test_config.path(test_config.tts.model), test_config.path(test_config.tts.voices))
+    fast = KokoroTTS(TTSConfig(**{**test_config.tts.model_dump(), "speed": 2.0}),
+                     test_config.path(test_config.tts.model), test_config.path(test_config.tts.voices))
+    assert slow.synthesize("Good evening.", "en").size > 2 * fast.synthesize("Good evening.", "en").size
+
+
+# ------------------------------------------------------------------------------------ speech text
+@pytest.mark.parametrize(
+    "text,lang,expected",
+    [
+        ("電話番号は090-1234-5678です。", "ja", "電話番号はゼロ キュウ ゼロ の イチ ニー サン ヨン の ゴー ロク ナナ ハチです。"),
+        ("09012345678", "ja", "ゼロ キュウ ゼロ の イチ ニー サン ヨン の ゴー ロク ナナ ハチ"),
+        ("０３−１２３４−５６７８", "ja", "ゼロ サン の イチ ニー サン ヨン の ゴー ロク ナナ ハチ"),
+        ("03-1234-5678 2名", "ja", "ゼロ サン の イチ ニー サン ヨン の ゴー ロク ナナ ハチ 2名"),
+        ("Call 090-1234-5678.", "en", "Call zero nine zero, one two three four, five six seven eight."),
+        ("+81 90 1234 5678", "en", "zero nine zero, one two three four, five six seven eight"),
+        ("0312345678", "en", "zero three, one two three four, five six seven eight"),
+        ("0120-123-456", "en", "zero one two zero, one two three, four five six"),
+        ("19:30に3名様で", "ja", "午後7時半に3名様で"),
+        ("19時30分", "ja", "19時半"),
+        ("11:00", "ja", "午前11時"),
+        ("at 19:30", "en", "at 7:30 pm"),
+        ("at 12:00 or 00:15", "en", "at noon or 12:15 am"),
+        ("at 7:30 p.m.", "en", "at 7:30 pm."),
+        ("2026-12-24の19:00", "ja", "12月24日の午後7時"),
+        ("On 2026-12-24.", "en", "On December 24th."),
+        ("2026-12-22, 2026-12-23, 2026-12-11", "en", "December 22nd, December 23rd, December 11th"),
+        ("3名", "ja", "3名"),
+        ("11時〜22時", "ja", "11時から22時"),
+        ("It is 3.5 km, 1,500 yen, 12345 steps.", "en", "It is 3.5 km, 1,500 yen, 12345 steps."),
+        ("**Great!** See [the menu](https://x.jp/m) at https://example.com 🙂👍🏽", "en", "Great! See the menu at"),
+        ("# ご案内\n- 3名様\n- `19時`", "ja", "ご案内\n3名様\n19時"),
+        ("", "ja", ""),
+        ("  \n ", "en", ""),
+    ],
+)
+def test_normalize_for_speech(text, lang, expected):
+    assert normalize_for_speech(text, lang) == expected
+
+
+def test_normalize_leaves_numbers_that_are_not_phone_numbers():
+    assert normalize_for_speech("予約番号は12345678です", "ja") == "予約番号は12345678です"
+    assert normalize_for_speech("1234567890", "en") == "1234567890"  # 10 digits, but no leading 0
+
+
+# ------------------------------------------------------------------------------------ sentences
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("はい。承知しました！ご予約は「19時」ですね？", ["はい。", "承知しました！", "ご予約は「19時」ですね？"]),
+        ("「ありがとう。」", ["「ありがとう。」"]),
+        ("Hello Mr. Tanaka. It costs 3.5 dollars. OK?! Yes.",
+         ["Hello Mr. Tanaka.", "It costs 3.5 dollars.", "OK?!", "Yes."]),
+        ("See you at 7 p.m. tomorrow. Bye.", ["See you at 7 p.m. tomorrow.", "Bye."]),
+        ("See you at 7 p.m. Thank you.", ["See you at 7 p.m.", "Thank you."]),
+        ("Visit example.com today", ["Visit example.com today"]),
+        ("first line\nsecond line", ["first line", "second line"]),
+        ("", []),
+    ],
+)
+def test_split_sentences(text, expected):
+    assert split_sentences(text) == expected
+
+
+def test_splitter_emits_each_sentence_as_soon_as_it_is_complete():
+    splitter = SentenceSplitter()
+    assert splitter.feed("はい、") == []
+    assert splitter.feed("承知しました。") == []  # a closing 」 could still follow
+    assert splitter.feed("ご予約") == ["はい、承知しました。"]
+    assert splitter.feed("は3") == []
+    assert splitter.feed(".5時間ですか？ Sure. Mr") == ["ご予約は3.5時間ですか？", "Sure."]
+    assert splitter.feed(". Tanaka") == []  # "Mr." is not an end
+    assert splitter.flush() == "Mr. Tanaka"
+    assert splitter.flush() == ""
+
+
+def test_splitter_fed_one_character_at_a_time_matches_the_whole_text():
+    text = "Hello Mr. Tanaka. Your table is at 7 p.m. tomorrow. はい。わかりました！ OK? 3.5 km."
+    splitter, out = SentenceSplitter(), []
+    for ch in text:
+        out += splitter.feed(ch)
+    out.append(splitter.flush())
+    assert out == split_sentences(text)
+    assert out == ["Hello Mr. Tanaka.", "Your table is at 7 p.m. tomorrow.", "はい。", "わかりました！", "OK?", "3.5 km."]
+
+
+def test_a_long_run_without_a_stop_is_cut_at_a_comma():
+    text = "、".join(["とても長い文章が続きます"] * 30)
+    pieces = split_sentences(text, max_chars=60)
+    assert len(pieces) > 1 and all(len(p) <= 60 for p in pieces)
+    assert "".join(pieces) == text
