@@ -73,6 +73,9 @@ def _from_minutes(m: int) -> dt.time:
     return dt.time(m // 60, m % 60)
 
 
+_ELEVEN_DIGIT_PREFIXES = ("020", "050", "060", "070", "080", "090")
+
+
 class Restaurant:
     def __init__(self, cfg: RestaurantConfig):
         self.cfg = cfg
@@ -417,7 +420,9 @@ class Restaurant:
         """A Japanese number: 10 digits (landline, 0120, 0570) or 11 (mobile, IP phone, 0800)."""
         d = "".join(c for c in digits if c.isdigit())
         ok = d.isascii() and d == digits and d.startswith("0") and not d.startswith("00") and (
-            len(d) == 10 or (len(d) == 11 and d[:3] in ("020", "050", "060", "070", "080", "090"))
+            # mobile and IP-phone prefixes always take 11 digits: a 10-digit 090 number lost a digit
+            (len(d) == 10 and d[:3] not in _ELEVEN_DIGIT_PREFIXES)
+            or (len(d) == 11 and d[:3] in _ELEVEN_DIGIT_PREFIXES)
             or (len(d) == 11 and d.startswith("0800"))
         )
         if ok:

@@ -219,10 +219,8 @@ class RulesAgent:
             log.info("giving up on %s after %d failures", key, st.failures[key])
             return self._end("give_up", phone=self.tools.restaurant.cfg.phone)
         hint = HINTS[self.lang].get(slot or "", "")
-        if slot in QUESTIONS[self.lang] and st.failures[key] >= 1:
-            return " ".join(x for x in (lead, hint or self.question(slot)) if x) if hint else f"{lead}{self.question(slot)}"
-        if slot == "confirm":
-            return f"{lead}{hint}"
+        if slot in QUESTIONS[self.lang] or slot == "confirm":
+            return self._join(lead, hint or self.question(slot))
         return lead
 
     def _next(self, lead: str = "") -> str:
@@ -312,21 +310,31 @@ class RulesAgent:
             return self._join(self._availability_answer(), self.question(asking or "date"))
         r = self.tools.update(values) if values else UpdateResult()
         lead = self._join(faq or "", self._ack(r), *(i.message for i in r.issues))
+        asked_issues = [i for i in r.issues if i.slot == asking]
         if not r.applied and not faq:
-            issue_on_asked = any(i.slot == asking for i in r.issues)
-            if r.issues and not issue_on_asked:
+            if r.issues and not asked_issues:
                 return self._next(lead)
-            return self._fail(asking, lead or self.p("sorry_again"))
-        if any(i.slot == asking for i in r.issues) and asking:
-            st.failures[asking] = st.failures.get(asking, 0) + 1
-            if st.failures[asking] >= self.max_failures:
-                return self._fail(asking, lead)
+            if not asked_issues or any(i.code == "unparsed" for i in asked_issues):
+                return self._fail(asking, lead or self.p("sorry_again"))
+        if asked_issues and asking:
+            return self._refused(asking, lead)
         # a problem with a slot is answered by asking for that slot again, alternatives included
         for issue in r.issues:
             if issue.slot in QUESTIONS[self.lang] and not st.slots.is_filled(issue.slot):
-                st.asking = issue.slot
-                return lead
+                return self._refused(issue.slot, lead, count=False)
         return self._next(lead)
+
+    def _refused(self, slot: str, lead: str, *, count: bool = True) -> str:
+        """The caller was understood but the value cannot be booked; the message offers alternatives."""
+        st = self.state
+        if count:
+            st.failures[slot] = st.failures.get(slot, 0) + 1
+            if st.failures[slot] >= self.max_failures:
+                return self._fail(slot, lead)
+        st.asking = slot
+        if not re.search(r"(か。|[?？])\s*$", lead):
+            lead = self._join(lead, self.question(slot))
+        return lead
 
     def _availability_answer(self) -> str:
         info = self.tools.availability()

@@ -140,6 +140,11 @@ class BookingTools:
         """Date-and-time rules plus capacity: the one check both update and book use."""
         return self.restaurant.check_time(d, t, self.now(), free=self._free)
 
+    def begin_turn(self, text: str) -> None:
+        """A new caller utterance: the read-back/yes ordering and the booking's "yes" check use it."""
+        self.state.turn += 1
+        self.state.last_user_text = text or ""
+
     # ------------------------------------------------------------------ slots
     def update(self, values: dict[str, Any]) -> UpdateResult:
         """Apply any subset of slots. Values may be typed (date, time, int) or raw phrases."""
@@ -344,10 +349,10 @@ class BookingTools:
                     f"お電話番号は{speech.say_phone(s.phone, 'ja')}、{note}"
                     "以上でよろしいでしょうか。")
         else:
-            note = f" with the request: {s.note}," if s.note else ""
+            note = f", and the request: {s.note}" if s.note else ""
             text = (f"Let me read that back: {speech.say_date(s.date, 'en', today)} at {speech.say_time(s.time, 'en')}, "
                     f"{speech.say_party(s.party_size, 'en')}, under the name {s.name}, "
-                    f"phone number {speech.say_phone(s.phone, 'en')},{note} Is that all correct?")
+                    f"phone number {speech.say_phone(s.phone, 'en')}{note}. Is that all correct?")
         self.state.awaiting_confirmation = True
         self.state.readback_turn = self.state.turn
         return text
