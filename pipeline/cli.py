@@ -92,6 +92,38 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     language=args.language, as_json=args.json, interactive=interactive)
 
 
+def cmd_reservations(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from pipeline.store import ReservationStore
+
+    cfg = load_config(args.config)
+    store = ReservationStore(cfg.store_url())
+    try:
+        if args.date:
+            try:
+                day = dt.date.fromisoformat(args.date)
+            except ValueError:
+                print(f"error: --date expects YYYY-MM-DD, got {args.date!r}", file=sys.stderr)
+                return 2
+            rows = store.for_date(day)
+        else:
+            rows = store.all()
+    finally:
+        store.close()
+    if args.json:
+        for r in rows:
+            print(json.dumps(r.to_json(), ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no reservations")
+        return 0
+    for r in rows:
+        note = f"  note: {r.note}" if r.note else ""
+        print(f"{r.id}  {r.date.isoformat()} {r.time:%H:%M}  {r.party_size} people  {r.name}  {r.phone}{note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="A phone voicebot that takes restaurant reservations.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at the configured level")
@@ -105,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--language", choices=["ja", "en"], default=None)
     chat.add_argument("--json", action="store_true", help="one JSON object per bot turn")
     chat.set_defaults(func=cmd_chat)
+
+    res = sub.add_parser("reservations", help="list the reservations in the database")
+    res.add_argument("--config", help="path to config.yaml")
+    res.add_argument("--date", help="only this day (YYYY-MM-DD)")
+    res.add_argument("--json", action="store_true", help="one JSON object per reservation")
+    res.set_defaults(func=cmd_reservations)
     return parser
 
 

@@ -1,0 +1,76 @@
+"""config.yaml: validated at start-up, overridable from the environment, errors that name the key."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from pipeline.config import PROJECT_ROOT, Config, ConfigError, load_config
+
+
+def test_shipped_config_yaml_matches_the_defaults_and_validates():
+    cfg = load_config(PROJECT_ROOT / "config.yaml", environ={})
+    assert cfg.restaurant == Config().restaurant
+    assert cfg.restaurant.weekday_hours.open == dt.time(11)
+    assert cfg.restaurant.weekend_hours.close == dt.time(23)
+    assert cfg.store_url() == f"sqlite:///{PROJECT_ROOT / 'data' / 'reservations.db'}"
+
+
+def test_environment_overrides_any_key_as_yaml():
+    cfg = load_config(PROJECT_ROOT / "config.yaml", environ={
+        "VOICEBOT__STORE__URL": "sqlite:////tmp/x.db",
+        "VOICEBOT__SERVER__PORT": "9000",
+        "VOICEBOT__RESTAURANT__MAX_PARTY_SIZE": "6",
+        "VOICEBOT__RESTAURANT__WEEKDAY_HOURS__CLOSE": "21:30",
+        "VOICEBOT__STT__HOTWORDS": "[寿司, 天ぷら]",
+        "VOICEBOT__LLM__BASE_URL": "http://127.0.0.1:8000/v1",
+        "UNRELATED": "x",
+    })
+    assert cfg.store_url() == "sqlite:////tmp/x.db"
+    assert cfg.server.port == 9000
+    assert cfg.restaurant.max_party_size == 6
+    assert cfg.restaurant.weekday_hours.close == dt.time(21, 30)
+    assert cfg.stt.hotwords == ["寿司", "天ぷら"]
+    assert cfg.llm.base_url == "http://127.0.0.1:8000/v1"
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "config.yaml").write_text("store:\n  url: sqlite:///db/r.db\ntts:\n  model: m/k.onnx\n")
+    cfg = load_config(tmp_path / "config.yaml", environ={})
+    assert cfg.store_url() == f"sqlite:///{tmp_path / 'db' / 'r.db'}"
+    assert cfg.path(cfg.tts.model) == tmp_path / "m" / "k.onnx"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "env", "named"),
+    [
+        ("restaurant:\n  max_party_size: 0\n", {}, "restaurant.max_party_size"),
+        ("restaurant:\n  timezone: Mars/Olympus\n", {}, "restaurant.timezone"),
+        ("restaurant:\n  weekday_hours: {open: '22:00', close: '11:00'}\n", {}, "restaurant.weekday_hours"),
+        ("restaurant:\n  closed_periods: [{start: '13-01', end: '01-03'}]\n", {}, "restaurant.closed_periods.0.start"),
+        ("agent:\n  kind: gpt\n", {}, "agent.kind"),
+        ("server:\n  prot: 80\n", {}, "server.prot"),
+        ("", {"VOICEBOT__SERVER__PORT": "eighty"}, "server.port"),
+        ("", {"VOICEBOT__STT__LANGUAGE": "fr"}, "stt.language"),
+    ],
+)
+def test_a_bad_value_is_reported_with_its_key(tmp_path, yaml_text, env, named):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ=env)
+    assert named in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "restaurant: [\n", "just a string"])
+def test_a_file_that_is_not_a_mapping_is_a_clear_error(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="config file"):
+        load_config(path, environ={})
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml", environ={})
