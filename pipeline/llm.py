@@ -21,7 +21,6 @@ from typing import Any
 import openai
 
 from pipeline.config import Config, RestaurantConfig
-from pipeline.dialog import parse, speech
 from pipeline.dialog.rules import PHRASES, RulesAgent
 from pipeline.dialog.state import DialogState
 from pipeline.dialog.tools import BookingTools
@@ -188,7 +187,7 @@ class LLMAgent:
         if self.state.ended:
             return
         self.tools.begin_turn(text)
-        self._maybe_switch_language(text)
+        self.tools.follow_language(text)
         self.history.append({"role": "user", "content": text})
         self._speaking = None
         try:
@@ -215,7 +214,7 @@ class LLMAgent:
                 log.warning("call %s: LLM failed (%s); the rules agent answers this turn", self.tools.call_id, e)
                 if not booked_before and self.state.reservation is not None:
                     # the booking went through before the model could announce it
-                    yield from self._say(self._booked_line())
+                    yield from self._say(self.fallback.booked_message())
                 else:
                     yield from self._hand_over(text)
                 return
@@ -347,23 +346,6 @@ class LLMAgent:
         elif st.asking != "correction":
             missing = self.tools.missing()
             st.asking = missing[0] if missing else None
-
-    def _booked_line(self) -> str:
-        res = self.state.reservation or {}
-        today = self.tools.today()
-        d = speech.say_date(dt.date.fromisoformat(res["date"]), self.lang, today)
-        t = speech.say_time(dt.time.fromisoformat(res["time"]), self.lang)
-        when = f"{d}の{t}" if self.lang == "ja" else f"{d} at {t}"
-        self.state.asking = "anything_else"
-        return PHRASES[self.lang]["booked"].format(id=res["id"], when=when, name=res["name"])
-
-    def _maybe_switch_language(self, text: str) -> None:
-        # the same early switch as the rules agent, so tool messages come back in the caller's language
-        norm = parse.normalize(text or "")
-        lang = parse.detect_language(norm)
-        if lang and lang != self.lang and self.state.turn <= 2 and len(norm) >= 4:
-            log.info("call %s: caller speaks %s: switching language", self.tools.call_id, lang)
-            self.state.language = lang
 
     def system_prompt(self) -> str:
         now = self.tools.now()

@@ -180,7 +180,7 @@ class RulesAgent:
         if st.ended:
             return ""
         norm = parse.normalize(text or "")
-        self._maybe_switch_language(norm)
+        self.tools.follow_language(norm)
         if not re.search(r"[0-9A-Za-z\u3040-\u30ff\u3400-\u9fff\u3005\u3007]", norm):
             return self._fail(st.asking, self.p("sorry_again"))
         if st.reservation is not None:
@@ -188,12 +188,6 @@ class RulesAgent:
         if st.awaiting_confirmation or st.asking == "correction":
             return self._confirming(norm)
         return self._collecting(norm)
-
-    def _maybe_switch_language(self, norm: str) -> None:
-        lang = parse.detect_language(norm)
-        if lang and lang != self.lang and self.state.turn <= 2 and len(norm) >= 4:
-            log.info("caller speaks %s: switching language", lang)
-            self.state.language = lang  # type: ignore[assignment]
 
     def _faq_answer(self, norm: str, extracted: bool) -> str | None:
         match = self.tools.faq.match(norm, self.lang)
@@ -382,12 +376,7 @@ class RulesAgent:
         if yes_no is True:
             result = self.tools.book()
             if result.ok and result.reservation:
-                res = result.reservation
-                day = speech.say_date(dt.date.fromisoformat(res["date"]), self.lang, self.tools.today())
-                at = speech.say_time(dt.time.fromisoformat(res["time"]), self.lang)
-                when = f"{day}の{at}" if self.lang == "ja" else f"{day} at {at}"
-                st.asking = "anything_else"
-                return self.p("booked", id=res["id"], when=when, name=res["name"])
+                return self.booked_message()
             if result.code == "store_error":
                 return self._join(result.message, self._end("goodbye"))
             st.asking = "time" if not st.slots.time else st.asking
@@ -406,6 +395,15 @@ class RulesAgent:
         if faq:
             return self._join(faq, HINTS[self.lang]["confirm"])
         return self._fail("confirm", self.p("sorry_again"))
+
+    def booked_message(self) -> str:
+        """The booking is made: its number, when, and an offer of more help."""
+        res = self.state.reservation or {}
+        day = speech.say_date(dt.date.fromisoformat(res["date"]), self.lang, self.tools.today())
+        at = speech.say_time(dt.time.fromisoformat(res["time"]), self.lang)
+        when = f"{day}の{at}" if self.lang == "ja" else f"{day} at {at}"
+        self.state.asking = "anything_else"
+        return self.p("booked", id=res["id"], when=when, name=res["name"])
 
     def _slot_named(self, norm: str) -> str | None:
         for slot, pattern in _SLOT_WORDS.items():

@@ -145,6 +145,15 @@ class BookingTools:
         self.state.turn += 1
         self.state.last_user_text = text or ""
 
+    def follow_language(self, text: str) -> None:
+        """A caller who opens in the other language is answered in it (only early in the call, so
+        one misrecognised utterance later on cannot flip the call)."""
+        norm = parse.normalize(text or "")
+        lang = parse.detect_language(norm)
+        if lang and lang != self.lang and self.state.turn <= 2 and len(norm) >= 4:
+            log.info("call %s: caller speaks %s: switching language", self.call_id, lang)
+            self.state.language = lang  # type: ignore[assignment]
+
     # ------------------------------------------------------------------ slots
     def update(self, values: dict[str, Any]) -> UpdateResult:
         """Apply any subset of slots. Values may be typed (date, time, int) or raw phrases."""
