@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pipeline.config import TTSConfig
+from pipeline.dialog import speech
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ LANGUAGES = ("ja", "en")
 # ================================================================================ speech normalisation
 _JA_DIGITS = ("ゼロ", "イチ", "ニー", "サン", "ヨン", "ゴー", "ロク", "ナナ", "ハチ", "キュウ")
 _EN_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-              "October", "November", "December")
 
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>()（）「」]+", re.IGNORECASE)
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
@@ -67,12 +66,6 @@ def _is_emoji_or_symbol(ch: str) -> bool:
     cat = unicodedata.category(ch)
     # So = emoji, dingbats, arrows...; Sk covers the skin-tone modifiers. 〒 and ♪ go too: unsayable.
     return cat == "So" or (cat == "Sk" and 0x1F3FB <= ord(ch) <= 0x1F3FF) or 0x1F000 <= ord(ch) <= 0x1FAFF
-
-
-def _ordinal(n: int) -> str:
-    if 11 <= n % 100 <= 13:
-        return f"{n}th"
-    return str(n) + {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def _phone_groups(digits: str) -> list[str]:
@@ -136,38 +129,20 @@ def _replace_phone(match: re.Match, lang: str) -> str:
 def _replace_date(match: re.Match, lang: str) -> str:
     year, month, day = (int(g) for g in match.groups())
     try:
-        dt.date(year, month, day)
+        d = dt.date(year, month, day)
     except ValueError:
         return match.group(0)
-    if lang == "ja":
-        return f"{month}月{day}日"
-    return f"{_EN_MONTHS[month - 1]} {_ordinal(day)}"
+    return speech.say_date(d, lang, weekday=False)
 
 
 def _replace_clock(match: re.Match, lang: str) -> str:
     hour, minute, meridiem = int(match.group(1)), int(match.group(2)), match.group(3)
     if meridiem:
-        pm = "p" in meridiem.lower()
-        if lang == "ja":
-            hour = hour % 12 + (12 if pm else 0)
-        else:
-            return f"{hour}:{minute:02d} {'pm' if pm else 'am'}" if minute else f"{hour} {'pm' if pm else 'am'}"
-    if lang == "ja":
-        # The dialog says times as 午後7時半; read a written 19:30 the same way.
-        if hour < 12:
-            prefix, h = "午前", hour
-        elif hour == 12:
-            prefix, h = "お昼の", 12
-        else:
-            prefix, h = "午後", hour - 12
-        return f"{prefix}{h}時" + ("" if minute == 0 else "半" if minute == 30 else f"{minute}分")
-    if minute == 0 and hour == 12:
-        return "noon"
-    if minute == 0 and hour == 0:
-        return "midnight"
-    h = hour % 12 or 12
-    suffix = "am" if hour < 12 else "pm"
-    return f"{h} {suffix}" if minute == 0 else f"{h}:{minute:02d} {suffix}"
+        hour = hour % 12 + (12 if "p" in meridiem.lower() else 0)
+    if hour > 23 or minute > 59:
+        return match.group(0)
+    # the dialog says times as 午後7時半 / 7:30 pm; read a written 19:30 the same way
+    return speech.say_time(dt.time(hour, minute), lang)
 
 
 def _replace_ja_hour_min(match: re.Match) -> str:
