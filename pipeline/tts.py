@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.config import TTSConfig
 from pipeline.dialog import speech
+from pipeline.dialog.parse import is_valid_phone
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,6 @@ def _phone_groups(digits: str) -> list[str]:
     return groups
 
 
-def _is_phone_number(digits: str) -> bool:
-    """Japanese numbers: 10 digits (landline, 0120), or 11 for mobile/IP (0X0) and 0800."""
-    if len(digits) == 10:
-        return digits[0] == "0" and digits[:3] not in ("050", "070", "080", "090")
-    if len(digits) == 11:
-        return digits[:3] in ("020", "050", "060", "070", "080", "090") or digits.startswith("0800")
-    return False
-
-
 def say_phone_digits(groups: list[str], lang: str) -> str:
     """Digit by digit, so the caller can check every digit; Japanese groups joined by 「の」."""
     if lang == "ja":
@@ -115,7 +107,7 @@ def _replace_phone(match: re.Match, lang: str) -> str:
         digits = "".join(groups)
         if intl:  # +81 90-... and +81 (0)90-... both mean 090-...
             digits = "0" + digits.removeprefix("0")
-        if not _is_phone_number(digits):
+        if not is_valid_phone(digits):
             continue
         if k == 1 or intl:
             groups = _phone_groups(digits)

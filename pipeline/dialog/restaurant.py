@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import holidays
 
 from pipeline.config import Hours, RestaurantConfig
+from pipeline.dialog import parse
 from pipeline.dialog.speech import (
     group_phone,
     say_date,
@@ -71,9 +72,6 @@ def _minutes(t: dt.time) -> int:
 
 def _from_minutes(m: int) -> dt.time:
     return dt.time(m // 60, m % 60)
-
-
-_ELEVEN_DIGIT_PREFIXES = ("020", "050", "060", "070", "080", "090")
 
 
 class Restaurant:
@@ -418,13 +416,7 @@ class Restaurant:
 
     def check_phone(self, digits: str) -> Problem | None:
         """A Japanese number: 10 digits (landline, 0120, 0570) or 11 (mobile, IP phone, 0800)."""
-        d = "".join(c for c in digits if c.isdigit())
-        ok = d.isascii() and d == digits and d.startswith("0") and not d.startswith("00") and (
-            # mobile and IP-phone prefixes always take 11 digits: a 10-digit 090 number lost a digit
-            (len(d) == 10 and d[:3] not in _ELEVEN_DIGIT_PREFIXES)
-            or (len(d) == 11 and d[:3] in _ELEVEN_DIGIT_PREFIXES)
-            or (len(d) == 11 and d.startswith("0800"))
-        )
+        ok = parse.is_valid_phone(digits)
         if ok:
             return None
         return Problem("invalid_phone", {
