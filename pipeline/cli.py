@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from typing import TextIO
 
 from pipeline.config import ConfigError, load_config
+from pipeline.models import ModelsMissing
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,169 @@ def cmd_reservations(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- ui, serve, phone
+def _load_runtime(cfg, download: bool):
+    # Imported here: the voice stack (onnxruntime, ctranslate2, gradio) is slow to import and
+    # `voicebot chat` never needs it.
+    from pipeline.call import VoiceRuntime
+
+    if download:
+        log.info("checking the model files (missing ones are fetched; --no-download stops instead)")
+    return VoiceRuntime.load(cfg, download=download)
+
+
+def _server_config(args: argparse.Namespace):
+    cfg = load_config(args.config)
+    _setup_logging(cfg.logging.level)
+    if getattr(args, "host", None):
+        cfg.server.host = args.host
+    if getattr(args, "port", None):
+        cfg.server.port = args.port
+    return cfg
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    cfg = _server_config(args)
+    runtime = _load_runtime(cfg, download=not args.no_download)
+    from pipeline.app import build_stream, build_ui
+
+    demo = build_ui(runtime, build_stream(runtime))
+    log.info("the page is at http://%s:%d/", cfg.server.host, cfg.server.port)
+    try:
+        demo.launch(server_name=cfg.server.host, server_port=cfg.server.port, show_api=False)
+    finally:
+        runtime.close()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _server_config(args)
+    runtime = _load_runtime(cfg, download=not args.no_download)
+    import uvicorn
+
+    from pipeline.app import build_app
+
+    app = build_app(runtime)
+    log.info("serving on http://%s:%d/ (Twilio webhook: POST /telephone/incoming)", cfg.server.host,
+             cfg.server.port)
+    try:
+        uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=cfg.logging.level.lower())
+    finally:
+        runtime.close()  # ends live calls in the call log and closes the database
+    return 0
+
+
+FASTPHONE_API = "https://api.fastrtc.org"
+
+
+def _hf_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return os.environ.get("HF_TOKEN") or get_token()
+
+
+def _offline_reason(timeout: float = 5.0) -> str | None:
+    """Why FastPhone's service cannot be reached, or None when it can."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    import httpx
+
+    try:
+        httpx.get(FASTPHONE_API, timeout=timeout)
+    except httpx.HTTPError as e:
+        return f"cannot reach {FASTPHONE_API} ({type(e).__name__})"
+    return None
+
+
+def cmd_phone(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    _setup_logging(cfg.logging.level)
+    token = _hf_token()
+    if not token:
+        print("error: `voicebot phone` needs a Hugging Face token for FastPhone's temporary number: set HF_TOKEN "
+              "(https://huggingface.co/settings/tokens) or run `huggingface-cli login`", file=sys.stderr)
+        return 2
+    reason = _offline_reason()
+    if reason:
+        print(f"error: `voicebot phone` needs the internet for FastPhone's temporary number: {reason}",
+              file=sys.stderr)
+        return 1
+    runtime = _load_runtime(cfg, download=not args.no_download)
+    from pipeline.app import build_stream
+
+    stream = build_stream(runtime)
+    try:
+        # Blocks until Ctrl-C, having printed the number to call and the access code.
+        stream.fastphone(token=token, host="127.0.0.1", port=cfg.server.port,
+                         log_level=cfg.logging.level.lower())
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:
+        log.debug("fastphone failed", exc_info=True)
+        print(f"error: FastPhone could not set up the number: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        # fastphone() starts its local server on a non-daemon thread before registering and never
+        # stops it when registration fails: only leaving the process ends it.
+        os._exit(1)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ models
+def cmd_models_status(args: argparse.Namespace) -> int:
+    from pipeline.models import models_status
+
+    cfg = load_config(args.config)
+    rows = models_status(cfg)
+    for what, path, present in rows:
+        print(f"{'present' if present else 'MISSING':8} {what}: {path}")
+    if not all(present for _, _, present in rows):
+        print("run `voicebot models download` to fetch the missing files", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_models_download(args: argparse.Namespace) -> int:
+    from pipeline.models import ensure_models
+
+    cfg = load_config(args.config)
+    _setup_logging(cfg.logging.level)
+    ensure_models(cfg, download=True, progress=True)
+    return cmd_models_status(args)
+
+
+def _add_voice_commands(sub) -> None:
+    def add_server_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="path to config.yaml")
+        p.add_argument("--host", help="address to listen on (default: server.host)")
+        p.add_argument("--port", type=int, help="port to listen on (default: server.port)")
+        p.add_argument("--no-download", action="store_true",
+                       help="stop with a message instead of fetching missing model files")
+
+    ui = sub.add_parser("ui", help="talk to the bot in the browser (Gradio page)")
+    add_server_args(ui)
+    ui.set_defaults(func=cmd_ui)
+
+    serve = sub.add_parser("serve", help="the FastAPI app: Twilio routes, /healthz and the Gradio page at /")
+    add_server_args(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    phone = sub.add_parser("phone", help="a temporary phone number via FastRTC's FastPhone (needs HF_TOKEN)")
+    phone.add_argument("--config", help="path to config.yaml")
+    phone.add_argument("--no-download", action="store_true",
+                       help="stop with a message instead of fetching missing model files")
+    phone.set_defaults(func=cmd_phone)
+
+    models = sub.add_parser("models", help="the model files: status, download")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    status = msub.add_parser("status", help="which model files are present where (exit 1 if any is missing)")
+    status.add_argument("--config", help="path to config.yaml")
+    status.set_defaults(func=cmd_models_status)
+    download = msub.add_parser("download", help="fetch the configured whisper and kokoro files, with progress")
+    download.add_argument("--config", help="path to config.yaml")
+    download.set_defaults(func=cmd_models_download)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="A phone voicebot that takes restaurant reservations.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at the configured level")
@@ -143,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--date", help="only this day (YYYY-MM-DD)")
     res.add_argument("--json", action="store_true", help="one JSON object per reservation")
     res.set_defaults(func=cmd_reservations)
+    _add_voice_commands(sub)
+    from pipeline.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -154,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModelsMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # the last line of defence: a message, never a traceback

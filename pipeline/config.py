@@ -250,6 +250,10 @@ class ModelsConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    call_log: str | None = Field(
+        default="data/calls.jsonl",
+        description="JSONL file getting one line per voice turn (timings, texts) and per call end; null = off",
+    )
 
 
 class Config(_Section):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
 
-MAX_TEXT = 200  # longest name / note we keep; anything longer is a transcription accident
+MAX_TEXT = 200
+_WORD_RE = re.compile(r"[A-Za-z']*[aeiouyAEIOUY][A-Za-z']*")  # longest name / note we keep; anything longer is a transcription accident
 
 
 @dataclass
@@ -150,6 +152,8 @@ class BookingTools:
         one misrecognised utterance later on cannot flip the call)."""
         norm = parse.normalize(text or "")
         lang = parse.detect_language(norm)
+        if lang == "en" and len(_WORD_RE.findall(norm)) < 2:
+            return  # one latin token ("OK", or a misrecognised "kkkk") is no sign of an English caller
         if lang and lang != self.lang and self.state.turn <= 2 and len(norm) >= 4:
             log.info("call %s: caller speaks %s: switching language", self.call_id, lang)
             self.state.language = lang  # type: ignore[assignment]

@@ -1,0 +1,380 @@
+"""How callers reach the bot: the FastRTC stream, the Gradio page, and the FastAPI app.
+
+- ``build_stream(runtime)``: the :class:`fastrtc.Stream` around the call handler. It is what
+  ``voicebot phone`` hands to ``fastphone()`` and what the app mounts.
+- ``build_ui(runtime, stream)``: a Gradio page to talk to the bot in the browser (WebRTC), showing
+  the transcript, the reservation's slots as they fill in, and each turn's latency.
+- ``build_app(runtime)``: FastAPI with FastRTC's routes (``POST /telephone/incoming`` answers
+  Twilio with TwiML, ``/telephone/handler`` is the Twilio media websocket, ``/webrtc/offer`` and
+  ``/websocket/offer``), ``GET /healthz``, and the Gradio page at ``/``.
+
+The handler reports progress as ``AdditionalOutputs(snapshot)`` (``VoiceCall.snapshot()``): a dict
+with ``transcript`` ([{role, text}]), ``slots``, ``reservation``, ``ended`` and ``last_turn`` (the
+last turn's timings: ``gap_ms``, from the caller's last word to the bot's first audio, and ``ms``,
+the stamps since that word). Only WebRTC feeds these to the page; on the phone FastRTC drops them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import gradio as gr
+from fastapi import FastAPI, WebSocket
+from fastrtc import Stream, WebRTC
+from fastrtc.utils import Context, DataChannel, current_context
+from fastrtc.websocket import WebSocketHandler
+
+log = logging.getLogger(__name__)
+
+TITLE = "voicebot"
+SLOT_ORDER = ("date", "time", "party_size", "name", "phone", "note")
+SLOT_LABELS = {
+    "date": "date",
+    "time": "time",
+    "party_size": "party size",
+    "name": "name",
+    "phone": "phone",
+    "note": "note",
+}
+LATENCY_HEADERS = ["turn", "gap (ms)", "stages (ms)"]
+SLOT_HEADERS = ["slot", "value"]
+_ROLES = {"user": "user", "caller": "user", "assistant": "assistant", "bot": "assistant"}
+
+
+# ------------------------------------------------------------------------------------ snapshot views
+def transcript_messages(snapshot: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The snapshot's transcript as ``gr.Chatbot(type="messages")`` messages."""
+    out = []
+    for entry in snapshot.get("transcript") or []:
+        if not isinstance(entry, Mapping):
+            continue
+        text = str(entry.get("text") or "").strip()
+        if not text:
+            continue
+        if entry.get("interrupted"):
+            text += " …"  # the caller talked over the rest, which they never heard
+        out.append({"role": _ROLES.get(str(entry.get("role", "")).lower(), "assistant"), "content": text})
+    return out
+
+
+def _show(value: Any) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, Mapping | list | tuple):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, Mapping) else ", ".join(
+            map(str, value))
+    return str(value)
+
+
+def slot_rows(snapshot: Mapping[str, Any]) -> list[list[str]]:
+    """``[slot, value]`` rows, every known slot listed (empty ones as a dash) so they visibly fill in."""
+    slots = snapshot.get("slots") or {}
+    if not isinstance(slots, Mapping):
+        slots = {}
+    keys = [k for k in SLOT_ORDER] + [k for k in slots if k not in SLOT_ORDER]
+    return [[SLOT_LABELS.get(k, k), _show(slots.get(k))] for k in keys]
+
+
+def status_markdown(snapshot: Mapping[str, Any]) -> str:
+    reservation = snapshot.get("reservation")
+    ended = bool(snapshot.get("ended"))
+    if isinstance(reservation, Mapping) and reservation:
+        text = f"**Booked**: reservation `{reservation.get('id', '?')}`"
+    elif ended:
+        text = "**Call ended** without a booking"
+    elif snapshot.get("transcript"):
+        text = "In a call"
+    else:
+        text = "No call yet: press the microphone to call the restaurant"
+    return text + (" · call ended" if ended and reservation else "")
+
+
+def _turn_key(snapshot: Mapping[str, Any], timeline: Mapping[str, Any]) -> str:
+    if timeline.get("turn") is not None:
+        return str(timeline["turn"])
+    # Without a turn number, count the caller's utterances.
+    users = [e for e in snapshot.get("transcript") or [] if isinstance(e, Mapping)
+             and _ROLES.get(str(e.get("role", "")).lower()) == "user"]
+    return str(len(users))
+
+
+def _ms(value: Any) -> str:
+    try:
+        return f"{float(value):.0f}"
+    except (TypeError, ValueError):
+        return "—"
+
+
+#: the timeline's stamps (ms since the caller stopped), in order, and the stage each one closes
+STAGE_STAMPS = (
+    ("turn_detected", "pause"),
+    ("transcript_ready", "stt"),
+    ("first_text", "agent"),
+    ("first_audio_synth", "tts"),
+    ("first_audio_sent", "send"),
+)
+
+
+def _stages(timeline: Mapping[str, Any]) -> str:
+    stamps = timeline.get("ms")
+    if not isinstance(stamps, Mapping):
+        return "—"
+    # Stamps are cumulative; each stage is the time since the previous stamp that was reached.
+    parts, previous = [], 0.0
+    for key, label in STAGE_STAMPS:
+        value = stamps.get(key)
+        if isinstance(value, int | float):
+            parts.append(f"{label} {_ms(value - previous)}")
+            previous = value
+    return " · ".join(parts) or "—"
+
+
+def latency_rows(snapshot: Mapping[str, Any], previous: Sequence[Sequence[Any]] | None) -> list[list[str]]:
+    """The per-turn latency table: the snapshot's timeline updates its turn's row or appends one."""
+    rows = [list(map(str, r)) for r in (previous or []) if r and any(str(c).strip() for c in r)]
+    timeline = snapshot.get("last_turn")
+    if not isinstance(timeline, Mapping) or not timeline or timeline.get("skipped"):
+        return rows
+    row = [_turn_key(snapshot, timeline), _ms(timeline.get("gap_ms")), _stages(timeline)]
+    if rows and rows[-1][0] == row[0]:
+        rows[-1] = row
+    else:
+        rows.append(row)
+    return rows
+
+
+def render(snapshot: Any, latency_prev: Sequence[Sequence[Any]] | None = None):
+    """Everything the page shows for one snapshot: (messages, slot rows, status, latency rows)."""
+    if not isinstance(snapshot, Mapping):
+        log.debug("ignoring additional output %r", type(snapshot).__name__)
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return (
+        transcript_messages(snapshot),
+        slot_rows(snapshot),
+        status_markdown(snapshot),
+        latency_rows(snapshot, latency_prev),
+    )
+
+
+class LatencyBook:
+    """Each call's latency rows, kept on the server.
+
+    FastRTC's additional-outputs listener reads its input components once, when the call starts,
+    so the table's earlier rows cannot come back from the page: they are kept here, per call id,
+    for the most recent calls only.
+    """
+
+    def __init__(self, keep: int = 64):
+        self.keep = keep
+        self._rows: OrderedDict[str, list[list[str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def render(self, snapshot: Any):
+        if not isinstance(snapshot, Mapping):
+            return render(snapshot)
+        key = str(snapshot.get("call_id", ""))
+        with self._lock:
+            views = render(snapshot, self._rows.get(key))
+            self._rows[key] = views[3]
+            self._rows.move_to_end(key)
+            while len(self._rows) > self.keep:
+                self._rows.popitem(last=False)
+        return views
+
+
+def _output_components(render_now: bool) -> tuple[gr.Chatbot, gr.Dataframe, gr.Markdown, gr.Dataframe]:
+    chat = gr.Chatbot(type="messages", label="Transcript", height=360, render=render_now)
+    slots = gr.Dataframe(headers=SLOT_HEADERS, value=slot_rows({}), type="array", label="Reservation",
+                         interactive=False, render=render_now)
+    status = gr.Markdown(status_markdown({}), render=render_now)
+    latency = gr.Dataframe(headers=LATENCY_HEADERS, type="array", label="Latency per turn", interactive=False,
+                           render=render_now)
+    return chat, slots, status, latency
+
+
+# -------------------------------------------------------------------------------------------- stream
+def _server(runtime) -> Any:
+    return runtime.cfg.server
+
+
+class _NoClientChannel(DataChannel):
+    def send(self, message: str) -> None:
+        log.debug("not sent to Twilio: %s", message)
+
+
+_NO_CLIENT = _NoClientChannel()
+
+
+class VoiceStream(Stream):
+    """FastRTC's Stream with its Twilio route made fit for a phone line.
+
+    FastRTC calls ``shutdown()`` on a WebRTC call's handler when it closes, but a Twilio websocket
+    call just ends: here the handler is shut down and the call ended in the runtime when the socket
+    goes. And only Twilio's own messages are sent to Twilio.
+    """
+
+    def __init__(self, runtime, *args, **kwargs):
+        self.runtime = runtime
+        super().__init__(*args, **kwargs)
+
+    async def telephone_handler(self, websocket: WebSocket) -> None:
+        handler = self.event_handler.copy()  # type: ignore[union-attr]
+        handler.phone_mode = True
+        # FastRTC's status messages ({"type": "log", ...}) are for its own browser client; Twilio's
+        # protocol has no such message, so on the phone they are dropped instead of sent.
+        set_channel = handler.set_channel
+        handler.set_channel = lambda channel: set_channel(_NO_CLIENT)
+
+        async def on_start(stream_id: str, ws: WebSocketHandler) -> None:
+            log.debug("phone call %s connected", stream_id)
+
+        # As FastRTC's own route: no additional outputs on the phone, nothing to clean up in the stream.
+        ws = WebSocketHandler(handler, on_start, lambda s: None, lambda s: lambda a: None)
+        # FastRTC's cleanup reads this, and only "start" sets it: a socket that closes earlier
+        # would raise AttributeError there.
+        ws.start_up_task = None
+        try:
+            await ws.handle_websocket(websocket)
+        finally:
+            if ws.stream_id is not None:
+                await self._call_ended(handler, ws.stream_id, websocket)
+
+    async def _call_ended(self, handler, stream_id: str, websocket: WebSocket) -> None:
+        current_context.set(Context(webrtc_id=stream_id, websocket=websocket))
+        try:
+            if inspect.iscoroutinefunction(handler.shutdown):
+                await handler.shutdown()
+            else:
+                await anyio.to_thread.run_sync(handler.shutdown)
+        except Exception:
+            log.exception("call %s: the handler failed to shut down", stream_id)
+        # Whatever the handler did, the runtime must not keep a call whose line is gone.
+        try:
+            self.runtime.end_call(stream_id, "hangup")
+        except Exception:
+            log.exception("call %s: ending it failed", stream_id)
+
+
+def build_stream(runtime) -> Stream:
+    """The FastRTC stream around a fresh call handler, with the configured limits."""
+    from pipeline.handler import make_handler
+
+    server = _server(runtime)
+    chat, slots, status, latency = _output_components(render_now=False)
+
+    book = LatencyBook()
+
+    def on_outputs(_chat, _slots, _status, _latency, snapshot):
+        return book.render(snapshot)
+
+    # FastRTC's defaults are one connection and video: both wrong for a voicebot.
+    return VoiceStream(
+        runtime,
+        make_handler(runtime),
+        modality="audio",
+        mode="send-receive",
+        concurrency_limit=server.concurrency_limit,
+        time_limit=server.time_limit_s,
+        additional_outputs=[chat, slots, status, latency],
+        additional_outputs_handler=on_outputs,
+        ui_args={"title": TITLE},
+        verbose=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ ui
+def _restaurant_name(runtime) -> str:
+    try:
+        return str(runtime.cfg.restaurant.name)
+    except AttributeError:
+        return ""
+
+
+def build_ui(runtime, stream: Stream) -> gr.Blocks:
+    """The browser page; it also becomes ``stream.ui`` so ``stream.ui.launch()`` shows this page."""
+    server = _server(runtime)
+    name = _restaurant_name(runtime)
+    with gr.Blocks(title=f"{TITLE} · {name}" if name else TITLE, analytics_enabled=False) as demo:
+        gr.Markdown(
+            f"# {TITLE}{' · ' + name if name else ''}\n"
+            "Press the microphone button, allow the microphone, and book a table by voice. The bot "
+            "greets you first; pause briefly after speaking and it answers. Talking over it stops it."
+        )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                audio = WebRTC(
+                    label="Call",
+                    mode="send-receive",
+                    modality="audio",
+                    rtc_configuration=stream.rtc_configuration,
+                    full_screen=False,
+                )
+                status = gr.Markdown(status_markdown({}))
+                slots = gr.Dataframe(headers=SLOT_HEADERS, value=slot_rows({}), type="array",
+                                     label="Reservation", interactive=False)
+            with gr.Column(scale=2, min_width=360):
+                chat = gr.Chatbot(type="messages", label="Transcript", height=420)
+                latency = gr.Dataframe(headers=LATENCY_HEADERS, type="array", label="Latency per turn (ms)",
+                                       interactive=False)
+                gr.Markdown(
+                    "*gap*: from the end of your speech to the bot's first audio. Its stages: *pause* "
+                    "(turn detection waiting for silence), *stt* (transcription), *agent* (to its first "
+                    "words), *tts* (the first sentence synthesized), *send*."
+                )
+        audio.stream(
+            fn=stream.event_handler,
+            inputs=[audio],
+            outputs=[audio],
+            concurrency_limit=server.concurrency_limit,
+            time_limit=server.time_limit_s,
+        )
+        # Each browser call keeps this listener running for its whole length: it needs the same
+        # limit as the calls, or Gradio's default of one would stall every call after the first.
+        book = LatencyBook()
+        audio.on_additional_outputs(
+            book.render,
+            outputs=[chat, slots, status, latency],
+            concurrency_limit=server.concurrency_limit,
+        )
+    stream.ui = demo
+    stream.webrtc_component = audio
+    return demo
+
+
+# ----------------------------------------------------------------------------------------------- app
+def build_app(runtime, *, validate_twilio: bool = False, stream: Stream | None = None) -> FastAPI:
+    """FastAPI with the stream's routes, ``/healthz`` and the Gradio page at ``/``.
+
+    ``validate_twilio`` must stay false for now: Twilio's request signatures are not checked yet, and
+    the app refuses to start rather than appear to check them.
+    """
+    if validate_twilio:
+        raise NotImplementedError(
+            "Twilio request signature validation is not implemented: /telephone/incoming accepts any "
+            "caller; restrict access to it at your proxy"
+        )
+    stream = stream or build_stream(runtime)
+    app = FastAPI(title=TITLE, docs_url=None, redoc_url=None)
+    app.state.runtime = runtime
+    app.state.stream = stream
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "active_calls": len(runtime.calls)}
+
+    # Routes registered before the Gradio mount win: a mount at "/" matches every path.
+    stream.mount(app)
+    demo = build_ui(runtime, stream)
+    # gradio's mount_gradio_app prints a stray line to stdout; the app logs instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        gr.mount_gradio_app(app, demo, path="/", show_api=False)
+    log.debug("app built: telephone routes, /healthz and the Gradio page at /")
+    return app

@@ -1,0 +1,697 @@
+"""One phone call: the caller's turns through STT -> agent -> TTS, the history, and per-turn timings.
+
+``VoiceRuntime`` holds what every call of the process shares (config, store, models) and a
+registry of live calls keyed by FastRTC's connection id (the Twilio streamSid on the phone).
+``VoiceCall.turn()`` is a plain synchronous generator: FastRTC runs sync reply generators in a
+worker thread, so the blocking STT, LLM streaming and TTS in it never touch the event loop.
+
+What the caller actually heard matters after a barge-in: the agent must not believe it said
+sentences that were cut off. Every reply keeps a record of the audio handed out and when, and
+estimates the playback position from it (real time from the moment each chunk was handed out).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastrtc import AdditionalOutputs
+
+from pipeline.agents import (
+    Agent,
+    AgentKind,
+    AgentUnavailable,
+    Services,
+    new_agent,
+    open_services,
+    resolve_kind,
+)
+from pipeline.config import Config
+from pipeline.stt import STT, is_silent
+from pipeline.tts import TTS, SentenceSplitter
+
+log = logging.getLogger(__name__)
+
+#: said when a turn could not be heard or voiced; it asks again, so the call never goes silent
+APOLOGY = {
+    "ja": "申し訳ございません、もう一度お願いできますか。",
+    "en": "I'm sorry, could you say that again?",
+}
+#: audio is handed to FastRTC in pieces this long, so a barge-in can drop what was not yet sent
+CHUNK_S = 0.5
+#: Whisper's well-known inventions on silence or breath, never a caller's answer
+_HALLUCINATIONS = frozenset(
+    s.casefold()
+    for s in (
+        "ご視聴ありがとうございました", "ご視聴ありがとうございました。", "ありがとうございました。",
+        "おやすみなさい。", "Thank you for watching.", "Thanks for watching!", "Thank you.",
+        "字幕は自動生成されています", "(字幕:", "[音楽]", "[Music]",
+    )
+)
+_SAYABLE = re.compile(r"[0-9A-Za-z\u3040-\u30ff\u3400-\u9fff\u3005\u3007\uff10-\uff19\uff21-\uff5a]")
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def meaningful(text: str) -> bool:
+    """Whether a transcript is words rather than silence, noise marks or a Whisper hallucination."""
+    t = (text or "").strip()
+    return bool(t) and bool(_SAYABLE.search(t)) and t.casefold() not in _HALLUCINATIONS
+
+
+# ================================================================================== timings
+_STAMPS = ("speech_end", "turn_detected", "transcript_ready", "first_text", "first_audio_synth",
+           "first_audio_sent", "reply_done")
+
+
+@dataclass
+class TurnTimeline:
+    """Monotonic timestamps (``time.monotonic()``) of one caller turn, and what was said.
+
+    ``speech_end`` is the caller's last voiced moment: FastRTC does not expose it, so the handler
+    estimates it as the moment the pause was detected minus the trailing silence the VAD saw.
+    """
+
+    call_id: str = ""
+    turn: int = 0
+    speech_end: float | None = None
+    turn_detected: float | None = None
+    transcript_ready: float | None = None
+    first_text: float | None = None
+    first_audio_synth: float | None = None
+    first_audio_sent: float | None = None
+    reply_done: float | None = None
+    transcript: str = ""
+    reply: str = ""
+    #: what of the reply reached the caller, when they barged in (None: all of it)
+    heard: str | None = None
+    skipped: bool = False
+    error: str | None = None
+    audio_s: float = 0.0  # seconds of caller audio in the turn
+    stt_s: float | None = None  # seconds transcription took
+
+    def stamp(self, name: str, when: float | None = None) -> None:
+        """Set a timestamp once; later calls keep the first (``first_*`` mean first)."""
+        if getattr(self, name) is None:
+            setattr(self, name, time.monotonic() if when is None else when)
+
+    @property
+    def gap_ms(self) -> float | None:
+        """Caller stops talking -> first audio of the reply handed to FastRTC."""
+        if self.speech_end is None or self.first_audio_sent is None:
+            return None
+        return round((self.first_audio_sent - self.speech_end) * 1000, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        origin = self.speech_end if self.speech_end is not None else self.turn_detected
+        ms: dict[str, float | None] = {}
+        for name in _STAMPS:
+            value = getattr(self, name)
+            ms[name] = None if value is None or origin is None else round((value - origin) * 1000, 1)
+        return {
+            "call_id": self.call_id,
+            "turn": self.turn,
+            "ms": ms,
+            "gap_ms": self.gap_ms,
+            "transcript": self.transcript,
+            "reply": self.reply,
+            "heard": self.heard,
+            "skipped": self.skipped,
+            "error": self.error,
+            "audio_s": round(self.audio_s, 3),
+            "stt_s": None if self.stt_s is None else round(self.stt_s, 3),
+        }
+
+
+# ================================================================================== playback record
+@dataclass
+class _Sentence:
+    text: str
+    raw_end: int  # end of this sentence in the agent's raw text
+    sample_start: int
+    sample_end: int
+
+
+@dataclass
+class _Reply:
+    """The audio of one reply as handed out, to tell what the caller has heard at a given moment."""
+
+    sample_rate: int
+    raw: str = ""
+    sentences: list[_Sentence] = field(default_factory=list)
+    #: (monotonic time handed out, first sample, end sample) per chunk, in order
+    sends: list[tuple[float, int, int]] = field(default_factory=list)
+    samples: int = 0
+    #: a barge-in froze the record: later sends were dropped by the handler
+    frozen: bool = False
+    done: bool = False  # the generator producing it has finished or was closed
+    applied: bool = False  # the agent has been told what was heard
+    heard: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, text: str, raw_end: int, n: int) -> _Sentence:
+        s = _Sentence(text, raw_end, self.samples, self.samples + n)
+        self.sentences.append(s)
+        self.samples += n
+        return s
+
+    def sent(self, start: int, end: int, when: float) -> None:
+        with self.lock:
+            if not self.frozen:
+                self.sends.append((when, start, end))
+
+    def played(self, now: float) -> int:
+        """Samples played by ``now``, if playback runs in real time from each hand-out."""
+        cursor: float | None = None
+        pos = 0
+        for t, s0, s1 in self.sends:
+            start = t if cursor is None else max(t, cursor)
+            dur = (s1 - s0) / self.sample_rate
+            if now <= start:
+                break
+            pos = s0 + int(min(dur, now - start) * self.sample_rate)
+            cursor = start + dur
+        return pos
+
+    def playing_until(self) -> float:
+        cursor: float | None = None
+        for t, s0, s1 in self.sends:
+            start = t if cursor is None else max(t, cursor)
+            cursor = start + (s1 - s0) / self.sample_rate
+        return cursor or 0.0
+
+    def heard_text(self, now: float) -> str:
+        """The agent's raw text up to the end of the last sentence whose playback had started."""
+        pos = self.played(now)
+        raw_end = 0
+        for s in self.sentences:
+            if s.sample_start < pos and s.sample_end > s.sample_start:
+                raw_end = max(raw_end, s.raw_end)
+        return self.raw[:raw_end]
+
+
+# ================================================================================== runtime
+class VoiceRuntime:
+    """What all calls of the process share: config, store, STT/TTS/VAD, the live calls, the call log."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        stt: STT,
+        tts: TTS,
+        vad: Any,
+        services: Services | None = None,
+        agent_kind: AgentKind | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+        call_log: str | Path | None | bool = True,
+        prerender: bool = True,
+    ):
+        self.cfg = cfg
+        self.services = services or open_services(cfg)
+        self.stt = stt
+        self.tts = tts
+        self.vad = vad
+        self.agent_kind: AgentKind = agent_kind or cfg.agent.kind
+        if resolve_kind(cfg, self.agent_kind) == "llm" and not cfg.llm.base_url:
+            raise AgentUnavailable("the LLM agent needs llm.base_url in config.yaml (or VOICEBOT__LLM__BASE_URL)")
+        self.clock = clock
+        if call_log is True:
+            call_log = cfg.logging.call_log
+        self.call_log: Path | None = cfg.path(call_log) if call_log else None
+        self._log_lock = threading.Lock()
+        self._calls: dict[str, VoiceCall] = {}
+        self._calls_lock = threading.Lock()
+        #: the apology per language, rendered now so it can still be played when TTS breaks later
+        self.fallback_audio: dict[str, np.ndarray] = {}
+        if prerender:
+            self.prerender_fallbacks()
+
+    @classmethod
+    def load(
+        cls,
+        cfg: Config,
+        download: bool,
+        *,
+        progress: bool = True,
+        agent_kind: AgentKind | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> VoiceRuntime:
+        """Models ensured (fetched when ``download``; else ``ModelsMissing``), loaded and warmed up."""
+        from pipeline.models import ensure_models, model_resolver
+        from pipeline.stt import make_stt
+        from pipeline.tts import make_tts
+        from pipeline.vad import make_vad
+
+        start = time.perf_counter()
+        paths = ensure_models(cfg, download, progress=progress)
+        stt = make_stt(cfg.stt, paths.whisper)
+        tts = make_tts(cfg.tts, model_resolver(cfg))
+        vad = make_vad(cfg.vad)
+        for name, part in (("VAD", vad), ("STT", stt), ("TTS", tts)):
+            t0 = time.perf_counter()
+            part.warmup()
+            log.info("%s warmed up in %.2f s", name, time.perf_counter() - t0)
+        runtime = cls(cfg, stt=stt, tts=tts, vad=vad, agent_kind=agent_kind, clock=clock)
+        log.info("voice runtime ready in %.2f s (agent %s)", time.perf_counter() - start,
+                 resolve_kind(cfg, runtime.agent_kind))
+        return runtime
+
+    # ------------------------------------------------------------------ fallback audio
+    def prerender_fallbacks(self) -> None:
+        for lang in self.cfg.tts.voice:
+            text = APOLOGY.get(lang)
+            if not text:
+                continue
+            try:
+                audio = np.asarray(self.tts.synthesize(text, lang), dtype=np.float32).reshape(-1)
+            except Exception:
+                log.exception("TTS cannot render the %s apology: a TTS fault in a call will be silent", lang)
+                continue
+            if audio.size == 0:
+                log.error("TTS rendered the %s apology as no audio: a TTS fault in a call will be silent", lang)
+                continue
+            self.fallback_audio[lang] = audio
+
+    # ------------------------------------------------------------------ calls
+    def new_agent(self, call_id: str, language: str | None = None) -> Agent:
+        return new_agent(self.services, kind=self.agent_kind, language=language, clock=self.clock, call_id=call_id)
+
+    def get_call(self, call_id: str | None = None, *, language: str | None = None) -> VoiceCall:
+        """The live call ``call_id``, created on first use (a fresh id when None)."""
+        call_id = call_id or uuid.uuid4().hex[:12]
+        with self._calls_lock:
+            call = self._calls.get(call_id)
+            if call is None:
+                call = VoiceCall(self, call_id, self.new_agent(call_id, language))
+                self._calls[call_id] = call
+                log.info("call %s: started (agent %s, %s)", call_id, call.agent.kind, call.language)
+            return call
+
+    def find_call(self, call_id: str) -> VoiceCall | None:
+        with self._calls_lock:
+            return self._calls.get(call_id)
+
+    @property
+    def calls(self) -> dict[str, VoiceCall]:
+        with self._calls_lock:
+            return dict(self._calls)
+
+    def end_call(self, call_id: str, reason: str = "hangup") -> VoiceCall | None:
+        """Forget a call and log its end; calling it again for the same id does nothing."""
+        with self._calls_lock:
+            call = self._calls.pop(call_id, None)
+        if call is None:
+            return None
+        call.close(reason)
+        self.write_log({"event": "call_end", **call.summary()})
+        log.info("call %s: ended (%s) after %d turns; reservation %s", call_id, reason, len(call.timelines),
+                 (call.agent.state.reservation or {}).get("id"))
+        return call
+
+    def close(self) -> None:
+        for call_id in list(self.calls):
+            self.end_call(call_id, "shutdown")
+        self.services.close()
+
+    # ------------------------------------------------------------------ call log
+    def write_log(self, record: dict[str, Any]) -> None:
+        if self.call_log is None:
+            return
+        line = json.dumps({"at": _now_iso(), **record}, ensure_ascii=False, default=str)
+        try:
+            with self._log_lock:
+                self.call_log.parent.mkdir(parents=True, exist_ok=True)
+                with self.call_log.open("a", encoding="utf-8") as f:
+                    f.write(line + "\n")
+        except OSError:
+            log.warning("cannot write the call log %s", self.call_log, exc_info=True)
+
+
+# ================================================================================== one call
+class VoiceCall:
+    """One call: the agent, what was said, and a turn's STT -> agent -> TTS as a stream of audio."""
+
+    def __init__(self, runtime: VoiceRuntime, call_id: str, agent: Agent):
+        self.runtime = runtime
+        self.id = call_id
+        self.agent = agent
+        self.transcript: list[dict[str, Any]] = []
+        self.timelines: list[TurnTimeline] = []
+        self.started = time.monotonic()
+        self.started_at = _now_iso()
+        self.closed: str | None = None
+        self._reply: _Reply | None = None
+        self._turns = 0
+
+    # ------------------------------------------------------------------ state
+    @property
+    def language(self) -> str:
+        return self.agent.state.language
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.agent.state.ended) or self.closed is not None
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.runtime.tts.sample_rate)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the UI shows: the conversation, slots, reservation, and the last turn's timings."""
+        st = self.agent.state
+        last = self.timelines[-1].to_json() if self.timelines else None
+        return {
+            "call_id": self.id,
+            "language": st.language,
+            "transcript": [dict(m) for m in self.transcript],
+            "slots": st.slots.to_json(),
+            "reservation": st.reservation,
+            "ended": self.ended,
+            "last_turn": last,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        gaps = [t.gap_ms for t in self.timelines if t.gap_ms is not None]
+        return {
+            "call_id": self.id,
+            "reason": self.closed,
+            "started_at": self.started_at,
+            "duration_s": round(time.monotonic() - self.started, 3),
+            "turns": len(self.timelines),
+            "agent": self.agent.kind,
+            "language": self.language,
+            "reservation": self.agent.state.reservation,
+            "slots": self.agent.state.slots.to_json(),
+            "ended_by_bot": bool(self.agent.state.ended),
+            "gap_ms_median": sorted(gaps)[len(gaps) // 2] if gaps else None,
+            "transcript": self.transcript,
+        }
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+
+    # ------------------------------------------------------------------ speaking
+    def greeting(self) -> Iterator[tuple[int, np.ndarray]]:
+        """The agent's greeting, spoken sentence by sentence."""
+        try:
+            text = self.agent.greeting()
+        except Exception:
+            log.exception("call %s: the agent's greeting failed", self.id)
+            text = ""
+        if not text:
+            return
+        reply = self._begin_reply()
+        entry = {"role": "bot", "text": text}
+        self.transcript.append(entry)
+        try:
+            yield from self._speak(reply, iter([text]), TurnTimeline(call_id=self.id), entry)
+        finally:
+            self._end_reply(reply, entry)
+
+    def say(self, text: str) -> Iterator[tuple[int, np.ndarray]]:
+        """A line outside the agent (an apology): spoken and shown, not part of the agent's history."""
+        reply = self._begin_reply()
+        entry = {"role": "bot", "text": text}
+        self.transcript.append(entry)
+        try:
+            yield from self._speak(reply, iter([text]), TurnTimeline(call_id=self.id), entry, tell_agent=False)
+        finally:
+            self._end_reply(reply, entry, tell_agent=False)
+
+    def turn(
+        self, audio: tuple[int, np.ndarray], timeline: TurnTimeline | None = None
+    ) -> Iterator[tuple[int, np.ndarray] | AdditionalOutputs]:
+        """One caller utterance in, the reply out: audio per sentence as soon as it is synthesized.
+
+        Yields ``(sample_rate, float32 audio)`` pieces and ``AdditionalOutputs(snapshot)`` for the UI.
+        An empty or noise-only transcript ends the turn quietly. A failed STT or TTS is logged and
+        answered with a spoken apology instead of silence.
+        """
+        self._turns += 1
+        self._reply = None  # a barge-in from here on stops this turn, not the previous reply
+        tl = timeline or TurnTimeline()
+        tl.call_id, tl.turn = self.id, self._turns
+        tl.stamp("turn_detected")
+        if tl.speech_end is None:
+            tl.speech_end = tl.turn_detected
+        sr, samples = audio
+        samples = np.asarray(samples)
+        tl.audio_s = samples.size / sr if sr else 0.0
+        logged = False
+        try:
+            text = self._transcribe(sr, samples, tl)
+            if text is None:  # STT failed: already logged; apologise and let the caller repeat
+                self.timelines.append(tl)
+                yield from self.say(APOLOGY.get(self.language, APOLOGY["en"]))
+                tl.reply = APOLOGY.get(self.language, APOLOGY["en"])
+                return
+            if not meaningful(text):
+                tl.skipped = True
+                log.debug("call %s: turn %d skipped (transcript %r)", self.id, tl.turn, text)
+                return
+            self.timelines.append(tl)
+            self.transcript.append({"role": "user", "text": text})
+            log.debug("call %s: caller: %s", self.id, text)
+            yield AdditionalOutputs(self.snapshot())
+            reply = self._begin_reply()
+            entry: dict[str, Any] = {"role": "bot", "text": ""}
+            self.transcript.append(entry)
+            try:
+                yield from self._speak(reply, self._agent_text(text, tl), tl, entry)
+            finally:
+                self._end_reply(reply, entry)
+                tl.reply = reply.raw
+                tl.heard = reply.heard
+            tl.stamp("reply_done")
+            log.debug("call %s: bot: %s", self.id, reply.raw)
+            yield AdditionalOutputs(self.snapshot())
+            self._log_turn(tl)
+            logged = True
+        finally:
+            if not logged and not tl.skipped:
+                self._log_turn(tl)
+
+    # ------------------------------------------------------------------ barge-in
+    def barge_in(self, now: float | None = None) -> str | None:
+        """The caller started talking: freeze the current reply at what was heard by ``now``.
+
+        Returns the heard text, or None when nothing was playing. If the reply's generator has
+        finished, the agent is told at once; otherwise the generator tells it when it is closed
+        (the agent may be mid-stream in another thread until then).
+        """
+        reply = self._reply
+        if reply is None:
+            return None
+        now = time.monotonic() if now is None else now
+        with reply.lock:
+            if reply.frozen:
+                return reply.heard
+            if reply.done and now >= reply.playing_until():
+                return None  # everything was played: nothing was cut off
+            reply.frozen = True
+            reply.heard = reply.heard_text(now)
+            if reply.done:
+                self._apply_heard(reply)
+        log.info("call %s: barge-in after %d of %d characters", self.id, len(reply.heard or ""), len(reply.raw))
+        return reply.heard
+
+    def assume_played(self) -> None:
+        """Take everything handed out so far as already heard (a transport that plays before it
+        returns, or a test that does not want to wait out the playback)."""
+        reply = self._reply
+        if reply is None:
+            return
+        with reply.lock:
+            shift = max(0.0, reply.playing_until() - time.monotonic())
+            reply.sends = [(t - shift - 1.0, s0, s1) for t, s0, s1 in reply.sends]
+
+    def playing(self, now: float | None = None) -> bool:
+        """Whether reply audio handed out may still be playing at ``now``."""
+        reply = self._reply
+        if reply is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return not reply.done or now < reply.playing_until()
+
+    # ------------------------------------------------------------------ internals
+    def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline) -> str | None:
+        if samples.size == 0:
+            tl.stamp("transcript_ready")
+            return ""
+        try:
+            if is_silent(samples):
+                tl.stamp("transcript_ready")
+                return ""
+            t0 = time.perf_counter()
+            result = self.runtime.stt.transcribe(samples, sr)
+            tl.stt_s = time.perf_counter() - t0
+            text = (result.text or "").strip()
+        except Exception as e:
+            tl.stamp("transcript_ready")
+            tl.error = f"stt: {type(e).__name__}: {e}"
+            log.exception("call %s: STT failed on %.2f s of audio", self.id, samples.size / max(sr, 1))
+            return None
+        tl.stamp("transcript_ready")
+        tl.transcript = text
+        return text
+
+    def _agent_text(self, text: str, tl: TurnTimeline) -> Iterator[str]:
+        stream = self.agent.respond(text)
+        try:
+            for chunk in stream:
+                if chunk:
+                    tl.stamp("first_text")
+                    yield chunk
+        except Exception as e:
+            # the agents turn their own LLM/tool faults into speech; this is a bug, but the caller
+            # must still hear something and be able to go on
+            tl.error = f"agent: {type(e).__name__}: {e}"
+            log.exception("call %s: the agent failed on %r", self.id, text)
+            tl.stamp("first_text")
+            yield APOLOGY.get(self.language, APOLOGY["en"])
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    def _begin_reply(self) -> _Reply:
+        reply = _Reply(self.sample_rate)
+        self._reply = reply
+        return reply
+
+    def _end_reply(self, reply: _Reply, entry: dict[str, Any], tell_agent: bool = True) -> None:
+        with reply.lock:
+            reply.done = True
+            if reply.frozen:
+                self._apply_heard(reply, tell_agent)
+        if not reply.frozen:
+            entry["text"] = reply.raw
+
+    def _apply_heard(self, reply: _Reply, tell_agent: bool = True) -> None:
+        """Tell the agent (once) that only ``reply.heard`` reached the caller; mark the transcript."""
+        if reply.applied:
+            return
+        reply.applied = True
+        heard = reply.heard or ""
+        for entry in reversed(self.transcript):
+            if entry["role"] == "bot":
+                entry["text"] = heard
+                entry["interrupted"] = True
+                entry["unheard"] = reply.raw[len(heard):]
+                break
+        if tell_agent:
+            try:
+                self.agent.interrupted(heard)
+            except Exception:
+                log.exception("call %s: the agent failed to take the interruption", self.id)
+
+    def _speak(
+        self,
+        reply: _Reply,
+        text: Iterator[str],
+        tl: TurnTimeline,
+        entry: dict[str, Any],
+        tell_agent: bool = True,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Sentences out of ``text`` as they complete, each synthesized and handed out in pieces."""
+        splitter = SentenceSplitter()
+        tts_broken = False
+        pos = 0  # how far into reply.raw the sentences have been matched
+
+        def sentences() -> Iterator[tuple[str, int]]:
+            nonlocal pos
+            for chunk in text:
+                reply.raw += chunk
+                for s in splitter.feed(chunk):
+                    pos = self._raw_end(reply.raw, s, pos)
+                    yield s, pos
+            rest = splitter.flush()
+            if rest:
+                yield rest, len(reply.raw)
+
+        pieces = sentences()
+        try:
+            for sentence, raw_end in pieces:
+                entry["text"] = reply.raw
+                if tts_broken:
+                    continue  # keep reading the agent so its tools run; nothing more is voiced
+                lang = self.language
+                try:
+                    audio = np.asarray(self.runtime.tts.synthesize(sentence, lang), dtype=np.float32).reshape(-1)
+                except Exception as e:
+                    tts_broken = True
+                    tl.error = f"tts: {type(e).__name__}: {e}"
+                    log.exception("call %s: TTS failed on %r", self.id, sentence)
+                    yield from self._fallback(reply, lang)
+                    continue
+                if audio.size == 0:
+                    continue
+                tl.stamp("first_audio_synth")
+                reply.add(sentence, raw_end, audio.size)
+                yield from self._chunks(reply, audio)
+        finally:
+            # Closed here, not whenever the garbage collector gets to them: the agent's stream (and
+            # its HTTP response) must be finished before the agent is told what was heard.
+            pieces.close()
+            close = getattr(text, "close", None)
+            if close is not None:
+                close()
+            if tts_broken:
+                self._mark_partial(reply)
+
+    def _mark_partial(self, reply: _Reply) -> None:
+        """After a TTS fault the agent must know the caller heard only the sentences voiced before it."""
+        with reply.lock:
+            if reply.frozen:
+                return
+            voiced = [s for s in reply.sentences if s.text != "\0fallback"]
+            reply.heard = reply.raw[: max((s.raw_end for s in voiced), default=0)]
+            reply.frozen = True
+
+    def _fallback(self, reply: _Reply, lang: str) -> Iterator[tuple[int, np.ndarray]]:
+        rendered = self.runtime.fallback_audio
+        audio = rendered.get(lang)
+        if audio is None and rendered:
+            audio = next(iter(rendered.values()))  # the apology in another language beats silence
+        if audio is None:
+            log.error("call %s: TTS is down and no fallback phrase was rendered: the caller hears nothing", self.id)
+            return
+        start = reply.samples
+        reply.add("\0fallback", 0, audio.size)
+        reply.sentences[-1].raw_end = 0
+        yield from self._chunks(reply, audio, start)
+
+    def _chunks(self, reply: _Reply, audio: np.ndarray, start: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        sr = self.sample_rate
+        step = max(1, int(CHUNK_S * sr))
+        base = reply.samples - audio.size if start is None else start
+        audio = np.clip(audio, -1.0, 1.0)
+        for i in range(0, audio.size, step):
+            piece = audio[i : i + step]
+            reply.sent(base + i, base + i + piece.size, time.monotonic())
+            yield sr, piece
+
+    @staticmethod
+    def _raw_end(raw: str, sentence: str, pos: int) -> int:
+        """Where ``sentence`` ends in the agent's raw text (the splitter strips the spaces between)."""
+        i = raw.find(sentence, pos)
+        return len(raw) if i < 0 else i + len(sentence)
+
+    def _log_turn(self, tl: TurnTimeline) -> None:
+        record = tl.to_json()
+        log.info("call %s: turn %d gap %s ms (stt %s s)", self.id, tl.turn, record["gap_ms"], record["stt_s"])
+        self.runtime.write_log({"event": "turn", **record})

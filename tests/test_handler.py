@@ -1,0 +1,444 @@
+"""The real CallHandler driven the way FastRTC drives it: 20 ms frames into receive(), emit() until
+nothing is left. Real silero VAD on espeak-ng speech, real faster-whisper and kokoro-onnx on the
+test models, and the LLM agent talking to a scripted OpenAI-protocol server on loopback.
+
+The random-weight Whisper hears any audio as junk letters, so where a test needs the caller's
+words (a booking needs a real "yes"), ``ScriptedEars`` runs the real Whisper and then reports the
+line the caller is scripted to have said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import threading
+import time
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+from audio_fixtures import ESPEAK, ESPEAK_MISSING, silence, speech
+from fastrtc import AdditionalOutputs, CloseStream
+
+from pipeline.agents import make_clock
+from pipeline.call import APOLOGY, TurnTimeline, VoiceRuntime
+from pipeline.handler import CallHandler, make_handler
+from pipeline.store import ReservationStore
+from pipeline.stt import make_stt
+from pipeline.testing import ScriptedOpenAI, booking_policy, text, tool
+from pipeline.tts import make_tts
+from pipeline.vad import make_vad
+
+pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
+
+NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
+SR = 16000
+
+
+# ----------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def parts(test_config):
+    """The real models, loaded and warmed once for the module."""
+    from pipeline.models import model_resolver
+
+    stt = make_stt(test_config.stt, model_resolver(test_config))
+    tts = make_tts(test_config.tts, model_resolver(test_config))
+    vad = make_vad(test_config.vad)
+    for p in (stt, tts, vad):
+        p.warmup()
+    return {"stt": stt, "tts": tts, "vad": vad}
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """A running event loop, as the transports give the handler (FastRTC posts messages to it)."""
+    lp = asyncio.new_event_loop()
+    t = threading.Thread(target=lp.run_forever, daemon=True)
+    t.start()
+    yield lp
+    lp.call_soon_threadsafe(lp.stop)
+    t.join(timeout=5)
+
+
+@pytest.fixture
+def server():
+    with ScriptedOpenAI() as s:
+        yield s
+
+
+@pytest.fixture
+def runtime_factory(test_config, parts, tmp_path):
+    made: list[VoiceRuntime] = []
+
+    def make(server=None, *, stt=None, tts=None, kind="llm") -> VoiceRuntime:
+        cfg = test_config.model_copy(deep=True)
+        cfg.store.url = f"sqlite:///{tmp_path}/r.db"
+        cfg.logging.call_log = str(tmp_path / "calls.jsonl")
+        cfg.agent.kind = kind
+        if server is not None:
+            cfg.llm.base_url = server.base_url
+            cfg.llm.timeout_s = 5.0
+        rt = VoiceRuntime(cfg, stt=stt or parts["stt"], tts=tts or parts["tts"], vad=parts["vad"],
+                          clock=make_clock(NOW))
+        made.append(rt)
+        return rt
+
+    yield make
+    for rt in made:
+        rt.close()
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+
+
+def start(rt: VoiceRuntime, loop) -> tuple[CallHandler, Recorder]:
+    h = make_handler(rt).copy()  # FastRTC copies the handler per connection
+    h._loop = loop
+    cleared = Recorder()
+    h._clear_queue = cleared  # the transport injects its queue-clearing here
+    return h, cleared
+
+
+def feed(h: CallHandler, audio: np.ndarray, frame_ms: int = 20) -> None:
+    n = SR * frame_ms // 1000
+    for i in range(0, len(audio), n):
+        h.receive((SR, audio[i : i + n].reshape(1, -1)))
+
+
+def drain(h: CallHandler, limit: int = 2000) -> list:
+    """emit() until the reply is over, like FastRTC's loop (None while idle)."""
+    out = []
+    for _ in range(limit):
+        item = h.emit()
+        if item is None:
+            if h.generator is None and not h.event.is_set():
+                break
+            continue
+        out.append(item)
+    return out
+
+
+def audio_of(items: list) -> list[np.ndarray]:
+    return [i[1] for i in items if isinstance(i, tuple)]
+
+
+def greet(h: CallHandler) -> list:
+    h.start_up()
+    out = drain(h)
+    h.call.assume_played()  # as if the caller had listened to all of it
+    return out
+
+
+def utterance(words: str, lang: str = "ja") -> np.ndarray:
+    return np.concatenate([silence(0.3), speech(words, lang), silence(1.3)])
+
+
+def say(h: CallHandler, words: str, lang: str = "ja", played: bool = True) -> list:
+    feed(h, utterance(words, lang))
+    out = drain(h)
+    if played:
+        h.call.assume_played()
+    return out
+
+
+class ScriptedEars:
+    """The real STT runs; the caller's scripted line is reported as what it heard."""
+
+    def __init__(self, stt, lines: list[str]):
+        self.stt, self.lines = stt, list(lines)
+
+    def transcribe(self, audio, sample_rate):
+        result = self.stt.transcribe(audio, sample_rate)
+        return type(result)(self.lines.pop(0), result.language, result.duration_s, result.elapsed_s)
+
+    def warmup(self):
+        self.stt.warmup()
+
+
+class DeafOnce:
+    """An STT whose first transcription fails (a crashed decoder), then works."""
+
+    def __init__(self, stt):
+        self.stt, self.failed = stt, 0
+
+    def transcribe(self, audio, sample_rate):
+        if not self.failed:
+            self.failed += 1
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.stt.transcribe(audio, sample_rate)
+
+    def warmup(self):
+        pass
+
+
+class BreakableTTS:
+    """The real TTS until ``broken`` is set (start-up worked, then the TTS died)."""
+
+    def __init__(self, tts):
+        self.tts, self.broken = tts, False
+        self.sample_rate = tts.sample_rate
+
+    def synthesize(self, text, language):
+        if self.broken:
+            raise RuntimeError("onnxruntime: session is gone")
+        return self.tts.synthesize(text, language)
+
+    def stream(self, text, language):
+        yield self.sample_rate, self.synthesize(text, language)
+
+    def warmup(self):
+        pass
+
+
+def log_lines(rt: VoiceRuntime) -> list[dict]:
+    return [json.loads(line) for line in rt.call_log.read_text(encoding="utf-8").splitlines()]
+
+
+# ----------------------------------------------------------------------------------- tests
+def test_handler_is_configured_for_the_phone_and_the_browser(runtime_factory):
+    rt = runtime_factory(kind="rules")
+    h = make_handler(rt)
+    c = h.copy()
+    assert type(c) is CallHandler and c is not h and c.runtime is rt
+    assert c.can_interrupt and c.output_sample_rate == rt.tts.sample_rate == 24000
+    assert c.input_sample_rate == 16000
+    assert c.model.model is rt.vad  # the bundled silero, never FastRTC's hub download
+    assert c.algo_options.audio_chunk_duration == rt.cfg.vad.audio_chunk_duration
+    assert c.model_options.threshold == rt.cfg.vad.threshold
+
+
+def test_greeting_is_spoken_first_when_the_call_starts(runtime_factory, loop):
+    rt = runtime_factory(kind="rules")
+    h, _ = start(rt, loop)
+    h.start_up()
+    first = h.emit()
+    assert isinstance(first, tuple) and first[0] == 24000 and first[1].size > 0
+    rest = drain(h)
+    assert isinstance(rest[-1], AdditionalOutputs)
+    snap = rest[-1].args[0]
+    assert snap["transcript"][0]["role"] == "bot" and snap["transcript"][0]["text"]
+    assert h.call.id in rt.calls
+
+
+def test_spoken_turn_changes_the_reservation_as_the_tools_say(runtime_factory, server, loop):
+    server.add(
+        tool("update_reservation", {"date": "12月24日", "time": "19時", "party_size": 2}),
+        text("12月24日の19時、2名様ですね。お名前をお願いします。"),
+    )
+    rt = runtime_factory(server)
+    h, _ = start(rt, loop)
+    greet(h)
+    out = say(h, "十二月二十四日の十九時に二名でお願いします")
+    assert audio_of(out), out
+    assert isinstance(out[0], AdditionalOutputs)  # the caller's words reach the UI before the reply
+    slots = h.call.agent.state.slots.to_json()
+    assert (slots["date"], slots["time"], slots["party_size"]) == ("2026-12-24", "19:00", 2)
+    assert slots["name"] is None
+    final = out[-1].args[0]
+    assert final["slots"]["date"] == "2026-12-24" and final["transcript"][-1]["text"].startswith("12月24日")
+    tl = h.call.timelines[-1]
+    assert tl.speech_end <= tl.turn_detected <= tl.transcript_ready <= tl.first_text
+    assert tl.first_text <= tl.first_audio_synth <= tl.first_audio_sent and tl.gap_ms > 0
+    turns = [r for r in log_lines(rt) if r["event"] == "turn"]
+    assert turns and turns[-1]["gap_ms"] == tl.gap_ms and turns[-1]["reply"].startswith("12月24日")
+    assert not server.errors
+
+
+def test_whole_booking_by_voice_ends_in_the_database_and_hangs_up(runtime_factory, parts, tmp_path, loop):
+    lines = ["12月24日", "19時", "2名", "田中です", "090-1234-5678", "特にありません", "はい", "以上です"]
+    with ScriptedOpenAI(responder=booking_policy("ja")) as server:
+        rt = runtime_factory(server, stt=ScriptedEars(parts["stt"], lines))
+        h, _ = start(rt, loop)
+        greet(h)
+        outs = [say(h, "はい、お願いします") for _ in lines]
+        assert not server.errors
+    assert all(audio_of(o) for o in outs)
+    assert isinstance(outs[-1][-1], CloseStream)  # the goodbye is followed by hanging up
+    store = ReservationStore(rt.cfg.store_url())
+    try:
+        booked = store.all()
+    finally:
+        store.close()
+    assert len(booked) == 1
+    r = booked[0].to_json()
+    assert (r["date"], r["time"], r["party_size"], r["name"], r["phone"]) == (
+        "2026-12-24", "19:00", 2, "田中", "09012345678")
+    assert h.call.id not in rt.calls  # ended in the runtime
+    feed(h, utterance("もしもし"))  # an ended call answers nothing more
+    assert drain(h) == []
+    ends = [r for r in log_lines(rt) if r["event"] == "call_end"]
+    assert len(ends) == 1 and ends[0]["reservation"]["id"] == r["id"] and ends[0]["reason"] == "completed"
+
+
+def test_barge_in_stops_the_reply_and_the_agent_keeps_only_what_was_heard(runtime_factory, server, loop):
+    s1 = "かしこまりました、12月24日ですね。"
+    s2 = "その日は19時と20時にお席がございます。"
+    s3 = "ご希望のお時間をお知らせください。"
+    server.add(
+        tool("update_reservation", {"date": "12月24日"}),
+        text(s1 + s2 + s3),
+        text("19時ですね。"),
+    )
+    rt = runtime_factory(server)
+    h, cleared = start(rt, loop)
+    greet(h)
+    feed(h, utterance("十二月二十四日でお願いします"))
+    first_audio = None
+    while first_audio is None:
+        item = h.emit()
+        if isinstance(item, tuple):
+            first_audio = item
+    reply = h.generator
+    assert reply is not None and h.state.responding
+    cleared.calls = 0
+    # the caller talks over the bot: stopped at speech onset, not at the caller's next pause
+    words = speech("いや、十九時で", "ja")
+    n = 0
+    while h.generator is reply and n < len(words):
+        h.receive((SR, words[n : n + 320].reshape(1, -1)))
+        n += 320
+    assert h.generator is None and n < len(words)  # before the utterance was even over
+    assert reply.gi_frame is None  # closed
+    assert cleared.calls >= 1  # FastRTC's queued audio dropped
+    history = h.call.agent.history
+    spoken = [m for m in history if m["role"] == "assistant" and m.get("content")]
+    assert spoken[-1]["content"] == s1
+    assert s2 not in json.dumps(history, ensure_ascii=False)
+    bot = [m for m in h.call.transcript if m["role"] == "bot"][-1]
+    assert bot["interrupted"] and bot["text"] == s1
+    # the interrupting utterance is answered once it ends
+    feed(h, np.concatenate([words[n:], silence(1.3)]))
+    out = drain(h)
+    assert audio_of(out) and h.call.agent.history[-1]["content"] == "19時ですね。"
+    assert not server.errors
+
+
+def test_idle_handler_does_not_spin_yet_answers_at_once(runtime_factory, loop):
+    rt = runtime_factory(kind="rules")
+    h, _ = start(rt, loop)
+    greet(h)
+    calls, nones = 0, 0
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        calls += 1
+        nones += h.emit() is None
+    assert nones == calls and calls <= 15, calls  # ~10 at 50 ms each, not thousands
+
+    # FastRTC's emit loop runs in its own thread; a slow idle wait must not delay the reply.
+    h.idle_wait_s = 2.0
+    got: list = []
+    stop = threading.Event()
+
+    def emit_loop():
+        while not stop.is_set():
+            item = h.emit()
+            if item is not None:
+                got.append((time.monotonic(), item))
+
+    t = threading.Thread(target=emit_loop, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.1)  # the loop is now parked in its idle wait
+        feed(h, utterance("こんにちは"))
+        deadline = time.monotonic() + 10
+        while not any(isinstance(i, tuple) for _, i in got) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        h.event.set()
+        t.join(timeout=5)
+    tl = h.call.timelines[-1]
+    woke = tl.transcript_ready - tl.turn_detected - (tl.stt_s or 0)
+    assert woke < 0.15, woke
+    assert tl.first_audio_sent is not None and tl.first_audio_sent - tl.turn_detected < 1.5
+
+
+def test_stt_fault_is_answered_with_an_apology_and_the_call_goes_on(runtime_factory, parts, loop):
+    rt = runtime_factory(kind="rules", stt=DeafOnce(parts["stt"]))
+    h, _ = start(rt, loop)
+    greet(h)
+    out = say(h, "十二月二十四日でお願いします")
+    spoken = np.concatenate(audio_of(out))
+    apology = rt.tts.synthesize(APOLOGY["ja"], "ja")
+    assert spoken.size == apology.size
+    assert h.call.transcript[-1] == {"role": "bot", "text": APOLOGY["ja"]}
+    assert "stt" in h.call.timelines[-1].error and not h.call.ended
+    out = say(h, "十二月二十四日でお願いします")
+    assert audio_of(out) and h.call.transcript[-2]["role"] == "user"
+
+
+def test_tts_fault_plays_the_fallback_phrase_rendered_at_start_up(runtime_factory, parts, loop):
+    tts = BreakableTTS(parts["tts"])
+    rt = runtime_factory(kind="rules", tts=tts)
+    assert rt.fallback_audio["ja"].size > 0
+    h, _ = start(rt, loop)
+    greet(h)
+    tts.broken = True
+    out = say(h, "十二月二十四日でお願いします")
+    spoken = np.concatenate(audio_of(out))
+    # (the junk the random Whisper hears may switch the call to English: the apology follows)
+    assert np.array_equal(spoken, np.clip(rt.fallback_audio[h.call.language], -1, 1))
+    tl = h.call.timelines[-1]
+    assert "tts" in tl.error and tl.first_audio_sent is not None
+    bot = h.call.transcript[-1]
+    assert bot["role"] == "bot" and bot["text"] == "" and bot["unheard"]  # nothing the agent wrote was heard
+
+
+def test_timeline_reports_offsets_from_the_end_of_speech():
+    tl = TurnTimeline(call_id="c", turn=1, speech_end=10.0, turn_detected=10.5, transcript_ready=10.6,
+                      first_text=10.7, first_audio_synth=10.8, first_audio_sent=10.81, transcript="はい", reply="x")
+    j = tl.to_json()
+    assert j["ms"]["turn_detected"] == 500.0 and j["ms"]["first_audio_sent"] == 810.0
+    assert j["gap_ms"] == 810.0 and j["transcript"] == "はい" and j["reply"] == "x"
+    tl.stamp("first_audio_sent", 99.0)
+    assert tl.first_audio_sent == 10.81  # first means first
+
+
+def test_phone_call_over_twilio_protocol_greets_clears_on_barge_in_and_ends(runtime_factory, loop):
+    """The real FastRTC Stream and its /telephone/handler websocket, in-process (no network)."""
+    import audioop
+    import base64
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from fastrtc import Stream
+
+    rt = runtime_factory(kind="rules")
+    stream = Stream(make_handler(rt), modality="audio", mode="send-receive", concurrency_limit=2)
+    app = FastAPI()
+    stream.mount(app)
+
+    def media(pcm8k: np.ndarray):
+        for i in range(0, len(pcm8k), 160):  # 20 ms of 8 kHz mu-law, like Twilio
+            payload = base64.b64encode(audioop.lin2ulaw(pcm8k[i : i + 160].tobytes(), 2)).decode()
+            yield {"event": "media", "media": {"payload": payload}}
+
+    talk = np.concatenate([speech("十二月二十四日でお願いします", "ja", sample_rate=8000), silence(1.3, 8000)])
+    seen: list[dict] = []
+    with TestClient(app) as client:  # its event loop must outlive the socket: the watcher runs on it
+        with client.websocket_connect("/telephone/handler") as ws:
+            ws.send_json({"event": "start", "streamSid": "MZphone"})
+            first = ws.receive_json()
+            assert first["event"] == "media" and first["streamSid"] == "MZphone"  # the greeting, unasked
+            assert "MZphone" in rt.calls
+            for m in media(talk):  # the caller talks over the rest of the greeting
+                ws.send_json(m)
+            for _ in range(60):
+                msg = ws.receive_json()
+                seen.append(msg)
+                if msg.get("event") == "clear":
+                    break
+            ws.send_json({"event": "stop"})
+        deadline = time.monotonic() + 3
+        while "MZphone" in rt.calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert {"event": "clear", "streamSid": "MZphone"} in seen
+    assert all(m.get("event") in ("media", "clear") for m in seen)  # nothing Twilio does not know
+    assert "MZphone" not in rt.calls  # FastRTC never calls shutdown() on the phone: the watcher did
+    assert [r["reason"] for r in log_lines(rt) if r["event"] == "call_end"] == ["hangup"]
