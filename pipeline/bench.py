@@ -1,0 +1,889 @@
+"""``voicebot bench``: how long a caller waits for the bot, stage by stage, against the naive cascade.
+
+Simulated calls: Japanese caller lines spoken by espeak-ng, passed through a phone line (8 kHz,
+mu-law) and fed in 20 ms frames, paced by the wall clock in one thread, to the real
+:class:`~pipeline.handler.CallHandler` with the real bundled silero VAD, while another thread drains
+``emit()`` as FastRTC does. The same clips then go through the naive cascade: stock FastRTC
+``ReplyOnPause`` whose reply function transcribes the whole turn, gets the whole reply from the
+agent, synthesises it in one piece and yields it.
+
+The gap is measured from outside: from the wall time the last voiced frame of a clip was fed (the
+end of speech is found in each clip beforehand) to the moment ``emit()`` returned the first audio
+of the reply. The stages in between come from the pipeline's own :class:`~pipeline.call.TurnTimeline`
+and, for the naive cascade, from stamps inside its reply function.
+
+Whisper runs with the real dimensions of the configured size: real weights when they are in
+``models/``, otherwise random weights of the same shape (built once into a cache folder) with a
+real-size vocabulary and decoding capped to a realistic token count. Random weights hear garbage,
+so the agent is always given the scripted line while the real STT is still run and timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from pipeline.config import Config, ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+SR = 16000  # what the handler takes (the phone path resamples Twilio's 8 kHz to this)
+FRAME = SR // 50  # 20 ms, a WebRTC / Twilio frame
+PHONE_SR = 8000
+#: the clock the calls run at, so that the scripted date is always bookable
+NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
+#: Whisper emits about one token per 0.1 s of Japanese speech
+TOKENS_PER_S = 10
+#: how long after its line a turn may take to be answered in full before it counts as unanswered
+REPLY_TIMEOUT_S = 10.0
+#: idle poll of emit(): stock ReplyOnPause returns None at once and FastRTC would spin a core on it
+POLL_S = 0.002
+#: multilingual Whisper's text tokens (byte-level BPE ranks plus the empty token at 50256)
+WHISPER_TEXT_TOKENS = 50257
+WHISPER_DIMS = {
+    "tiny": {"d_model": 384, "layers": 4, "heads": 6},
+    "base": {"d_model": 512, "layers": 6, "heads": 8},
+    "small": {"d_model": 768, "layers": 12, "heads": 12},
+}
+#: faster-whisper's language codes, in its order; only their presence matters to the tokenizer
+WHISPER_LANGUAGES = (
+    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr ht "
+    "hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc pa pl "
+    "ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo zh yue"
+).split()
+#: a real kokoro model is tens of MB; the test fixture is a few KB
+REAL_KOKORO_MIN_BYTES = 5_000_000
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str  # what the caller says, as the agent is given it
+    spoken: str  # the same in kana: espeak-ng reads kanji as character names
+
+
+#: one booking from start to goodbye; the rules agent fills every slot from these
+SCRIPT = (
+    Line("12月24日の19時に2名でお願いします", "じゅうにがつ にじゅうよっかの じゅうくじに にめいで おねがいします"),
+    Line("田中です", "たなかです"),
+    Line("ゼロキューゼロ、イチニーサンヨン、ゴーロクナナハチ", "ゼロキューゼロ、イチニーサンヨン、ゴーロクナナハチ"),
+    Line("特にありません", "とくにありません"),
+    Line("はい", "はい"),
+    Line("以上です", "いじょうです"),
+)
+LEAD_S = 0.3  # silence before each line: a caller draws breath after the bot stops
+
+
+# ============================================================================================ audio
+@dataclass
+class Clip:
+    line: Line
+    audio: np.ndarray  # int16 at SR: lead silence, then the line
+    speech_end_s: float  # offset of the last voiced sample
+
+    @property
+    def speech_s(self) -> float:
+        return self.speech_end_s - LEAD_S
+
+
+def espeak(text: str, voice: str = "ja") -> tuple[int, np.ndarray]:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng): the bench has no caller voice")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "line.wav"
+        subprocess.run([exe, "-v", voice, "-w", str(path), text], check=True, capture_output=True, timeout=60)
+        with wave.open(str(path)) as w:
+            rate = w.getframerate()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+            if w.getnchannels() > 1:
+                pcm = pcm.reshape(-1, w.getnchannels())[:, 0]
+    return rate, pcm
+
+
+def mulaw_roundtrip(x: np.ndarray, mu: float = 255.0) -> np.ndarray:
+    """What G.711 mu-law does to float audio in [-1, 1]: 8-bit companding."""
+    y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    y = np.round(y * 127.0) / 127.0
+    return np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu
+
+
+def phone_line(rate: int, pcm: np.ndarray) -> np.ndarray:
+    """espeak's audio as a phone call delivers it to the handler: 8 kHz mu-law, up to 16 kHz int16."""
+    from pipeline.stt import resample
+
+    x = pcm.astype(np.float32) / 32768.0
+    x = mulaw_roundtrip(resample(x, rate, PHONE_SR))
+    x = resample(x.astype(np.float32), PHONE_SR, SR)
+    return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def speech_end(audio: np.ndarray, window: int = SR // 100, below_peak_db: float = 35.0) -> float:
+    """Seconds to the end of the last 10 ms window within ``below_peak_db`` of the loudest one."""
+    n = audio.size // window
+    frames = audio[: n * window].astype(np.float64).reshape(n, window) / 32768.0
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    voiced = np.flatnonzero(rms > rms.max() * 10 ** (-below_peak_db / 20))
+    return float((voiced[-1] + 1) * window / SR) if voiced.size else 0.0
+
+
+def make_clips(lines: tuple[Line, ...] | list[Line]) -> list[Clip]:
+    clips = []
+    for line in lines:
+        audio = np.concatenate([np.zeros(int(LEAD_S * SR), np.int16), phone_line(*espeak(line.spoken))])
+        clips.append(Clip(line, audio, speech_end(audio)))
+    return clips
+
+
+# ============================================================================================ models
+def build_random_whisper(out_dir: Path, size: str, seed: int = 0) -> Path:
+    """Random weights with whisper-``size``'s real dimensions and vocabulary size, in CTranslate2 int8.
+
+    The tokenizer is byte-level (no merges) padded with unreachable tokens to real multilingual
+    Whisper's 51866 ids, so the decoder's output projection, the bulk of a decoding step, costs what
+    it costs with real weights.
+    """
+    from ctranslate2.specs import whisper_spec
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    dims = WHISPER_DIMS[size]
+    d, layers, heads = dims["d_model"], dims["layers"], dims["heads"]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    byte_sym, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            byte_sym[b] = chr(b)
+        else:
+            byte_sym[b] = chr(256 + extra)
+            extra += 1
+    # "" just before <|endoftext|> is how ctranslate2 recognises a multilingual model
+    text = [byte_sym[b] for b in range(256)]
+    text += [f"<|pad{i}|>" for i in range(WHISPER_TEXT_TOKENS - 1 - len(text))] + [""]
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{c}|>" for c in WHISPER_LANGUAGES],
+                "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
+                "<|notimestamps|>"]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(text)}, merges=[]))
+    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", special=False, normalized=False) for i in range(1501)])
+    vocab = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
+    index = {t: i for i, t in enumerate(vocab)}
+
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    def norm(spec) -> None:
+        spec.gamma, spec.beta = np.ones(d, np.float32), np.zeros(d, np.float32)
+
+    def linear(spec, n_out: int, n_in: int) -> None:
+        spec.weight, spec.bias = rand(n_out, n_in), np.zeros(n_out, np.float32)
+
+    spec = whisper_spec.WhisperSpec(layers, heads, layers, heads)
+    enc = spec.encoder
+    enc.conv1.weight, enc.conv1.bias = rand(d, 80, 3), np.zeros(d, np.float32)
+    enc.conv2.weight, enc.conv2.bias = rand(d, d, 3), np.zeros(d, np.float32)
+    inv = np.exp(-np.log(10000) / (d // 2 - 1) * np.arange(d // 2))
+    t = np.arange(1500)[:, None] * inv[None, :]
+    enc.position_encodings.encodings = np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
+    norm(enc.layer_norm)
+    for lay in enc.layer:
+        norm(lay.self_attention.layer_norm)
+        linear(lay.self_attention.linear[0], 3 * d, d)
+        linear(lay.self_attention.linear[1], d, d)
+        norm(lay.ffn.layer_norm)
+        linear(lay.ffn.linear_0, 4 * d, d)
+        linear(lay.ffn.linear_1, d, 4 * d)
+    dec = spec.decoder
+    dec.embeddings.weight = rand(len(vocab), d)
+    dec.position_encodings.encodings = rand(448, d)
+    norm(dec.layer_norm)
+    dec.projection.weight = dec.embeddings.weight
+    for lay in dec.layer:
+        norm(lay.self_attention.layer_norm)
+        linear(lay.self_attention.linear[0], 3 * d, d)
+        linear(lay.self_attention.linear[1], d, d)
+        norm(lay.attention.layer_norm)
+        linear(lay.attention.linear[0], d, d)
+        linear(lay.attention.linear[1], 2 * d, d)
+        linear(lay.attention.linear[2], d, d)
+        norm(lay.ffn.layer_norm)
+        linear(lay.ffn.linear_0, 4 * d, d)
+        linear(lay.ffn.linear_1, d, 4 * d)
+    spec.register_vocabulary(vocab)
+    eot = index["<|endoftext|>"]
+    spec.config.suppress_ids = []
+    spec.config.suppress_ids_begin = [tok.token_to_id("\u0120"), eot]
+    spec.config.lang_ids = sorted(index[f"<|{c}|>"] for c in WHISPER_LANGUAGES)
+    spec.config.alignment_heads = [[i, h] for i in range(layers // 2, layers) for h in range(heads)]
+    spec.validate()
+    spec.optimize(quantization="int8")
+
+    # Built beside, renamed when complete: an interrupted build never looks like a model.
+    tmp = out_dir.with_name(out_dir.name + f".building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    spec.save(str(tmp))
+    tok.save(str(tmp / "tokenizer.json"))
+    (tmp / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_size": 80, "sampling_rate": 16000, "hop_length": 160, "chunk_length": 30, "n_fft": 400}))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.replace(out_dir)
+    return out_dir
+
+
+def whisper_model(cfg: Config, size: str, cache_dir: Path) -> tuple[Path, str]:
+    """``(model directory, "real" | "random-weights")`` for whisper-``size``; sets ``cfg.stt.model``."""
+    from pipeline.models import models_status, whisper_dir
+
+    cfg.stt.model = size
+    real = whisper_dir(cfg)
+    if models_status(cfg)[0][2]:
+        return real, "real"
+    path = cache_dir / f"whisper-{size}-random-weights"
+    if not (path / "model.bin").is_file():
+        start = time.perf_counter()
+        log.warning("no whisper-%s model in %s: building random weights of its dimensions into %s (once)",
+                    size, real, path)
+        build_random_whisper(path, size)
+        log.info("built %s in %.1f s", path, time.perf_counter() - start)
+    cfg.stt.model = str(path)
+    return path, "random-weights"
+
+
+def kokoro_model(cfg: Config, cache_dir: Path) -> str:
+    """"real" when the configured kokoro files are there, else points ``cfg.tts`` at the test model."""
+    model, voices = cfg.path(cfg.tts.model), cfg.path(cfg.tts.voices)
+    if model.is_file() and voices.is_file() and model.stat().st_size >= REAL_KOKORO_MIN_BYTES:
+        return "real"
+    fake, fake_voices = cache_dir / "kokoro-test-model.onnx", cache_dir / "kokoro-test-voices.bin"
+    if not (fake.is_file() and fake_voices.is_file()):
+        builder = _test_model_builder()
+        builder.build_fake_kokoro(fake)
+        builder.build_voices(fake_voices)
+    cfg.tts.model, cfg.tts.voices = str(fake), str(fake_voices)
+    cfg.tts.voice = {"ja": "jf_alpha", "en": "af_heart"}
+    return "test-model"
+
+
+def _test_model_builder():
+    """``scripts/make_test_models.py`` of the source tree (it needs the dev dependency ``onnx``)."""
+    import importlib.util
+
+    from pipeline.config import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "scripts" / "make_test_models.py"
+    spec = importlib.util.spec_from_file_location("voicebot_make_test_models", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise RuntimeError(f"no kokoro model and no {path} to build the test model with: "
+                           "run `voicebot models download` first")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def whisper_window(seconds: float | None) -> Iterator[None]:
+    """Encode a window of ``seconds`` (or the audio, if longer) instead of faster-whisper's fixed 30 s.
+
+    An experiment only: the CTranslate2 encoder takes shorter inputs, but real weights were trained
+    on 30 s windows and nothing here checks what they make of shorter ones.
+    """
+    if not seconds:
+        yield
+        return
+    import faster_whisper.transcribe as fwt
+
+    original = fwt.pad_or_trim
+    frames = int(seconds * 100)
+
+    def pad_to_window(array, length: int = 3000, *, axis: int = -1):
+        n = min(length, max(frames, array.shape[axis] + array.shape[axis] % 2))
+        return original(array, n, axis=axis)
+
+    fwt.pad_or_trim = pad_to_window
+    try:
+        yield
+    finally:
+        fwt.pad_or_trim = original
+
+
+# ============================================================================================ STT
+class ScriptedTranscripts:
+    """The real faster-whisper run (and timed) on the caller's audio; the line the caller was
+    scripted to say reported as what it heard.
+
+    Random weights decode garbage until ``max_new_tokens``: the cap is set from the line's length
+    of speech so that the decoder does the work real speech would give it. The options otherwise
+    mirror ``FasterWhisperSTT.transcribe``, which takes no token cap.
+    """
+
+    def __init__(self, stt: Any, random_weights: bool, current: Callable[[], Clip | None]):
+        self.stt = stt
+        self.random_weights = random_weights
+        self.current = current
+        self.heard: list[str] = []
+        self.tokens: list[int] = []
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int):
+        from pipeline.stt import WHISPER_SAMPLE_RATE, Transcript, prepare_audio
+
+        clip = self.current()
+        start = time.perf_counter()
+        if self.random_weights:
+            x = prepare_audio(audio, sample_rate)
+            cap = max(4, round((clip.speech_s if clip else x.size / WHISPER_SAMPLE_RATE) * TOKENS_PER_S))
+            segments, _ = self.stt.model.transcribe(
+                x, language=self.stt.language, beam_size=self.stt.cfg.beam_size, temperature=0.0,
+                vad_filter=False, condition_on_previous_text=False, without_timestamps=True,
+                hotwords=self.stt.hotwords, max_new_tokens=cap)
+            segments = list(segments)
+            heard = "".join(s.text for s in segments).strip()
+            self.tokens.append(sum(len(s.tokens) for s in segments))
+            duration = x.size / WHISPER_SAMPLE_RATE
+        else:
+            result = self.stt.transcribe(audio, sample_rate)
+            heard, duration = result.text, result.duration_s
+        self.heard.append(heard)
+        text = clip.line.text if clip is not None else heard
+        return Transcript(text, self.stt.language, duration, time.perf_counter() - start)
+
+    def warmup(self) -> None:
+        self.stt.warmup()
+
+
+# ============================================================================================ one call
+@dataclass
+class Turn:
+    """One caller line and what became of it; times are ``time.monotonic()``."""
+
+    cascade: str
+    call: int
+    index: int
+    text: str
+    speech_s: float
+    speech_end: float | None = None  # when the last voiced frame was fed
+    turn_detected: float | None = None
+    transcript_ready: float | None = None
+    first_text: float | None = None
+    agent_done: float | None = None
+    first_audio_synth: float | None = None
+    first_audio_sent: float | None = None  # emit() returned the reply's first audio
+    reported_gap_ms: float | None = None  # the pipeline's own TurnTimeline.gap_ms
+    reported_speech_end: float | None = None
+    detections: int = 0  # pauses detected in this line (more than one: the turn was cut in two)
+    reply: str = ""
+    error: str | None = None
+
+    def stamp(self, name: str, when: float | None = None) -> None:
+        if getattr(self, name) is None:
+            setattr(self, name, time.monotonic() if when is None else when)
+
+    def ms(self) -> dict[str, float | None]:
+        """Each stage's duration, and the gap, in ms."""
+
+        def span(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 1)
+
+        return {
+            "endpoint_ms": span(self.speech_end, self.turn_detected),
+            "stt_ms": span(self.turn_detected, self.transcript_ready),
+            "agent_ms": span(self.transcript_ready, self.first_text),
+            "tts_ms": span(self.first_text, self.first_audio_synth),
+            "send_ms": span(self.first_audio_synth, self.first_audio_sent),
+            "gap_ms": span(self.speech_end, self.first_audio_sent),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cascade": self.cascade, "call": self.call, "turn": self.index, "text": self.text,
+                               "speech_s": round(self.speech_s, 2), **self.ms()}
+        if self.cascade == "pipeline":
+            out["reported_gap_ms"] = self.reported_gap_ms
+            out["speech_end_estimate_error_ms"] = (
+                None if self.reported_speech_end is None or self.speech_end is None
+                else round((self.reported_speech_end - self.speech_end) * 1000, 1))
+        else:
+            out["agent_done_ms"] = (None if self.agent_done is None or self.speech_end is None
+                                    else round((self.agent_done - self.speech_end) * 1000, 1))
+        out.update(detections=self.detections, reply=self.reply, error=self.error)
+        return out
+
+
+class PhoneLine:
+    """A phone line in real time: the feeder pushes frames at the wall clock's pace, a second
+    thread drains ``emit()`` and notes when the first audio of each reply comes out."""
+
+    def __init__(self, handler: Any, cursor: dict[str, Clip | None], on_idle: Callable[[], None] | None = None):
+        self.h = handler
+        self.cursor = cursor
+        self.turn: Turn | None = None
+        self.on_idle = on_idle
+        self._stop = threading.Event()
+        self._next = time.monotonic()
+        self._thread = threading.Thread(target=self._drain, name="bench-emit", daemon=True)
+        self.closed = False
+        self.audio_out = 0
+
+    def __enter__(self) -> PhoneLine:
+        self._next = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.h.event.set()  # wake a blocked emit()
+        self._thread.join(timeout=10)
+
+    def _drain(self) -> None:
+        from fastrtc.utils import split_output
+
+        while not self._stop.is_set():
+            try:
+                item = self.h.emit()
+            except Exception:
+                log.exception("emit() raised")
+                item = None
+            if item is None:
+                time.sleep(POLL_S)
+                continue
+            now = time.monotonic()
+            audio, extra = split_output(item)
+            if audio is not None:
+                self.audio_out += 1
+                turn = self.turn
+                if turn is not None and turn.speech_end is not None:
+                    turn.stamp("first_audio_sent", now)
+            if type(extra).__name__ == "CloseStream":
+                self.closed = True
+
+    def _frame(self, frame: np.ndarray) -> float:
+        """Feed one frame at its time; returns when it was fed."""
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        fed = time.monotonic()
+        was_set = self.h.event.is_set()
+        self.h.receive((SR, frame.reshape(1, -1)))
+        if not was_set and self.h.event.is_set() and self.turn is not None:
+            self.turn.detections += 1
+            self.turn.stamp("turn_detected")
+        self._next += FRAME / SR
+        return fed
+
+    def idle(self) -> bool:
+        h = self.h
+        return h.generator is None and not h.event.is_set() and getattr(h, "_pending", None) is None
+
+    def silence_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Feed silence (a quiet line keeps sending frames) until ``done()`` or the timeout."""
+        zeros = np.zeros(FRAME, np.int16)
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            self._frame(zeros)
+        return True
+
+    def say(self, clip: Clip, turn: Turn) -> None:
+        """Feed the clip, then silence until its reply has been handed out in full."""
+        self.turn = turn
+        self.cursor["clip"] = clip  # both cascades' STT report this clip's line as heard
+        end_sample = int(clip.speech_end_s * SR)
+        for start in range(0, clip.audio.size, FRAME):
+            fed = self._frame(np.pad(clip.audio[start : start + FRAME], (0, max(0, start + FRAME - clip.audio.size))))
+            if start < end_sample <= start + FRAME:
+                turn.speech_end = fed
+        ok = self.silence_until(lambda: turn.first_audio_sent is not None and self.idle(), REPLY_TIMEOUT_S)
+        if not ok:
+            turn.error = "no reply audio" if turn.first_audio_sent is None else "reply did not finish"
+        if self.on_idle is not None:
+            self.on_idle()
+
+
+def _event_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """A running loop, as the transports give a handler (stock ReplyOnPause posts messages to it)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="bench-loop", daemon=True)
+    thread.start()
+    return loop, thread
+
+
+def run_pipeline_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.AbstractEventLoop,
+                      stt: ScriptedTranscripts, cursor: dict[str, Clip | None]) -> list[Turn]:
+    from pipeline.handler import make_handler
+
+    h = make_handler(runtime).copy()
+    h._loop = loop
+    h._clear_queue = lambda: None
+    turns: list[Turn] = []
+    with PhoneLine(h, cursor, on_idle=lambda: h.call.assume_played()) as line:
+        h.start_up()
+        line.silence_until(line.idle, REPLY_TIMEOUT_S)  # the greeting, not timed
+        h.call.assume_played()  # as if the caller had listened to it (else their first word barges in)
+        for i, clip in enumerate(clips):
+            if h.call.ended:
+                break
+            seen = len(h.call.timelines)
+            turn = Turn("pipeline", call_no, i + 1, clip.line.text, clip.speech_s)
+            turns.append(turn)
+            line.say(clip, turn)
+            new = h.call.timelines[seen:]
+            if new:
+                tl = new[-1]
+                for name in ("transcript_ready", "first_text", "first_audio_synth"):
+                    setattr(turn, name, getattr(tl, name))
+                turn.turn_detected = tl.turn_detected
+                turn.reported_gap_ms = tl.gap_ms
+                turn.reported_speech_end = tl.speech_end
+                turn.reply = tl.reply
+                turn.error = turn.error or tl.error
+    runtime.end_call(h.call.id, "bench")
+    return turns
+
+
+def run_naive_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.AbstractEventLoop,
+                   stt: ScriptedTranscripts, cursor: dict[str, Clip | None]) -> list[Turn]:
+    """The seed-style cascade: stock ReplyOnPause (FastRTC's default options), the whole turn
+    transcribed, the whole reply written, synthesised in one piece, then yielded."""
+    from fastrtc import ReplyOnPause
+
+    from pipeline.vad import BundledSileroVAD
+
+    agent = runtime.new_agent(f"naive-{call_no}")
+    agent.greeting()
+    tts = runtime.tts
+    current: dict[str, Turn | None] = {"turn": None}
+
+    def reply(audio: tuple[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        turn = current["turn"]
+        stamp = turn.stamp if turn is not None else (lambda name, when=None: None)
+        sr, samples = audio
+        text = stt.transcribe(np.asarray(samples).reshape(-1), sr).text
+        stamp("transcript_ready")
+        parts = []
+        for chunk in agent.respond(text):
+            if chunk:
+                stamp("first_text")
+                parts.append(chunk)
+        stamp("agent_done")
+        whole = "".join(parts)
+        if turn is not None:
+            turn.reply = whole
+        speech = tts.synthesize(whole, agent.state.language)
+        stamp("first_audio_synth")
+        yield tts.sample_rate, speech
+
+    h = ReplyOnPause(reply, input_sample_rate=SR, output_sample_rate=int(tts.sample_rate),
+                     model=BundledSileroVAD())
+    h._loop = loop
+    h._clear_queue = lambda: None
+    turns: list[Turn] = []
+    with PhoneLine(h, cursor) as line:
+        for i, clip in enumerate(clips):
+            if agent.state.ended:
+                break
+            turn = Turn("naive", call_no, i + 1, clip.line.text, clip.speech_s)
+            current["turn"] = turn
+            turns.append(turn)
+            line.say(clip, turn)
+    return turns
+
+
+# ============================================================================================ results
+STAGE_KEYS = ("endpoint_ms", "stt_ms", "agent_ms", "tts_ms", "send_ms", "gap_ms")
+STAGE_LABELS = {
+    "endpoint_ms": "end of turn detected",
+    "stt_ms": "transcript ready",
+    "agent_ms": "agent's first text",
+    "tts_ms": "first audio synthesised",
+    "send_ms": "first audio emitted",
+    "gap_ms": "GAP (speech end -> audio)",
+}
+
+
+def _percentiles(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"p50": None, "p90": None, "n": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": round(float(np.percentile(a, 50)), 1), "p90": round(float(np.percentile(a, 90)), 1),
+            "mean": round(float(a.mean()), 1), "max": round(float(a.max()), 1), "n": int(a.size)}
+
+
+def summarize(turns: list[Turn]) -> dict[str, Any]:
+    rows = [t.ms() for t in turns]
+    out: dict[str, Any] = {k: _percentiles([r[k] for r in rows if r[k] is not None]) for k in STAGE_KEYS}
+    out["turns"] = len(turns)
+    out["answered"] = sum(1 for t in turns if t.first_audio_sent is not None)
+    out["split_turns"] = sum(1 for t in turns if t.detections > 1)
+    out["errors"] = sorted({t.error for t in turns if t.error})
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for row in Path("/proc/cpuinfo").read_text().splitlines():
+            if row.lower().startswith("model name"):
+                cpu = row.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    versions = {}
+    for mod in ("ctranslate2", "onnxruntime", "faster_whisper", "fastrtc", "kokoro_onnx"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            versions[mod] = None
+    return {"cores": usable, "cpu_count": os.cpu_count(), "cpu": cpu, "system": platform.platform(),
+            "python": platform.python_version(), **versions}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    p, n = result["pipeline"], result["naive"]
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    lines = [f"{'stage (ms, each from the previous)':34} {'pipeline p50':>12} {'p90':>7} {'naive p50':>10} {'p90':>7}"
+             f" {'naive/pipe':>10}"]
+    for key in STAGE_KEYS:
+        if key == "gap_ms":
+            lines.append("-" * len(lines[0]))
+        a, b = p[key], n[key]
+        ratio = "-" if not a["p50"] or b["p50"] is None else f"{b['p50'] / a['p50']:.2f}x"
+        lines.append(f"{STAGE_LABELS[key]:34} {cell(a['p50']):>12} {cell(a['p90']):>7} {cell(b['p50']):>10}"
+                     f" {cell(b['p90']):>7} {ratio:>10}")
+    m = result["machine"]
+    s = result["settings"]
+    lines.append("")
+    lines.append(f"turns answered: pipeline {p['answered']}/{p['turns']}, naive {n['answered']}/{n['turns']}; "
+                 f"split turns: pipeline {p['split_turns']}, naive {n['split_turns']}")
+    lines.append(f"stt: whisper-{s['stt_size']} ({result['stt']}), tts: kokoro ({result['tts']}), "
+                 f"agent: {s['agent']}; {m['cores']} cores, {m['cpu']}")
+    lines.extend(f"note: {note}" for note in result["notes"])
+    return "\n".join(lines)
+
+
+# ============================================================================================ the run
+def apply_sets(cfg: Config, sets: list[str]) -> None:
+    """``section.key=value`` overrides (values read as YAML), validated by the config's own models."""
+    import yaml
+    from pydantic import ValidationError
+
+    for item in sets:
+        path, sep, raw = item.partition("=")
+        keys = [k for k in path.strip().split(".") if k]
+        if not sep or len(keys) < 2:
+            raise ConfigError(f"--set {item!r}: expected section.key=value (e.g. vad.audio_chunk_duration=0.2)")
+        node: Any = cfg
+        for key in keys[:-1]:
+            if not hasattr(node, key):
+                raise ConfigError(f"--set {item!r}: no config section {key!r}")
+            node = getattr(node, key)
+        if keys[-1] not in type(node).model_fields:
+            raise ConfigError(f"--set {item!r}: no key {keys[-1]!r} in {'.'.join(keys[:-1])}")
+        try:
+            setattr(node, keys[-1], yaml.safe_load(raw))
+        except (ValidationError, yaml.YAMLError) as e:
+            raise ConfigError(f"--set {item!r}: {e}") from None
+
+
+def run_bench(
+    cfg: Config,
+    *,
+    calls: int = 3,
+    turns: int | None = None,
+    stt_size: str = "base",
+    agent: str = "rules",
+    ttft_ms: float = 300.0,
+    sets: list[str] | None = None,
+    stt_window: float | None = None,
+    warmup: bool = True,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the simulated calls through the pipeline, then the naive cascade; return the results."""
+    from pipeline.agents import make_clock
+    from pipeline.call import VoiceRuntime
+    from pipeline.stt import FasterWhisperSTT
+    from pipeline.tts import make_tts
+    from pipeline.vad import make_vad
+
+    if stt_size not in WHISPER_DIMS:
+        raise ConfigError(f"--stt-size: expected one of {', '.join(WHISPER_DIMS)}, got {stt_size!r}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
+    cfg = cfg.model_copy(deep=True)
+    apply_sets(cfg, sets or [])
+    cache = Path(cache_dir) if cache_dir else cfg.path("data") / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    whisper_path, stt_kind = whisper_model(cfg, stt_size, cache)
+    tts_kind = kokoro_model(cfg, cache)
+    work = tempfile.TemporaryDirectory(prefix="voicebot-bench-")
+    cfg.store.url = f"sqlite:///{work.name}/reservations.db"
+    cfg.restaurant.tables_per_slot = 1000  # every call books the same table; none may find it full
+    cfg.agent.kind = agent  # type: ignore[assignment]
+    script = list(SCRIPT[: turns or len(SCRIPT)])
+    log.info("making the caller's %d lines with espeak-ng", len(script))
+    clips = make_clips(script)
+
+    stt_model = FasterWhisperSTT(cfg.stt, whisper_path)
+    cursor: dict[str, Clip | None] = {"clip": None}
+    stt = ScriptedTranscripts(stt_model, stt_kind == "random-weights", lambda: cursor["clip"])
+    tts = make_tts(cfg.tts, cfg.path)
+    vad = make_vad(cfg.vad)
+    if warmup:
+        for part in (vad, stt, tts):
+            part.warmup()
+
+    server = None
+    if agent == "llm":
+        from pipeline.testing import ScriptedOpenAI, booking_policy
+
+        server = ScriptedOpenAI(responder=booking_policy("ja"), ttft_s=ttft_ms / 1000).start()
+        cfg.llm.base_url = server.base_url
+    loop, loop_thread = _event_loop()
+    results: dict[str, list[Turn]] = {"pipeline": [], "naive": []}
+    started = time.perf_counter()
+    try:
+        runtime = VoiceRuntime(cfg, stt=stt, tts=tts, vad=vad, clock=make_clock(NOW), call_log=False)
+        with whisper_window(stt_window):
+            for cascade, run in (("pipeline", run_pipeline_call), ("naive", run_naive_call)):
+                for call_no in range(1, calls + 1):
+                    log.info("%s: call %d of %d", cascade, call_no, calls)
+                    results[cascade] += run(runtime, clips, call_no, loop, stt, cursor)
+        runtime.close()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join(timeout=5)
+        if server is not None:
+            server.stop()
+        work.cleanup()
+    elapsed = time.perf_counter() - started
+
+    notes.append("audio: espeak-ng Japanese (kana readings of the lines), through a phone line (8 kHz, mu-law) "
+                 "and fed at 16 kHz in 20 ms frames paced by the wall clock; emit() drained in another thread")
+    notes.append("gap: from the wall time the last voiced frame was fed (end of speech found in each clip "
+                 "beforehand by an energy threshold) to emit() returning the reply's first audio")
+    notes.append("transcript: scripted, STT timed (the real faster-whisper runs on every turn's audio; the agent "
+                 "is given the line the caller was scripted to say)")
+    if stt_kind == "random-weights":
+        toks = stt.tokens
+        notes.append(f"stt: random weights with whisper-{stt_size}'s dimensions and real multilingual vocabulary "
+                     f"size (51866); decoding capped at {TOKENS_PER_S} tokens per second of speech "
+                     f"(mean {np.mean(toks) if toks else 0:.0f} tokens per turn), as real Japanese speech gives")
+    if tts_kind == "test-model":
+        notes.append("tts: the test model (a tone per phoneme) behind the real kokoro-onnx and Japanese G2P: "
+                     "synthesis costs far less than real kokoro's, so tts_ms is a lower bound")
+    if stt_window:
+        notes.append(f"experiment: whisper encoder window {stt_window:g} s (or the audio, if longer) instead of 30 s")
+    if not warmup:
+        notes.append("models not warmed up before the first call")
+    if sets:
+        notes.append("pipeline config overrides: " + ", ".join(sets))
+    notes.append("naive: stock ReplyOnPause with FastRTC's default AlgoOptions and SileroVadOptions "
+                 "(0.6 s chunks, min_silence 2000 ms), bundled silero; its emit() returns None at once when idle, "
+                 f"polled every {POLL_S * 1000:.0f} ms here (FastRTC would spin a core on it)")
+    if agent == "llm":
+        notes.append(f"agent: LLM agent against a scripted OpenAI-protocol server on loopback, "
+                     f"time to first token {ttft_ms:.0f} ms per request (booking_policy responder)")
+
+    all_turns = results["pipeline"] + results["naive"]
+    pipeline, naive = summarize(results["pipeline"]), summarize(results["naive"])
+    ratio = {}
+    for key in STAGE_KEYS:
+        a, b = pipeline[key], naive[key]
+        for q in ("p50", "p90"):
+            if a[q] and b[q] is not None:
+                ratio[f"{key}_{q}"] = round(b[q] / a[q], 2)
+    return {
+        "pipeline": pipeline,
+        "naive": naive,
+        "ratio_naive_to_pipeline": ratio,
+        "stt": stt_kind,
+        "tts": tts_kind,
+        "machine": machine_info(),
+        "settings": {"calls": calls, "turns_per_call": len(clips), "stt_size": stt_size, "agent": agent,
+                     "ttft_ms": ttft_ms if agent == "llm" else None, "sets": list(sets or []),
+                     "stt_window_s": stt_window, "warmup": warmup, "whisper": str(whisper_path),
+                     "vad": cfg.vad.model_dump(), "stt_cpu_threads": cfg.stt.cpu_threads,
+                     "elapsed_s": round(elapsed, 1)},
+        "notes": notes,
+        "turns": [t.to_json() for t in all_turns],
+    }
+
+
+# ============================================================================================ CLI
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``voicebot bench``."""
+    p = subparsers.add_parser(
+        "bench", help="latency of simulated calls, stage by stage, against the naive cascade",
+        description="Simulated Japanese calls in real time through the real handler, VAD, STT, agent and TTS, "
+                    "then through the naive cascade (stock ReplyOnPause, whole reply at once); prints p50/p90 "
+                    "of every stage and of the gap. See docs/benchmarks.md.")
+    p.add_argument("--config", help="path to config.yaml")
+    p.add_argument("--calls", type=int, default=3, help="calls per cascade (default 3)")
+    p.add_argument("--turns", type=int, default=None, help=f"caller lines per call (default all {len(SCRIPT)})")
+    p.add_argument("--stt-size", choices=list(WHISPER_DIMS), default="base",
+                   help="whisper size; real files in models/ when present, else random weights of its dimensions")
+    p.add_argument("--agent", choices=["rules", "llm"], default="rules",
+                   help="llm: the LLM agent against a scripted OpenAI-protocol server on loopback")
+    p.add_argument("--ttft-ms", type=float, default=300.0, help="the scripted LLM's time to first token (default 300)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value for this run, e.g. vad.audio_chunk_duration=0.3 (repeatable); "
+                        "the naive cascade keeps FastRTC's defaults for turn-taking")
+    p.add_argument("--stt-window", type=float, default=None, metavar="SECONDS",
+                   help="experiment: encode this many seconds (or the audio, if longer) instead of whisper's 30 s")
+    p.add_argument("--no-warmup", action="store_true", help="do not warm the models up before the first call")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where random-weight models are built (default: data/bench beside the config)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.calls < 1 or (args.turns is not None and args.turns < 1):
+        print("error: --calls and --turns must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        result = run_bench(cfg, calls=args.calls, turns=args.turns, stt_size=args.stt_size, agent=args.agent,
+                           ttft_ms=args.ttft_ms, sets=args.sets, stt_window=args.stt_window,
+                           warmup=not args.no_warmup, cache_dir=args.cache_dir)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(format_table(result))
+    return 0
