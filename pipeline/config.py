@@ -199,7 +199,15 @@ class LLMConfig(_Section):
     api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the key")
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tool_steps: int = Field(default=6, ge=1)
-    timeout_s: float = Field(default=10.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0, description="cap on one whole streamed request")
+    first_token_timeout_s: float = Field(
+        default=1.5, gt=0, description="longest wait for the first byte of an answer, and between streamed pieces")
+    silence_budget_s: float = Field(
+        default=2.0, gt=0,
+        description="longest a caller waits on a failing model before the rules agent answers the turn")
+    retries: int = Field(default=1, ge=0, description="retries of a failed request, within silence_budget_s")
+    max_consecutive_faults: int = Field(
+        default=2, ge=1, description="faulty turns in a row after which the rules agent finishes the call")
     max_tokens: int = Field(default=300, gt=0)
 
     def api_key(self) -> SecretStr:

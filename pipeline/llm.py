@@ -14,13 +14,15 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 
 from pipeline.config import Config, RestaurantConfig
+from pipeline.dialog import parse
 from pipeline.dialog.rules import PHRASES, RulesAgent
 from pipeline.dialog.state import DialogState
 from pipeline.dialog.tools import BookingTools
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: messages kept besides the system prompt; older turns are dropped whole
 MAX_HISTORY = 40
+#: a retry with less time than this left could not get an answer anyway
+_MIN_WAIT_S = 0.25
 
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
@@ -152,6 +156,11 @@ class LLMAgent:
         self._prompt = ""
         #: the assistant message being said right now (already in the history)
         self._speaking: dict[str, Any] | None = None
+        #: turns in a row the model failed (faults) or ignored the tools while the caller gave details
+        self._faulty_turns = 0
+        self._toolless_turns = 0
+        #: set when the model has let the call down often enough that the rules agent finishes it
+        self.degraded: str | None = None
 
     # ------------------------------------------------------------------ Agent interface
     @property
@@ -195,6 +204,9 @@ class LLMAgent:
                 # nothing to understand: the deterministic "once more, please" is faster and as good
                 yield from self._hand_over(text)
                 return
+            if self.degraded:
+                yield from self._hand_over(text)
+                return
             yield from self._turn(text)
         finally:
             self._speaking = None
@@ -202,16 +214,19 @@ class LLMAgent:
 
     # ------------------------------------------------------------------ the turn
     def _turn(self, text: str) -> Iterator[str]:
+        llm = self.cfg.llm
         steps = 0
+        tools_called = False
         booked_before = self.state.reservation is not None
+        # while nothing has been said this turn the caller hears silence: bound it
+        deadline = time.monotonic() + llm.silence_budget_s
         while True:
-            completion = _Completion()
             try:
-                for delta in self._stream(completion, allow_tools=steps < self.cfg.llm.max_tool_steps):
-                    self._speak(delta)
-                    yield delta
+                completion = yield from self._attempts(allow_tools=steps < llm.max_tool_steps, deadline=deadline)
             except LLMFault as e:
+                self._faulty_turns += 1
                 log.warning("call %s: LLM failed (%s); the rules agent answers this turn", self.tools.call_id, e)
+                self._maybe_degrade()
                 if not booked_before and self.state.reservation is not None:
                     # the booking went through before the model could announce it
                     yield from self._say(self.fallback.booked_message())
@@ -220,21 +235,72 @@ class LLMAgent:
                 return
             if not completion.calls:
                 if not completion.text.strip():
+                    self._faulty_turns += 1
                     log.warning("call %s: the model returned an empty reply", self.tools.call_id)
+                    self._maybe_degrade()
                     yield from self._hand_over(text)
+                    return
+                self._faulty_turns = 0
+                self._check_tool_use(text, tools_called)
                 return
-            if steps >= self.cfg.llm.max_tool_steps:
+            if steps >= llm.max_tool_steps:
                 log.warning("call %s: still calling tools after %d rounds; giving up on this turn",
                             self.tools.call_id, steps)
                 yield from self._say(_TOO_MANY_STEPS[self.lang])
                 return
             steps += 1
+            tools_called = True
             self._run_tools(completion)
             if self.state.ended:
+                self._faulty_turns = 0
                 if not self._said_this_turn():
                     goodbye = "goodbye_booked" if self.state.reservation is not None else "goodbye"
                     yield from self._say(PHRASES[self.lang][goodbye])
                 return
+
+    def _attempts(self, *, allow_tools: bool, deadline: float) -> Generator[str, None, _Completion]:
+        """One completion, retried within the silence budget when it fails before saying anything."""
+        llm = self.cfg.llm
+        tries = 0
+        while True:
+            completion = _Completion()
+            said_before = bool(self._said_this_turn())
+            wait = llm.first_token_timeout_s
+            if not said_before:
+                wait = min(wait, deadline - time.monotonic())
+                if wait < _MIN_WAIT_S:
+                    raise LLMFault(f"silence budget of {llm.silence_budget_s} s spent")
+            try:
+                for delta in self._stream(completion, allow_tools=allow_tools, first_token_timeout=wait):
+                    self._speak(delta)
+                    yield delta
+                return completion
+            except LLMFault as e:
+                tries += 1
+                if completion.text or completion.calls or tries > llm.retries:
+                    raise
+                log.info("call %s: LLM request failed (%s); retrying", self.tools.call_id, e)
+
+    def _maybe_degrade(self) -> None:
+        if self._faulty_turns >= self.cfg.llm.max_consecutive_faults and not self.degraded:
+            self.degraded = f"{self._faulty_turns} failed turns in a row"
+            log.warning("call %s: the rules agent finishes this call (%s)", self.tools.call_id, self.degraded)
+
+    def _check_tool_use(self, text: str, tools_called: bool) -> None:
+        """A model that answers details without recording them would book nothing: after two such
+        turns the rules agent, which always records them, takes the call over."""
+        if tools_called or self.state.reservation is not None:
+            self._toolless_turns = 0
+            return
+        details = parse.extract_slots(parse.normalize(text), self.tools.today(), expecting=self.state.asking)
+        if not details:
+            return
+        self._toolless_turns += 1
+        if self._toolless_turns >= 2 and not self.degraded:
+            self.degraded = "the model does not call the tools"
+            log.warning("call %s: the rules agent finishes this call (%s)", self.tools.call_id, self.degraded)
+            # the details of this turn must not be lost: record them as the rules agent would
+            self.tools.update({k: v for k, v in details.items() if k != "note"})
 
     def _speak(self, delta: str) -> None:
         """Record text as said the moment it is handed out, so the history is right even if the
@@ -270,7 +336,7 @@ class LLMAgent:
             log.debug("call %s: tool %s(%s) -> %s", self.tools.call_id, call.name, call.arguments, result)
             self.history.append({"role": "tool", "tool_call_id": call.id, "content": result})
 
-    def _stream(self, completion: _Completion, *, allow_tools: bool) -> Iterator[str]:
+    def _stream(self, completion: _Completion, *, allow_tools: bool, first_token_timeout: float) -> Iterator[str]:
         """One streamed completion: yields text deltas, fills ``completion``; raises LLMFault."""
         llm = self.cfg.llm
         started = time.monotonic()
@@ -280,9 +346,11 @@ class LLMAgent:
             # the last round: tools stay declared (the history refers to them) but may not be called
             kwargs["tool_choice"] = "none"
         try:
+            # the read timeout bounds the wait for the first piece and every piece after it
+            timeout = httpx.Timeout(llm.timeout_s, connect=first_token_timeout, read=first_token_timeout)
             stream = self.client.chat.completions.create(
                 model=llm.model, messages=self._messages(), tools=self.tools.schemas(), stream=True,
-                temperature=llm.temperature, max_tokens=llm.max_tokens, **kwargs,
+                temperature=llm.temperature, max_tokens=llm.max_tokens, timeout=timeout, **kwargs,
             )
             with stream:
                 for chunk in stream:
@@ -303,7 +371,7 @@ class LLMAgent:
                     if choice.finish_reason:
                         completion.finish_reason = choice.finish_reason
         except openai.APITimeoutError as e:
-            raise LLMFault(f"timeout after {llm.timeout_s} s") from e
+            raise LLMFault(f"no answer within {first_token_timeout:.2f} s") from e
         except openai.APIConnectionError as e:
             raise LLMFault(f"connection error: {e}") from e
         except openai.RateLimitError as e:

@@ -211,9 +211,11 @@ def test_unknown_tool_and_bad_arguments_go_back_to_the_model(call, server):
 def test_a_failing_llm_turn_is_answered_by_the_rules_agent(call, server, fault, caplog):
     agent = call()
     agent.greeting()
-    server.add(fault)
+    # the request and its one retry (text already said is never retried)
+    server.add(*([fault] if fault.malformed else [fault, fault]))
     started = time.monotonic()
     reply = "".join(say(agent, "12月24日でお願いします"))
+    # not a speed test: a hung server must not hold the caller past the silence budget (2 s)
     assert time.monotonic() - started < 3
     assert reply.strip(), "the caller always gets an answer"
     assert agent.state.slots.date == dt.date(2026, 12, 24), "the rules agent took the date"
@@ -224,9 +226,50 @@ def test_a_failing_llm_turn_is_answered_by_the_rules_agent(call, server, fault, 
     # the next turn goes to the model again, which sees the fallback's reply in the history
     server.add(text("19時ですね。何名様でしょうか。"))
     assert "".join(say(agent, "19時で")) == "19時ですね。何名様でしょうか。"
-    assert len(server.requests) == 2
-    history = server.requests[1]["messages"]
+    retried = 1 if fault.malformed else 2  # text already said is never retried
+    assert len(server.requests) == retried + 1
+    history = server.requests[-1]["messages"]
     assert history[-2] == {"role": "assistant", "content": reply}
+
+
+@pytest.mark.parametrize("fault", [error(500), error(429), Step(ttft_s=5)], ids=["500", "429", "slow-first-token"])
+def test_a_failed_request_is_retried_once_within_the_budget(call, server, fault):
+    agent = call()
+    agent.greeting()
+    server.add(fault, tool("update_reservation", {"date": "12月24日"}), text("12月24日ですね。何時ごろがよろしいですか。"))
+    reply = "".join(say(agent, "12月24日でお願いします"))
+    assert reply == "12月24日ですね。何時ごろがよろしいですか。", "the model's answer, after one retry"
+    assert len(server.requests) == 3
+    assert agent.state.slots.date == dt.date(2026, 12, 24)
+
+
+def test_after_two_failed_turns_the_rules_agent_finishes_the_call(call, server):
+    agent = call()
+    agent.greeting()
+    server.add(error(500), error(500), error(503), error(503))
+    assert "".join(say(agent, "12月24日でお願いします")).strip()
+    assert "".join(say(agent, "19時で")).strip()
+    assert agent.degraded
+    asked = len(server.requests)
+    reply = "".join(say(agent, "2名です"))
+    assert len(server.requests) == asked, "no more requests to a model that keeps failing"
+    assert "名様" in reply and agent.state.slots.party_size == 2
+    assert agent.state.slots.date == dt.date(2026, 12, 24) and agent.state.slots.time == dt.time(19)
+
+
+def test_a_model_that_never_records_details_is_replaced_by_the_rules_agent(call, server):
+    agent = call()
+    agent.greeting()
+    server.add(text("かしこまりました。"), text("承知しました。"))
+    say(agent, "12月24日でお願いします")
+    assert not agent.degraded
+    say(agent, "19時で")
+    assert agent.degraded == "the model does not call the tools"
+    assert agent.state.slots.time == dt.time(19), "the ignored details were recorded"
+    asked = len(server.requests)
+    say(agent, "12月24日の19時に2名です")
+    assert len(server.requests) == asked
+    assert agent.state.slots.date == dt.date(2026, 12, 24) and agent.state.slots.party_size == 2
 
 
 def test_an_unreachable_server_falls_back(tmp_path, server):
