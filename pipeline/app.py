@@ -6,7 +6,10 @@
   the transcript, the reservation's slots as they fill in, and each turn's latency.
 - ``build_app(runtime)``: FastAPI with FastRTC's routes (``POST /telephone/incoming`` answers
   Twilio with TwiML, ``/telephone/handler`` is the Twilio media websocket, ``/webrtc/offer`` and
-  ``/websocket/offer``), ``GET /healthz``, and the Gradio page at ``/``.
+  ``/websocket/offer``), ``GET /healthz``, and the Gradio page at ``/``. With ``twilio.validate``
+  (the default) the two telephone routes only serve calls Twilio signed (see
+  :mod:`pipeline.twilio_auth`); ``voicebot phone`` and ``voicebot ui`` use the stream alone and are
+  not gated.
 
 The handler reports progress as ``AdditionalOutputs(snapshot)`` (``VoiceCall.snapshot()``): a dict
 with ``transcript`` ([{role, text}]), ``slots``, ``reservation``, ``ended`` and ``last_turn`` (the
@@ -27,10 +30,12 @@ from typing import Any
 
 import anyio
 import gradio as gr
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from fastrtc import Stream, WebRTC
 from fastrtc.utils import Context, DataChannel, current_context
 from fastrtc.websocket import WebSocketHandler
+
+from pipeline.twilio_auth import MISSING_TOKEN_MESSAGE, TwilioAuthMissing, TwilioGuard, auth_token_from_env
 
 log = logging.getLogger(__name__)
 
@@ -219,13 +224,29 @@ class VoiceStream(Stream):
     FastRTC calls ``shutdown()`` on a WebRTC call's handler when it closes, but a Twilio websocket
     call just ends: here the handler is shut down and the call ended in the runtime when the socket
     goes. And only Twilio's own messages are sent to Twilio.
+
+    With a ``twilio_guard`` (``build_app`` sets one when validation is on) the webhook needs
+    Twilio's signature and the media websocket the one-time token from its TwiML; without one
+    (FastPhone, whose service calls these routes itself, or validation off) they are FastRTC's.
     """
 
     def __init__(self, runtime, *args, **kwargs):
         self.runtime = runtime
+        self.twilio_guard: TwilioGuard | None = None
         super().__init__(*args, **kwargs)
 
+    async def handle_incoming_call(self, request: Request):
+        if self.twilio_guard is None:
+            return await super().handle_incoming_call(request)
+        return await self.twilio_guard.answer_incoming_call(request)
+
     async def telephone_handler(self, websocket: WebSocket) -> None:
+        if self.twilio_guard is not None:
+            # Refused streams end here: no handler copy, no call in the runtime, no audio read.
+            admitted = await self.twilio_guard.admit(websocket)
+            if admitted is None:
+                return
+            websocket = admitted  # type: ignore[assignment]
         handler = self.event_handler.copy()  # type: ignore[union-attr]
         handler.phone_mode = True
         # FastRTC's status messages ({"type": "log", ...}) are for its own browser client; Twilio's
@@ -350,21 +371,39 @@ def build_ui(runtime, stream: Stream) -> gr.Blocks:
 
 
 # ----------------------------------------------------------------------------------------------- app
-def build_app(runtime, *, validate_twilio: bool = False, stream: Stream | None = None) -> FastAPI:
+def build_app(
+    runtime,
+    *,
+    validate_twilio: bool | None = None,
+    stream: Stream | None = None,
+    twilio_auth_token: str | None = None,
+) -> FastAPI:
     """FastAPI with the stream's routes, ``/healthz`` and the Gradio page at ``/``.
 
-    ``validate_twilio`` must stay false for now: Twilio's request signatures are not checked yet, and
-    the app refuses to start rather than appear to check them.
+    ``validate_twilio`` defaults to ``twilio.validate``; when on, the auth token is
+    ``twilio_auth_token`` or else ``$TWILIO_AUTH_TOKEN``, and without one this raises
+    :class:`~pipeline.twilio_auth.TwilioAuthMissing` rather than serve unchecked routes.
     """
-    if validate_twilio:
-        raise NotImplementedError(
-            "Twilio request signature validation is not implemented: /telephone/incoming accepts any "
-            "caller; restrict access to it at your proxy"
-        )
+    settings = runtime.cfg.twilio
+    validate = settings.validate if validate_twilio is None else validate_twilio
+    guard = None
+    if validate:
+        token = twilio_auth_token or auth_token_from_env()
+        if not token:
+            raise TwilioAuthMissing(MISSING_TOKEN_MESSAGE)
+        guard = TwilioGuard(token, settings)
     stream = stream or build_stream(runtime)
+    if isinstance(stream, VoiceStream):
+        stream.twilio_guard = guard
+    elif guard is not None:
+        raise TypeError("Twilio validation needs the stream from build_stream()")
+    if guard is None:
+        log.warning("Twilio validation is off (twilio.validate: false): anyone who can reach "
+                    "/telephone/incoming and /telephone/handler can start a call")
     app = FastAPI(title=TITLE, docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     app.state.stream = stream
+    app.state.twilio_guard = guard
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, Any]:

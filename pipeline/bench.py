@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import contextvars
 import datetime as dt
 import json
 import logging
@@ -304,70 +304,61 @@ def _test_model_builder():
     return module
 
 
-@contextlib.contextmanager
-def whisper_window(seconds: float | None) -> Iterator[None]:
-    """Encode a window of ``seconds`` (or the audio, if longer) instead of faster-whisper's fixed 30 s.
-
-    An experiment only: the CTranslate2 encoder takes shorter inputs, but real weights were trained
-    on 30 s windows and nothing here checks what they make of shorter ones.
-    """
-    if not seconds:
-        yield
-        return
-    import faster_whisper.transcribe as fwt
-
-    original = fwt.pad_or_trim
-    frames = int(seconds * 100)
-
-    def pad_to_window(array, length: int = 3000, *, axis: int = -1):
-        n = min(length, max(frames, array.shape[axis] + array.shape[axis] % 2))
-        return original(array, n, axis=axis)
-
-    fwt.pad_or_trim = pad_to_window
-    try:
-        yield
-    finally:
-        fwt.pad_or_trim = original
-
-
 # ============================================================================================ STT
+#: the caller's line being spoken on this call (a dict per call, {"clip": Clip | None}); a context
+#: variable because several calls share one STT, and early transcriptions run in worker threads
+#: that inherit the context of the call that started them
+CALLER: contextvars.ContextVar[dict[str, Clip | None]] = contextvars.ContextVar("bench_caller")
+
+
 class ScriptedTranscripts:
     """The real faster-whisper run (and timed) on the caller's audio; the line the caller was
     scripted to say reported as what it heard.
 
-    Random weights decode garbage until ``max_new_tokens``: the cap is set from the line's length
-    of speech so that the decoder does the work real speech would give it. The options otherwise
-    mirror ``FasterWhisperSTT.transcribe``, which takes no token cap.
+    Random weights decode garbage until ``max_new_tokens``: the cap is set from the length of
+    speech in the audio so that the decoder does the work real speech would give it. The options
+    otherwise mirror ``FasterWhisperSTT.transcribe`` (its encoder window included).
+
+    Audio shorter than the line's speech (an early transcription at a pause inside the line) is
+    reported as the same fraction of the line's text: half a phone number is not a phone number.
     """
 
-    def __init__(self, stt: Any, random_weights: bool, current: Callable[[], Clip | None]):
+    def __init__(self, stt: Any, random_weights: bool, current: Callable[[], Clip | None] | None = None):
         self.stt = stt
         self.random_weights = random_weights
-        self.current = current
+        self.current = current or (lambda: CALLER.get({}).get("clip"))
         self.heard: list[str] = []
         self.tokens: list[int] = []
+        self.calls = 0
 
-    def transcribe(self, audio: np.ndarray, sample_rate: int):
-        from pipeline.stt import WHISPER_SAMPLE_RATE, Transcript, prepare_audio
+    def transcribe(self, audio: np.ndarray, sample_rate: int, *, stock: bool = False):
+        """``stock``: whisper's own 30 s window whatever the config says (the naive cascade)."""
+        from pipeline.stt import WHISPER_SAMPLE_RATE, Transcript, encoder_window, prepare_audio
 
         clip = self.current()
         start = time.perf_counter()
+        self.calls += 1
+        x = prepare_audio(audio, sample_rate)
+        duration = x.size / WHISPER_SAMPLE_RATE
+        options: dict[str, Any] = {}
         if self.random_weights:
-            x = prepare_audio(audio, sample_rate)
-            cap = max(4, round((clip.speech_s if clip else x.size / WHISPER_SAMPLE_RATE) * TOKENS_PER_S))
+            speech = min(clip.speech_s, duration) if clip else duration
+            options["max_new_tokens"] = max(4, round(speech * TOKENS_PER_S))
+        with encoder_window(None if stock else self.stt.cfg.window_s):
             segments, _ = self.stt.model.transcribe(
                 x, language=self.stt.language, beam_size=self.stt.cfg.beam_size, temperature=0.0,
                 vad_filter=False, condition_on_previous_text=False, without_timestamps=True,
-                hotwords=self.stt.hotwords, max_new_tokens=cap)
+                hotwords=self.stt.hotwords, **options)
             segments = list(segments)
-            heard = "".join(s.text for s in segments).strip()
+        heard = "".join(s.text for s in segments).strip()
+        if self.random_weights:
             self.tokens.append(sum(len(s.tokens) for s in segments))
-            duration = x.size / WHISPER_SAMPLE_RATE
-        else:
-            result = self.stt.transcribe(audio, sample_rate)
-            heard, duration = result.text, result.duration_s
         self.heard.append(heard)
-        text = clip.line.text if clip is not None else heard
+        text = heard
+        if clip is not None:
+            text = clip.line.text
+            if duration < clip.speech_s:
+                text = text[: int(len(text) * duration / (clip.speech_s + 0.5))]
         return Transcript(text, self.stt.language, duration, time.perf_counter() - start)
 
     def warmup(self) -> None:
@@ -447,6 +438,7 @@ class PhoneLine:
         self.audio_out = 0
 
     def __enter__(self) -> PhoneLine:
+        CALLER.set(self.cursor)  # the feeding thread starts early transcriptions: they inherit it
         self._next = time.monotonic()
         self._thread.start()
         return self
@@ -459,6 +451,7 @@ class PhoneLine:
     def _drain(self) -> None:
         from fastrtc.utils import split_output
 
+        CALLER.set(self.cursor)  # replies (and the naive cascade's STT) run in this thread
         while not self._stop.is_set():
             try:
                 item = self.h.emit()
@@ -580,7 +573,7 @@ def run_naive_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.
         turn = current["turn"]
         stamp = turn.stamp if turn is not None else (lambda name, when=None: None)
         sr, samples = audio
-        text = stt.transcribe(np.asarray(samples).reshape(-1), sr).text
+        text = stt.transcribe(np.asarray(samples).reshape(-1), sr, stock=True).text
         stamp("transcript_ready")
         parts = []
         for chunk in agent.respond(text):
@@ -609,6 +602,54 @@ def run_naive_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.
             turns.append(turn)
             line.say(clip, turn)
     return turns
+
+
+#: concurrent calls start this far apart: callers do not all stop talking at the same instant
+STAGGER_S = 0.7
+
+
+def run_concurrent_calls(runtime: Any, clips: list[Clip], n: int, loop: asyncio.AbstractEventLoop,
+                         stt: ScriptedTranscripts) -> list[Turn]:
+    """``n`` pipeline calls at once, each in its own thread with its own handler and phone line."""
+    out: list[list[Turn]] = [[] for _ in range(n)]
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        time.sleep(k * STAGGER_S)
+        try:
+            out[k] = run_pipeline_call(runtime, clips, k + 1, loop, stt, {"clip": None})
+        except BaseException as e:  # reported after the others finish
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(k,), name=f"bench-call-{k + 1}", daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [turn for turns in out for turn in turns]
+
+
+def format_concurrent(result: dict[str, Any]) -> str:
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    head = (f"{'calls at once':>13} {'gap p50':>8} {'p90':>6} {'max':>6} {'end of turn p50':>16} {'stt p50':>8}"
+            f" {'p90':>6} {'answered':>9} {'split':>6}")
+    lines = [head, "-" * len(head)]
+    for row in result["concurrent"]:
+        g, e, st = row["gap_ms"], row["endpoint_ms"], row["stt_ms"]
+        lines.append(f"{row['calls']:>13} {cell(g['p50']):>8} {cell(g['p90']):>6} {cell(g.get('max')):>6}"
+                     f" {cell(e['p50']):>16} {cell(st['p50']):>8} {cell(st['p90']):>6}"
+                     f" {str(row['answered']) + '/' + str(row['turns']):>9} {row['split_turns']:>6}")
+    m, s = result["machine"], result["settings"]
+    lines.append("")
+    lines.append(f"stt: whisper-{s['stt_size']} ({result['stt']}, cpu_threads {s['stt_cpu_threads']}, "
+                 f"num_workers {s['stt_num_workers']}), tts: kokoro ({result['tts']}), agent: {s['agent']}; "
+                 f"{m['cores']} cores, {m['cpu']}")
+    lines.extend(f"note: {note}" for note in result["notes"])
+    return "\n".join(lines)
 
 
 # ============================================================================================ results
@@ -726,8 +767,13 @@ def run_bench(
     stt_window: float | None = None,
     warmup: bool = True,
     cache_dir: Path | None = None,
+    concurrent: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Run the simulated calls through the pipeline, then the naive cascade; return the results."""
+    """Run the simulated calls through the pipeline, then the naive cascade; return the results.
+
+    ``concurrent``: instead, for each N, N calls at once through N handlers on one runtime
+    (pipeline only), reporting the gap per N.
+    """
     from pipeline.agents import make_clock
     from pipeline.call import VoiceRuntime
     from pipeline.stt import FasterWhisperSTT
@@ -738,6 +784,8 @@ def run_bench(
         raise ConfigError(f"--stt-size: expected one of {', '.join(WHISPER_DIMS)}, got {stt_size!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
     cfg = cfg.model_copy(deep=True)
+    if stt_window:  # the older spelling of --set stt.window_s=SECONDS
+        sets = [*(sets or []), f"stt.window_s={stt_window:g}"]
     apply_sets(cfg, sets or [])
     cache = Path(cache_dir) if cache_dir else cfg.path("data") / "bench"
     cache.mkdir(parents=True, exist_ok=True)
@@ -754,8 +802,7 @@ def run_bench(
     clips = make_clips(script)
 
     stt_model = FasterWhisperSTT(cfg.stt, whisper_path)
-    cursor: dict[str, Clip | None] = {"clip": None}
-    stt = ScriptedTranscripts(stt_model, stt_kind == "random-weights", lambda: cursor["clip"])
+    stt = ScriptedTranscripts(stt_model, stt_kind == "random-weights")
     tts = make_tts(cfg.tts, cfg.path)
     vad = make_vad(cfg.vad)
     if warmup:
@@ -770,14 +817,19 @@ def run_bench(
         cfg.llm.base_url = server.base_url
     loop, loop_thread = _event_loop()
     results: dict[str, list[Turn]] = {"pipeline": [], "naive": []}
+    by_n: dict[int, list[Turn]] = {}
     started = time.perf_counter()
     try:
         runtime = VoiceRuntime(cfg, stt=stt, tts=tts, vad=vad, clock=make_clock(NOW), call_log=False)
-        with whisper_window(stt_window):
+        if concurrent:
+            for n in concurrent:
+                log.info("%d calls at once", n)
+                by_n[n] = run_concurrent_calls(runtime, clips, n, loop, stt)
+        else:
             for cascade, run in (("pipeline", run_pipeline_call), ("naive", run_naive_call)):
                 for call_no in range(1, calls + 1):
                     log.info("%s: call %d of %d", cascade, call_no, calls)
-                    results[cascade] += run(runtime, clips, call_no, loop, stt, cursor)
+                    results[cascade] += run(runtime, clips, call_no, loop, stt, {"clip": None})
         runtime.close()
     finally:
         loop.call_soon_threadsafe(loop.stop)
@@ -801,8 +853,9 @@ def run_bench(
     if tts_kind == "test-model":
         notes.append("tts: the test model (a tone per phoneme) behind the real kokoro-onnx and Japanese G2P: "
                      "synthesis costs far less than real kokoro's, so tts_ms is a lower bound")
-    if stt_window:
-        notes.append(f"experiment: whisper encoder window {stt_window:g} s (or the audio, if longer) instead of 30 s")
+    if cfg.stt.window_s:
+        notes.append(f"stt.window_s={cfg.stt.window_s:g}: the pipeline's whisper encodes {cfg.stt.window_s:g} s "
+                     "(or the audio, if longer) instead of 30 s; the naive cascade keeps the 30 s window")
     if not warmup:
         notes.append("models not warmed up before the first call")
     if sets:
@@ -814,6 +867,19 @@ def run_bench(
         notes.append(f"agent: LLM agent against a scripted OpenAI-protocol server on loopback, "
                      f"time to first token {ttft_ms:.0f} ms per request (booking_policy responder)")
 
+    settings = {"calls": calls, "turns_per_call": len(clips), "stt_size": stt_size, "agent": agent,
+                "ttft_ms": ttft_ms if agent == "llm" else None, "sets": list(sets or []),
+                "stt_window_s": cfg.stt.window_s, "warmup": warmup, "whisper": str(whisper_path),
+                "vad": cfg.vad.model_dump(), "stt_cpu_threads": cfg.stt.cpu_threads,
+                "stt_num_workers": cfg.stt.num_workers, "elapsed_s": round(elapsed, 1)}
+    if concurrent:
+        notes.append(f"concurrent: N calls at once through N handlers on one runtime (shared models), "
+                     f"started {STAGGER_S:g} s apart; pipeline only")
+        return {
+            "concurrent": [{"calls": n, **summarize(turns)} for n, turns in by_n.items()],
+            "stt": stt_kind, "tts": tts_kind, "machine": machine_info(), "settings": settings, "notes": notes,
+            "turns": [{"concurrent": n, **t.to_json()} for n, turns in by_n.items() for t in turns],
+        }
     all_turns = results["pipeline"] + results["naive"]
     pipeline, naive = summarize(results["pipeline"]), summarize(results["naive"])
     ratio = {}
@@ -829,11 +895,7 @@ def run_bench(
         "stt": stt_kind,
         "tts": tts_kind,
         "machine": machine_info(),
-        "settings": {"calls": calls, "turns_per_call": len(clips), "stt_size": stt_size, "agent": agent,
-                     "ttft_ms": ttft_ms if agent == "llm" else None, "sets": list(sets or []),
-                     "stt_window_s": stt_window, "warmup": warmup, "whisper": str(whisper_path),
-                     "vad": cfg.vad.model_dump(), "stt_cpu_threads": cfg.stt.cpu_threads,
-                     "elapsed_s": round(elapsed, 1)},
+        "settings": settings,
         "notes": notes,
         "turns": [t.to_json() for t in all_turns],
     }
@@ -859,7 +921,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="override a config value for this run, e.g. vad.audio_chunk_duration=0.3 (repeatable); "
                         "the naive cascade keeps FastRTC's defaults for turn-taking")
     p.add_argument("--stt-window", type=float, default=None, metavar="SECONDS",
-                   help="experiment: encode this many seconds (or the audio, if longer) instead of whisper's 30 s")
+                   help="the same as --set stt.window_s=SECONDS: the pipeline's whisper encodes this many seconds "
+                        "(or the audio, if longer) instead of 30 s")
+    p.add_argument("--concurrent", default=None, metavar="N[,N...]",
+                   help="instead of the comparison: N calls at once through N handlers on one runtime, for each N "
+                        "(e.g. 1,2,3,4); reports the gap per N")
     p.add_argument("--no-warmup", action="store_true", help="do not warm the models up before the first call")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where random-weight models are built (default: data/bench beside the config)")
@@ -875,15 +941,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.calls < 1 or (args.turns is not None and args.turns < 1):
         print("error: --calls and --turns must be at least 1", file=sys.stderr)
         return 2
+    concurrent = None
+    if args.concurrent:
+        try:
+            concurrent = [int(n) for n in args.concurrent.split(",") if n.strip()]
+        except ValueError:
+            concurrent = []
+        if not concurrent or min(concurrent) < 1 or max(concurrent) > 64:
+            print(f"error: --concurrent expects numbers of calls from 1 to 64, e.g. 1,2,4; got {args.concurrent!r}",
+                  file=sys.stderr)
+            return 2
     try:
         result = run_bench(cfg, calls=args.calls, turns=args.turns, stt_size=args.stt_size, agent=args.agent,
                            ttft_ms=args.ttft_ms, sets=args.sets, stt_window=args.stt_window,
-                           warmup=not args.no_warmup, cache_dir=args.cache_dir)
+                           warmup=not args.no_warmup, cache_dir=args.cache_dir, concurrent=concurrent)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
+    elif concurrent:
+        print(format_concurrent(result))
     else:
         print(format_table(result))
     return 0

@@ -12,6 +12,7 @@ estimates the playback position from it (real time from the moment each chunk wa
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import json
 import logging
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ from pipeline.agents import (
     resolve_kind,
 )
 from pipeline.config import Config
-from pipeline.stt import STT, is_silent
+from pipeline.privacy import call_log_record
+from pipeline.stt import STT, Transcript, is_silent
 from pipeline.tts import TTS, SentenceSplitter
 
 log = logging.getLogger(__name__)
@@ -80,8 +83,8 @@ _STAMPS = ("speech_end", "turn_detected", "transcript_ready", "first_text", "fir
 class TurnTimeline:
     """Monotonic timestamps (``time.monotonic()``) of one caller turn, and what was said.
 
-    ``speech_end`` is the caller's last voiced moment: FastRTC does not expose it, so the handler
-    estimates it as the moment the pause was detected minus the trailing silence the VAD saw.
+    ``speech_end`` is the caller's last voiced moment: the end of the last 32 ms window the
+    handler's VAD took for speech, in the time of the frame that completed it.
     """
 
     call_id: str = ""
@@ -101,6 +104,8 @@ class TurnTimeline:
     error: str | None = None
     audio_s: float = 0.0  # seconds of caller audio in the turn
     stt_s: float | None = None  # seconds transcription took
+    #: the transcript came from transcribing the utterance early, at a short pause
+    speculative: bool = False
 
     def stamp(self, name: str, when: float | None = None) -> None:
         """Set a timestamp once; later calls keep the first (``first_*`` mean first)."""
@@ -132,6 +137,7 @@ class TurnTimeline:
             "error": self.error,
             "audio_s": round(self.audio_s, 3),
             "stt_s": None if self.stt_s is None else round(self.stt_s, 3),
+            "speculative": self.speculative,
         }
 
 
@@ -234,6 +240,10 @@ class VoiceRuntime:
         self._log_lock = threading.Lock()
         self._calls: dict[str, VoiceCall] = {}
         self._calls_lock = threading.Lock()
+        # Early (speculative) transcriptions run here, off the audio path. Twice faster-whisper's
+        # workers: a call waiting on its transcription must not keep another's from starting.
+        self._stt_pool = ThreadPoolExecutor(max_workers=max(2, 2 * cfg.stt.num_workers),
+                                            thread_name_prefix="stt-early")
         #: the apology per language, rendered now so it can still be played when TTS breaks later
         self.fallback_audio: dict[str, np.ndarray] = {}
         if prerender:
@@ -324,12 +334,29 @@ class VoiceRuntime:
     def close(self) -> None:
         for call_id in list(self.calls):
             self.end_call(call_id, "shutdown")
+        self._stt_pool.shutdown(wait=False, cancel_futures=True)
         self.services.close()
+
+    # ------------------------------------------------------------------ early transcription
+    def transcribe_soon(self, samples: np.ndarray, sample_rate: int) -> Future:
+        """Transcribe in a worker thread; the future's result is a ``Transcript``.
+
+        The submitter's context variables go with it (FastRTC's call context, a benchmark's
+        caller script), as they would with ``asyncio.to_thread``.
+        """
+        ctx = contextvars.copy_context()
+        return self._stt_pool.submit(ctx.run, self._transcribe_now, samples, sample_rate)
+
+    def _transcribe_now(self, samples: np.ndarray, sample_rate: int) -> Transcript:
+        if samples.size == 0 or is_silent(samples):
+            return Transcript("", None, samples.size / max(sample_rate, 1), 0.0)
+        return self.stt.transcribe(samples, sample_rate)
 
     # ------------------------------------------------------------------ call log
     def write_log(self, record: dict[str, Any]) -> None:
         if self.call_log is None:
             return
+        record = call_log_record(self.cfg.logging, record)  # privacy: retention 0 / masking (pipeline.privacy)
         line = json.dumps({"at": _now_iso(), **record}, ensure_ascii=False, default=str)
         try:
             with self._log_lock:
@@ -433,13 +460,21 @@ class VoiceCall:
             self._end_reply(reply, entry, tell_agent=False)
 
     def turn(
-        self, audio: tuple[int, np.ndarray], timeline: TurnTimeline | None = None
+        self,
+        audio: tuple[int, np.ndarray],
+        timeline: TurnTimeline | None = None,
+        transcript: str | Future | None = None,
     ) -> Iterator[tuple[int, np.ndarray] | AdditionalOutputs]:
         """One caller utterance in, the reply out: audio per sentence as soon as it is synthesized.
 
         Yields ``(sample_rate, float32 audio)`` pieces and ``AdditionalOutputs(snapshot)`` for the UI.
         An empty or noise-only transcript ends the turn quietly. A failed STT or TTS is logged and
         answered with a spoken apology instead of silence.
+
+        ``transcript`` is what ``audio`` says when it is already known or under way: a string, or
+        a future of a ``Transcript`` (``VoiceRuntime.transcribe_soon``) started on this audio
+        before the turn ended. A future that never started is cancelled and the audio transcribed
+        here; one that failed counts as this turn's STT failure.
         """
         self._turns += 1
         self._reply = None  # a barge-in from here on stops this turn, not the previous reply
@@ -453,7 +488,7 @@ class VoiceCall:
         tl.audio_s = samples.size / sr if sr else 0.0
         logged = False
         try:
-            text = self._transcribe(sr, samples, tl)
+            text = self._transcribe(sr, samples, tl, transcript)
             if text is None:  # STT failed: already logged; apologise and let the caller repeat
                 self.timelines.append(tl)
                 yield from self.say(APOLOGY.get(self.language, APOLOGY["en"]))
@@ -528,7 +563,29 @@ class VoiceCall:
         return not reply.done or now < reply.playing_until()
 
     # ------------------------------------------------------------------ internals
-    def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline) -> str | None:
+    def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
+                    ready: str | Future | None = None) -> str | None:
+        if isinstance(ready, str):
+            tl.stamp("transcript_ready")
+            tl.transcript = ready.strip()
+            return tl.transcript
+        if isinstance(ready, Future) and not ready.cancel():
+            try:
+                result = ready.result()
+            except CancelledError:
+                result = None  # cancelled elsewhere (the runtime closing): transcribe here
+            except Exception as e:
+                tl.stamp("transcript_ready")
+                tl.error = f"stt: {type(e).__name__}: {e}"
+                log.error("call %s: STT failed on %.2f s of audio", self.id, samples.size / max(sr, 1),
+                          exc_info=e)
+                return None
+            if result is not None:
+                tl.stamp("transcript_ready")
+                tl.speculative = True
+                tl.stt_s = result.elapsed_s
+                tl.transcript = (result.text or "").strip()
+                return tl.transcript
         if samples.size == 0:
             tl.stamp("transcript_ready")
             return ""

@@ -16,9 +16,14 @@ from pipeline.models import ModelsMissing
 log = logging.getLogger(__name__)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, mask_pii: bool = True) -> None:
     logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if mask_pii:
+        from pipeline.privacy import install_pii_filter
+
+        # On the handlers, not the root logger: a logger's filters never see its children's records.
+        install_pii_filter()
 
 
 def run_chat(
@@ -139,7 +144,7 @@ def _load_runtime(cfg, download: bool):
 
 def _server_config(args: argparse.Namespace):
     cfg = load_config(args.config)
-    _setup_logging(cfg.logging.level)
+    _setup_logging(cfg.logging.level, cfg.logging.mask_pii)
     if getattr(args, "host", None):
         cfg.server.host = args.host
     if getattr(args, "port", None):
@@ -147,34 +152,63 @@ def _server_config(args: argparse.Namespace):
     return cfg
 
 
+def _start_janitor(cfg):
+    from pipeline.privacy import start_call_log_janitor
+
+    return start_call_log_janitor(cfg)
+
+
+def _stop(janitor) -> None:
+    if janitor is not None:
+        janitor.stop()
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     cfg = _server_config(args)
-    runtime = _load_runtime(cfg, download=not args.no_download)
-    from pipeline.app import build_stream, build_ui
-
-    demo = build_ui(runtime, build_stream(runtime))
-    log.info("the page is at http://%s:%d/", cfg.server.host, cfg.server.port)
+    janitor = _start_janitor(cfg)
     try:
-        demo.launch(server_name=cfg.server.host, server_port=cfg.server.port, show_api=False)
+        runtime = _load_runtime(cfg, download=not args.no_download)
+        from pipeline.app import build_stream, build_ui
+
+        # The browser page does not use Twilio's webhooks: twilio.validate does not apply here.
+        demo = build_ui(runtime, build_stream(runtime))
+        log.info("the page is at http://%s:%d/", cfg.server.host, cfg.server.port)
+        try:
+            demo.launch(server_name=cfg.server.host, server_port=cfg.server.port, show_api=False)
+        finally:
+            runtime.close()
     finally:
-        runtime.close()
+        _stop(janitor)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _server_config(args)
-    runtime = _load_runtime(cfg, download=not args.no_download)
-    import uvicorn
+    from pipeline.twilio_auth import MISSING_TOKEN_MESSAGE, auth_token_from_env
 
-    from pipeline.app import build_app
-
-    app = build_app(runtime)
-    log.info("serving on http://%s:%d/ (Twilio webhook: POST /telephone/incoming)", cfg.server.host,
-             cfg.server.port)
+    # Before loading the models: a misconfiguration should not take a minute to report.
+    if cfg.twilio.validate and not auth_token_from_env():
+        print(f"error: {MISSING_TOKEN_MESSAGE}", file=sys.stderr)
+        return 2
+    janitor = _start_janitor(cfg)
     try:
-        uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=cfg.logging.level.lower())
+        runtime = _load_runtime(cfg, download=not args.no_download)
+        import uvicorn
+
+        from pipeline.app import build_app
+
+        try:
+            app = build_app(runtime)
+            log.info("serving on http://%s:%d/ (Twilio webhook: POST /telephone/incoming; signatures %s)",
+                     cfg.server.host, cfg.server.port, "checked" if cfg.twilio.validate else "NOT checked")
+            # log_config=None: uvicorn's records go through the root handlers and their PII filter.
+            # Forwarded headers are only believed from a proxy the config says to trust.
+            uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=cfg.logging.level.lower(),
+                        log_config=None, proxy_headers=cfg.twilio.trust_proxy)
+        finally:
+            runtime.close()  # ends live calls in the call log and closes the database
     finally:
-        runtime.close()  # ends live calls in the call log and closes the database
+        _stop(janitor)
     return 0
 
 
@@ -202,7 +236,7 @@ def _offline_reason(timeout: float = 5.0) -> str | None:
 
 def cmd_phone(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    _setup_logging(cfg.logging.level)
+    _setup_logging(cfg.logging.level, cfg.logging.mask_pii)
     token = _hf_token()
     if not token:
         print("error: `voicebot phone` needs a Hugging Face token for FastPhone's temporary number: set HF_TOKEN "
@@ -213,14 +247,17 @@ def cmd_phone(args: argparse.Namespace) -> int:
         print(f"error: `voicebot phone` needs the internet for FastPhone's temporary number: {reason}",
               file=sys.stderr)
         return 1
+    janitor = _start_janitor(cfg)
     runtime = _load_runtime(cfg, download=not args.no_download)
     from pipeline.app import build_stream
 
+    # FastPhone's service calls FastRTC's own telephone routes without Twilio's signature or our
+    # stream token: the stream is served ungated here, whatever twilio.validate says.
     stream = build_stream(runtime)
     try:
         # Blocks until Ctrl-C, having printed the number to call and the access code.
         stream.fastphone(token=token, host="127.0.0.1", port=cfg.server.port,
-                         log_level=cfg.logging.level.lower())
+                         log_level=cfg.logging.level.lower(), log_config=None)
     except KeyboardInterrupt:
         return 0
     except Exception as e:
@@ -231,6 +268,8 @@ def cmd_phone(args: argparse.Namespace) -> int:
         # fastphone() starts its local server on a non-daemon thread before registering and never
         # stops it when registration fails: only leaving the process ends it.
         os._exit(1)
+    finally:
+        _stop(janitor)
     return 0
 
 

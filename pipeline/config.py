@@ -223,6 +223,15 @@ class STTConfig(_Section):
     beam_size: int = Field(default=1, ge=1)
     hotwords: list[str] = Field(default_factory=lambda: ["AI-SHIFT", "予約"])
     cpu_threads: int = Field(default=0, ge=0, description="0 = library default")
+    num_workers: int = Field(
+        default=1, ge=1, le=16,
+        description="faster-whisper workers: how many transcriptions (calls) run in parallel, each on cpu_threads",
+    )
+    window_s: float | None = Field(
+        default=None, ge=1, le=30,
+        description="encode this many seconds (or the utterance, if longer) instead of whisper's 30 s window; "
+                    "null = 30 s. Unverified on real weights",
+    )
 
 
 class TTSConfig(_Section):
@@ -237,12 +246,51 @@ class TTSConfig(_Section):
     )
 
 
+#: silero v5+ takes 512-sample windows at 16 kHz: every duration below is counted in these
+VAD_WINDOW_MS = 32
+
+
 class VADConfig(_Section):
-    threshold: float = Field(default=0.5, gt=0, lt=1, description="silero speech probability")
+    threshold: float = Field(default=0.5, gt=0, lt=1, description="silero speech probability that starts speech")
+    hysteresis: float = Field(
+        default=0.15, ge=0, lt=1, description="speech goes on until the probability drops below threshold - this",
+    )
+    min_speech_ms: int = Field(default=96, ge=VAD_WINDOW_MS, le=500,
+                               description="voiced time an utterance needs to be a turn")
+    onset_ms: int = Field(default=128, ge=VAD_WINDOW_MS, le=1000,
+                          description="voiced time after which the caller is talking (barge-in)")
+    end_silence_ms: int = Field(default=450, le=5000, description="trailing silence that ends a turn")
+    end_silence_phone_ms: int = Field(default=1100, le=5000,
+                                      description="the same while a phone number is asked for")
+    end_silence_short_ms: int = Field(default=300, le=5000,
+                                      description="the same after a yes/no question")
+    speculative_pause_ms: int = Field(
+        default=160, ge=0, description="trailing silence that starts transcribing early; 0 = never",
+    )
+    num_threads: int = Field(default=1, ge=1, le=16, description="onnxruntime threads of the shared silero model")
+    # FastRTC's chunked pause detection: the handler no longer uses it (the naive cascade of
+    # `voicebot bench` does, with FastRTC's defaults); kept so that ReplyOnPause is built as before.
     audio_chunk_duration: float = Field(default=0.6, gt=0, description="seconds between pause checks")
     started_talking_threshold: float = Field(default=0.2, gt=0)
     speech_threshold: float = Field(default=0.1, gt=0)
     min_silence_duration_ms: int = Field(default=500, ge=0)
+
+    @model_validator(mode="after")
+    def _not_deaf(self) -> VADConfig:
+        if self.threshold - self.hysteresis <= 0:
+            raise ValueError("hysteresis must be less than threshold (speech would never end)")
+        # A turn that may end after less silence than the shortest speech it accepts ends inside
+        # words (between morae), so callers are cut off and their fragments go unanswered.
+        for name in ("end_silence_ms", "end_silence_phone_ms", "end_silence_short_ms"):
+            value = getattr(self, name)
+            if value < max(self.min_speech_ms, 4 * VAD_WINDOW_MS):
+                raise ValueError(f"{name} ({value} ms) must be at least min_speech_ms ({self.min_speech_ms} ms) "
+                                 f"and {4 * VAD_WINDOW_MS} ms, or turns end between syllables")
+        shortest = min(self.end_silence_ms, self.end_silence_short_ms)
+        if self.speculative_pause_ms and self.speculative_pause_ms >= shortest:
+            raise ValueError(f"speculative_pause_ms ({self.speculative_pause_ms}) must be below the shortest "
+                             f"end_silence ({shortest} ms), or 0 to turn speculation off")
+        return self
 
 
 class ServerConfig(_Section):
@@ -262,6 +310,44 @@ class LoggingConfig(_Section):
         default="data/calls.jsonl",
         description="JSONL file getting one line per voice turn (timings, texts) and per call end; null = off",
     )
+    mask_pii: bool = Field(default=True, description="mask phone numbers and callers' names in the process log")
+    call_log_retention_days: float | None = Field(
+        default=30, ge=0,
+        description="call-log lines older than this are pruned; 0 = write no transcripts and keep nothing; null = forever",
+    )
+    call_log_mask_pii: bool = Field(default=False, description="mask phone numbers and names in the call log too")
+
+
+class TwilioConfig(_Section):
+    validate_: bool = Field(
+        default=True, alias="validate",
+        description="check X-Twilio-Signature (needs TWILIO_AUTH_TOKEN) and gate the media websocket",
+    )
+    public_url: str | None = Field(
+        default=None, description="the https://host[/prefix] Twilio calls, when a proxy sits in front; null = as received",
+    )
+    trust_proxy: bool = Field(default=False, description="honour X-Forwarded-Proto/-Host from the proxy in front")
+    stream_token_ttl_s: float = Field(default=60, gt=0, description="how long the TwiML's stream token stays valid")
+    max_pending_tokens: int = Field(default=1000, ge=1, description="stream tokens issued and not yet used, at most")
+
+    # "validate" is a (deprecated) BaseModel method: the field lives under another attribute name.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, serialize_by_alias=True)
+
+    @property
+    def validate(self) -> bool:  # type: ignore[override]
+        return self.validate_
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("expected the public base URL, e.g. https://bot.example.com")
+        return v.strip().rstrip("/")
 
 
 class Config(_Section):
@@ -275,6 +361,7 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    twilio: TwilioConfig = Field(default_factory=TwilioConfig)
 
     #: directory relative paths are resolved against (the config file's folder)
     base_dir: Path = Field(default=PROJECT_ROOT, exclude=True)

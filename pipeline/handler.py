@@ -2,6 +2,15 @@
 
 What it changes in FastRTC 0.0.34's ``ReplyOnPause``, and why:
 
+- **Streaming end of turn** instead of a pause check every 0.6 s chunk (which ended turns
+  0.6-1.1 s after the caller stopped and lost a short 「はい」 straddling two chunks): silero runs on
+  every 32 ms window as frames arrive, with its state kept per call and hysteresis on the speech
+  probability. The turn ends after ``vad.end_silence_ms`` of trailing silence, longer while a phone
+  number is read (callers pause between digit groups) unless the early transcript already holds a
+  whole valid number, shorter after a yes/no question. ``ReplyOnPause`` stays the base class for
+  FastRTC's plumbing; its chunked ``process_audio``/``state.stream`` are not used.
+- **Speculative STT**: at the first short pause the utterance so far is transcribed in a worker
+  thread; when the turn ends with nothing voiced since, that transcript is the turn's.
 - **Barge-in when the caller starts talking**, not at their next pause (the stock behaviour, which
   lets the bot talk over the caller for a whole utterance): the reply generator is closed, FastRTC's
   outbound queue dropped, Twilio told to ``clear`` its playback buffer, and the agent told what the
@@ -31,6 +40,7 @@ import time
 import uuid
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +48,9 @@ from fastrtc import AdditionalOutputs, CloseStream, ReplyOnPause, get_current_co
 from fastrtc.utils import create_message, split_output
 
 from pipeline.call import TurnTimeline, VoiceCall, VoiceRuntime
+from pipeline.config import VADConfig
+from pipeline.dialog.parse import is_valid_phone, parse_phone
+from pipeline.stt import resample, to_mono_float32
 from pipeline.vad import WINDOW as VAD_WINDOW
 from pipeline.vad import algo_options as vad_algo_options
 from pipeline.vad import silero_options
@@ -50,52 +63,168 @@ IDLE_WAIT_S = 0.05
 VAD_RATE = 16000
 #: a "turn" longer than this is a stuck line or steady noise: answer it rather than buffer forever
 MAX_TURN_S = 30.0
+#: audio kept from before the first voiced window: silero's probability rises a window or two
+#: after the onset, and Whisper misses a first mora it gets without lead-in
+PREROLL_S = 0.3
+#: silence kept after the last voiced window in the audio given to STT
+TAIL_S = 0.2
+#: what the bot asked when the caller's answer is a yes or a no: it can end after less silence
+SHORT_ANSWER = frozenset({"confirm", "anything_else"})
 
 
-class TailVAD:
-    """The shared VAD model, remembering how much silence ends the audio it has seen.
+class SharedVAD:
+    """The runtime's silero model as ``ReplyOnPause``'s ``model``.
 
-    ``ReplyOnPause`` decides a pause on 0.6 s chunks and says nothing of when speech ended; the
-    speech chunks of the last ``vad()`` calls do. One per handler (the model itself is shared).
+    FastRTC's chunked pause detection, the only user of ``vad()``, is not driven any more: each
+    handler runs the model window by window in its :class:`TurnDetector`.
     """
 
     def __init__(self, model: Any):
         self.model = model
-        self.trailing_s = 0.0
 
     def vad(self, audio: tuple[int, np.ndarray], options: Any = None):
-        sr, x = audio
-        seconds, chunks = self.model.vad(audio, options)
-        length = np.asarray(x).reshape(-1).size / sr if sr else 0.0
-        if chunks:
-            self.trailing_s = float(self._tail(np.asarray(x).reshape(-1), sr, options, length, chunks[-1]["end"]))
-        else:
-            self.trailing_s += length
-        return seconds, chunks
-
-    def _tail(self, x: np.ndarray, sr: int, options: Any, length: float, chunk_end: int) -> float:
-        """Silence after the last voiced window of a chunk that had speech.
-
-        The speech chunks alone say too little: silero's ``min_silence_duration_ms`` (500 ms)
-        stretches a segment to the end of a 0.6 s chunk whenever less silence than that follows.
-        """
-        by_chunk = max(0.0, length - chunk_end / VAD_RATE)
-        probs_of = getattr(self.model, "speech_probs", None)
-        if probs_of is None:
-            return by_chunk
-        try:
-            probs = probs_of(x, sr)
-        except Exception:
-            return by_chunk
-        threshold = getattr(options, "threshold", None) or getattr(getattr(self.model, "options", None),
-                                                                      "threshold", 0.5)
-        voiced = np.flatnonzero(probs >= threshold)
-        if voiced.size == 0:
-            return by_chunk
-        return max(0.0, length - (voiced[-1] + 1) * VAD_WINDOW / VAD_RATE)
+        return self.model.vad(audio, options)
 
     def warmup(self) -> None:
         self.model.warmup()
+
+
+class TurnDetector:
+    """One call's end of turn: silero on every 512-sample window as the audio arrives.
+
+    Not thread-safe: the handler feeds it under its lock. Times are ``time.monotonic()``; a
+    window's time is when the frame completing it arrived, less the samples after it.
+    """
+
+    def __init__(self, model: Any, cfg: VADConfig):
+        self.model = model
+        self.enter = cfg.threshold
+        self.leave = cfg.threshold - cfg.hysteresis
+        self.window_s = VAD_WINDOW / VAD_RATE
+        self.min_speech = self._windows(cfg.min_speech_ms)
+        self.onset = self._windows(cfg.onset_ms)
+        self.end_after = self._windows(cfg.end_silence_ms)  # the handler sets it per frame
+        self._failed = False
+        self.reset()
+
+    def _windows(self, ms: float) -> int:
+        return max(1, int(round(ms / 1000 / self.window_s)))
+
+    def set_end_silence(self, ms: float) -> None:
+        self.end_after = self._windows(ms)
+
+    def reset(self) -> None:
+        self.state = self.model.get_initial_state(1)
+        self._left = np.zeros(0, np.float32)  # samples short of a whole window
+        self.speaking = False
+        self.total = 0  # samples received since reset
+        self.processed = 0  # samples the VAD has seen
+        self._idle()
+        self._buffer: list[np.ndarray] = []
+        self._buffer_start = 0  # absolute sample offset of the buffer's first sample
+
+    def _idle(self) -> None:
+        self.in_utterance = False
+        self.voiced = 0  # voiced windows in the utterance
+        self.silence = 0  # unvoiced windows since its last voiced one
+        self.onset_fired = False
+        self.last_voiced_end = 0  # absolute sample offset of the end of the last voiced window
+        self.speech_end: float | None = None
+
+    def feed(self, pcm: np.ndarray, arrived: float) -> set[str]:
+        """Take a frame (int16 mono at 16 kHz); returns the events it caused: ``"onset"`` (the
+        caller has been talking for ``onset_ms``) and/or ``"end"`` (the turn is over: ``take()``)."""
+        events: set[str] = set()
+        self._buffer.append(pcm)
+        self.total += pcm.size
+        self._left = np.concatenate([self._left, pcm.astype(np.float32) / 32768.0])
+        while self._left.size >= VAD_WINDOW:
+            window, self._left = self._left[:VAD_WINDOW], self._left[VAD_WINDOW:]
+            self.processed += VAD_WINDOW
+            prob = self._prob(window)
+            self.speaking = prob >= (self.leave if self.speaking else self.enter)
+            if self.speaking:
+                self.in_utterance = True
+                self.voiced += 1
+                self.silence = 0
+                self.last_voiced_end = self.processed
+                self.speech_end = arrived - (self.total - self.processed) / VAD_RATE
+                if not self.onset_fired and self.voiced >= self.onset:
+                    self.onset_fired = True
+                    events.add("onset")
+            elif self.in_utterance:
+                self.silence += 1
+                if self.silence >= self.end_after:
+                    if self.voiced >= self.min_speech:
+                        events.add("end")
+                        break  # the rest of the frame belongs to what comes next
+                    self._idle()  # a click or a breath, not a turn
+        if self.in_utterance and "end" not in events and self.total - self._buffer_start >= MAX_TURN_S * VAD_RATE:
+            events.add("end")
+        if not self.in_utterance:
+            self._trim()
+        return events
+
+    def _prob(self, window: np.ndarray) -> float:
+        try:
+            prob, self.state = self.model(window, self.state, VAD_RATE)
+            return float(np.asarray(prob).ravel()[0])
+        except Exception:
+            # On the audio path an exception would end the call; a window taken as silence
+            # at worst ends a turn early.
+            if not self._failed:
+                log.warning("VAD failed on a window; taking it as silence", exc_info=True)
+            self._failed = True
+            return 0.0
+
+    def _trim(self) -> None:
+        """Keep only the pre-roll while nobody talks."""
+        keep = int(PREROLL_S * VAD_RATE) + VAD_WINDOW
+        excess = self.total - self._buffer_start - keep
+        while excess > 0 and self._buffer:
+            first = self._buffer[0]
+            if first.size <= excess:
+                self._buffer.pop(0)
+                self._buffer_start += first.size
+                excess -= first.size
+            else:
+                self._buffer[0] = first[excess:]
+                self._buffer_start += excess
+                excess = 0
+
+    def audio(self, upto: int | None = None) -> np.ndarray:
+        """The utterance so far, pre-roll included (the buffer is trimmed only between
+        utterances), up to absolute sample ``upto``."""
+        audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, np.int16)
+        if upto is None:
+            return audio
+        return audio[: max(0, min(audio.size, upto - self._buffer_start))]
+
+    def take(self) -> tuple[np.ndarray, float | None, int]:
+        """End the utterance: its audio (to the last voiced window plus a little silence), when
+        speech ended, and how many windows were voiced. What follows the cut stays as pre-roll."""
+        whole = self.audio()
+        if self.in_utterance:
+            cut = max(0, min(whole.size, self.last_voiced_end + int(TAIL_S * VAD_RATE) - self._buffer_start))
+        else:  # trigger_response() with nobody talking
+            cut = whole.size
+        audio, rest = whole[:cut], whole[cut:]
+        self._buffer = [rest] if rest.size else []
+        self._buffer_start += cut
+        speech_end, voiced = self.speech_end, self.voiced
+        self._idle()
+        self._trim()
+        return audio, speech_end, voiced
+
+
+@dataclass
+class _Speculation:
+    """An early transcription of the utterance, started at a short pause."""
+
+    future: Future
+    voiced: int  # the utterance's voiced windows when it started: more since, and it is stale
+    phone: str | None = None  # a whole valid phone number in its transcript, once looked at
+    checked: bool = False
 
 
 class CallHandler(ReplyOnPause):
@@ -113,7 +242,7 @@ class CallHandler(ReplyOnPause):
             # once per frame instead of to FastRTC's default 48 kHz
             input_sample_rate=input_sample_rate,
             output_sample_rate=int(runtime.tts.sample_rate),
-            model=TailVAD(runtime.vad),
+            model=SharedVAD(runtime.vad),
         )
         self.algo_options.max_continuous_speech_s = min(self.algo_options.max_continuous_speech_s, MAX_TURN_S)
         self.runtime = runtime
@@ -122,13 +251,19 @@ class CallHandler(ReplyOnPause):
         self._own_id = "local-" + uuid.uuid4().hex[:8]
         self._call_key: str | None = None
         self._call_obj: VoiceCall | None = None
-        #: the utterance a pause just ended, with its timeline, waiting for emit()
-        self._pending: tuple[TurnTimeline, tuple[int, np.ndarray]] | None = None
+        #: the utterance a pause just ended, with its timeline and early transcript, waiting for emit()
+        self._pending: tuple[TurnTimeline, tuple[int, np.ndarray], Future | None] | None = None
         self._gen_timeline: TurnTimeline | None = None  # the turn the current generator answers
         self._gen_sent_audio = False
         self._ended = False
         self._websocket: Any = None
         self._watch: Future | None = None
+        self.vad_cfg = vad_cfg
+        self._detector = TurnDetector(runtime.vad, vad_cfg)
+        #: this utterance's early transcription, and the last one started (at most one runs per call)
+        self._spec: _Speculation | None = None
+        self._spec_running: Future | None = None
+        self._bad_frames = 0
 
     def copy(self) -> CallHandler:
         return CallHandler(self.runtime, input_sample_rate=self.input_sample_rate, idle_wait_s=self.idle_wait_s)
@@ -168,28 +303,105 @@ class CallHandler(ReplyOnPause):
         if self._ended:
             return
         arrived = time.monotonic()
+        pcm = self._pcm16(frame)
+        if pcm is None:
+            return
         utterance = None
         with self._lock:
-            was_talking = self.state.started_talking
-            self.process_audio(frame, self.state)
-            onset = self.state.started_talking and not was_talking and not self.state.pause_detected
-            if self.state.pause_detected:
-                # Take the utterance now: left in the state until emit() runs, the next chunk of
-                # silence would be read as the same pause again (FastRTC appends to it meanwhile).
-                utterance = self._utterance()
-                self.state = self.state.new()
-        if onset:
+            det = self._detector
+            det.set_end_silence(self._end_silence_ms())
+            events = det.feed(pcm, arrived)
+            if "end" in events:
+                audio, speech_end, voiced = det.take()
+                utterance = (audio, speech_end, self._take_speculation(voiced))
+            else:
+                self._maybe_speculate()
+        if "onset" in events:
+            self._send_log("started_talking")
             self._barge_in(arrived, "caller started talking")
         if utterance is not None:
-            tl = TurnTimeline(speech_end=arrived - self.model.trailing_s, turn_detected=time.monotonic())
+            audio, speech_end, spec = utterance
+            tl = TurnTimeline(speech_end=speech_end, turn_detected=time.monotonic())
             with self._lock:
                 busy = self.generator is not None
             if busy:
                 # a reply that started while this utterance was already under way (the greeting)
                 self._barge_in(arrived, "pause during a reply")
             with self._lock:
-                self._pending = (tl, utterance)
+                self._pending = (tl, (VAD_RATE, audio.reshape(1, -1)), spec)
                 self.event.set()
+
+    def _pcm16(self, frame: tuple[int, np.ndarray]) -> np.ndarray | None:
+        """A frame as int16 mono at 16 kHz (what FastRTC gives with ``input_sample_rate=16000``)."""
+        try:
+            sr, array = frame
+            array = np.asarray(array)
+            if sr == VAD_RATE and array.dtype == np.int16:
+                return array.reshape(-1) if array.ndim == 1 or 1 in array.shape else array.mean(
+                    axis=0 if array.shape[0] <= array.shape[1] else 1).astype(np.int16)
+            x = resample(to_mono_float32(array), int(sr), VAD_RATE)
+            return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
+        except (ValueError, TypeError):
+            # a malformed frame must not end the call; say so once in a while, not 50 times a second
+            if self._bad_frames % 500 == 0:
+                log.warning("call %s: dropping malformed audio frames", self._call_key, exc_info=True)
+            self._bad_frames += 1
+            return None
+
+    # ------------------------------------------------------------------ end of turn
+    def _end_silence_ms(self) -> int:
+        """How much silence ends the caller's turn, given what the bot asked."""
+        cfg = self.vad_cfg
+        call = self._call_obj
+        asking = getattr(getattr(getattr(call, "agent", None), "state", None), "asking", None)
+        if asking == "phone":
+            # callers pause between digit groups; a whole number already heard needs no waiting
+            return cfg.end_silence_ms if self._speculated_phone() else cfg.end_silence_phone_ms
+        if asking in SHORT_ANSWER:
+            return cfg.end_silence_short_ms
+        return cfg.end_silence_ms
+
+    def _speculated_phone(self) -> bool:
+        spec = self._spec
+        if spec is None or spec.voiced != self._detector.voiced or not spec.future.done():
+            return False
+        if not spec.checked:
+            spec.checked = True
+            try:
+                text = spec.future.result().text or ""
+            except Exception:  # failed or cancelled: the turn's own STT will say
+                return False
+            digits = parse_phone(text)
+            spec.phone = digits if digits and is_valid_phone(digits) else None
+        return spec.phone is not None
+
+    def _maybe_speculate(self) -> None:
+        """Under the lock: transcribe the utterance so far once the caller pauses briefly."""
+        pause_ms = self.vad_cfg.speculative_pause_ms
+        det = self._detector
+        spec = self._spec
+        if spec is not None and spec.voiced != det.voiced:
+            spec.future.cancel()  # the caller went on: that transcript is of half the sentence
+            self._spec = spec = None
+        if not pause_ms or not det.in_utterance or det.voiced < det.min_speech or spec is not None:
+            return
+        if det.silence * det.window_s * 1000 < pause_ms:
+            return
+        if self._spec_running is not None and not self._spec_running.done():
+            return  # at most one per call: a stale one still runs; try again on the next frame
+        future = self.runtime.transcribe_soon(det.audio(det.processed), VAD_RATE)
+        self._spec = _Speculation(future, det.voiced)
+        self._spec_running = future
+
+    def _take_speculation(self, voiced: int) -> Future | None:
+        """Under the lock: the early transcription if it heard the whole utterance."""
+        spec, self._spec = self._spec, None
+        if spec is None:
+            return None
+        if spec.voiced != voiced:
+            spec.future.cancel()
+            return None
+        return spec.future
 
     def emit(self) -> Any:
         if not self.event.is_set():
@@ -250,20 +462,33 @@ class CallHandler(ReplyOnPause):
         return self._run_turn(audio, TurnTimeline())
 
     def _utterance(self) -> tuple[int, np.ndarray]:
-        stream = self.state.stream
-        audio = stream.reshape(1, -1) if stream is not None and stream.size else np.zeros((1, 0), np.int16)
-        return self.state.sampling_rate or self.input_sample_rate, audio
+        """Under the lock: whatever the caller has said so far, ending their turn now."""
+        audio, _speech_end, voiced = self._detector.take()
+        spec = self._take_speculation(voiced)
+        if spec is not None:
+            spec.cancel()  # cut short by request: the audio goes on past what it heard
+        return VAD_RATE, audio.reshape(1, -1)
+
+    def reset(self) -> None:
+        """FastRTC's clean-up after a WebRTC connection: forget the caller's audio too."""
+        super().reset()
+        with self._lock:
+            self._detector.reset()
+            spec, self._spec = self._spec, None
+            self._pending = None
+        if spec is not None:
+            spec.future.cancel()
 
     def _new_turn(self) -> Generator[Any, None, None]:
         """Under the lock: the utterance just ended becomes a reply generator."""
         if self._pending is not None:
-            tl, audio = self._pending
+            tl, audio, transcript = self._pending
             self._pending = None
-        else:  # trigger_response(): FastRTC's way to answer what is in the state without a pause
+        else:  # trigger_response(): FastRTC's way to answer what was said so far without a pause
             now = time.monotonic()
-            tl, audio = TurnTimeline(speech_end=now, turn_detected=now), self._utterance()
+            tl, audio, transcript = TurnTimeline(speech_end=now, turn_detected=now), self._utterance(), None
             self.state = self.state.new()
-        gen = self._run_turn(audio, tl)
+        gen = self._run_turn(audio, tl, transcript)
         self.generator = gen
         self._gen_timeline = tl
         self._gen_sent_audio = False
@@ -274,11 +499,14 @@ class CallHandler(ReplyOnPause):
         yield from call.greeting()
         yield AdditionalOutputs(call.snapshot())
 
-    def _run_turn(self, audio: tuple[int, np.ndarray], timeline: TurnTimeline) -> Iterator[Any]:
+    def _run_turn(self, audio: tuple[int, np.ndarray], timeline: TurnTimeline,
+                  transcript: Future | None = None) -> Iterator[Any]:
         call = self.call
         if call.ended:
+            if transcript is not None:
+                transcript.cancel()
             return
-        yield from call.turn(audio, timeline)
+        yield from call.turn(audio, timeline, transcript=transcript)
         if call.agent.state.ended:
             # the goodbye has been handed out; CloseStream lets FastRTC play it out, then hang up
             self._ended = True

@@ -7,10 +7,13 @@ in that thread.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -100,6 +103,60 @@ def prepare_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return x
 
 
+# ------------------------------------------------------------------------------------------ encoder window
+#: Whisper's mel frames per second, and its fixed window (30 s)
+MEL_FPS = 100
+WHISPER_WINDOW_FRAMES = 3000
+#: the window of the transcription running in this context; None = whisper's 30 s
+_WINDOW_FRAMES: contextvars.ContextVar[int | None] = contextvars.ContextVar("whisper_window_frames", default=None)
+_hook_lock = threading.Lock()
+
+
+def _install_window_hook() -> None:
+    """Let ``encoder_window`` shorten faster-whisper's padding, per transcription.
+
+    faster-whisper pads every segment's features to 30 s with the module-level ``pad_or_trim``
+    before encoding: the encoder's cost is that of 30 s whatever the utterance. The wrapper
+    installed here pads to the window of the transcription that calls it (a context variable, so
+    concurrent calls with and without a window do not see each other's) and is a no-op otherwise.
+    """
+    import faster_whisper.transcribe as fwt
+
+    with _hook_lock:
+        if getattr(fwt.pad_or_trim, "_voicebot_window", False):
+            return
+        original = fwt.pad_or_trim
+
+        def pad_to_window(array, length: int = WHISPER_WINDOW_FRAMES, *, axis: int = -1):
+            frames = _WINDOW_FRAMES.get()
+            if frames and length == WHISPER_WINDOW_FRAMES:
+                # never cut the audio, and keep the frame count even (the encoder's stride-2 conv)
+                length = min(length, max(frames, array.shape[axis] + array.shape[axis] % 2))
+            return original(array, length, axis=axis)
+
+        pad_to_window._voicebot_window = True  # type: ignore[attr-defined]
+        fwt.pad_or_trim = pad_to_window
+
+
+@contextlib.contextmanager
+def encoder_window(seconds: float | None) -> Iterator[None]:
+    """Within this block (this thread or task), whisper encodes ``seconds`` (or the audio, if
+    longer) instead of 30 s. ``None`` leaves the 30 s window.
+
+    Real Whisper weights were trained on 30 s windows: how well they transcribe shorter ones is
+    not verified here, which is why ``stt.window_s`` is off by default.
+    """
+    if not seconds:
+        token = _WINDOW_FRAMES.set(None)
+    else:
+        _install_window_hook()
+        token = _WINDOW_FRAMES.set(int(round(seconds * MEL_FPS)))
+    try:
+        yield
+    finally:
+        _WINDOW_FRAMES.reset(token)
+
+
 # ------------------------------------------------------------------------------------------ backends
 class FasterWhisperSTT:
     """faster-whisper (CTranslate2) on a local model directory, loaded once."""
@@ -123,6 +180,8 @@ class FasterWhisperSTT:
             device=cfg.device,
             compute_type=cfg.compute_type,
             cpu_threads=cfg.cpu_threads,
+            # several workers let transcriptions from several calls' threads run in parallel
+            num_workers=cfg.num_workers,
             local_files_only=True,
         )
         log.info("loaded faster-whisper from %s (%s, %s) in %.2f s", self.model_path, cfg.device,
@@ -131,20 +190,22 @@ class FasterWhisperSTT:
     def transcribe(self, audio: np.ndarray, sample_rate: int) -> Transcript:
         start = time.perf_counter()
         x = prepare_audio(audio, sample_rate)
-        segments, info = self.model.transcribe(
-            x,
-            language=self.language,
-            beam_size=self.cfg.beam_size,
-            # One temperature: the fallback ladder re-decodes up to 6 times, seconds of dead air on a
-            # phone line; a garbled turn is cheaper to ask again.
-            temperature=0.0,
-            vad_filter=False,  # ReplyOnPause has already cut the turn with silero
-            condition_on_previous_text=False,
-            without_timestamps=True,
-            hotwords=self.hotwords,
-        )
-        # The generator does the decoding: consume it here, in the caller's worker thread.
-        text = "".join(seg.text for seg in segments).strip()
+        with encoder_window(self.cfg.window_s):
+            segments, info = self.model.transcribe(
+                x,
+                language=self.language,
+                beam_size=self.cfg.beam_size,
+                # One temperature: the fallback ladder re-decodes up to 6 times, seconds of dead air on
+                # a phone line; a garbled turn is cheaper to ask again.
+                temperature=0.0,
+                vad_filter=False,  # the handler has already cut the turn with silero
+                condition_on_previous_text=False,
+                without_timestamps=True,
+                hotwords=self.hotwords,
+            )
+            # The generator does the decoding (and the encoding): consume it here, in the caller's
+            # worker thread, and inside the window.
+            text = "".join(seg.text for seg in segments).strip()
         elapsed = time.perf_counter() - start
         duration = x.size / WHISPER_SAMPLE_RATE
         log.debug("transcribed %.2f s of audio in %.3f s: %r", duration, elapsed, text)

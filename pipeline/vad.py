@@ -6,7 +6,8 @@ we run that with onnxruntime instead: no download, and no torch (``import silero
 torch, so the file is located with ``importlib.util.find_spec``, which does not run the package).
 
 The pause logic (``get_speech_timestamps``) is FastRTC's, inherited; only the model call differs
-(v5+ takes one ``state`` tensor and 64 samples of left context instead of ``h``/``c``).
+(v5+ takes one ``state`` tensor and 64 samples of left context instead of ``h``/``c``). The call
+handler does not use it: it runs ``__call__`` window by window with a state of its own per call.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class BundledSileroVAD(SileroVADModel):
     onnxruntime session is safe to run from several threads).
     """
 
-    def __init__(self, path: str | Path | None = None, options: SileroVadOptions | None = None):
+    def __init__(self, path: str | Path | None = None, options: SileroVadOptions | None = None,
+                 num_threads: int = 1):
         # SileroVADModel.__init__ is deliberately not called: it downloads the hub model.
         import onnxruntime
 
@@ -86,10 +88,10 @@ class BundledSileroVAD(SileroVADModel):
         if not self.path.is_file():
             raise VADModelMissing(f"silero VAD model not found at {self.path}")
         opts = onnxruntime.SessionOptions()
-        # One thread: VAD runs on every 0.6 s chunk of every call, and a thread pool per session
-        # would fight the STT and TTS for the cores.
+        # One thread by default: a 32 ms window is ~0.1 ms of work, too little to split, and a
+        # thread pool per session would fight the STT and TTS for the cores.
         opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = 1
+        opts.intra_op_num_threads = num_threads
         opts.log_severity_level = 3
         self.session = onnxruntime.InferenceSession(
             str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
@@ -155,4 +157,4 @@ class BundledSileroVAD(SileroVADModel):
 
 def make_vad(cfg: VADConfig, path: str | Path | None = None) -> BundledSileroVAD:
     """The VAD for ``ReplyOnPause(model=...)``, with ``cfg``'s silero options as its defaults."""
-    return BundledSileroVAD(path, options=silero_options(cfg))
+    return BundledSileroVAD(path, options=silero_options(cfg), num_threads=cfg.num_threads)

@@ -48,7 +48,8 @@ def runtime(test_config):
 def app(runtime):
     from pipeline.app import build_app
 
-    return build_app(runtime)
+    # Twilio's signatures are off here on purpose: tests/test_twilio_auth.py runs the signed flow.
+    return build_app(runtime, validate_twilio=False)
 
 
 class _Server:
@@ -122,11 +123,11 @@ class TwilioCall:
         self.seq += 1
         await self.ws.send(json.dumps({"event": event, "sequenceNumber": str(self.seq), **body}))
 
-    async def start(self):
+    async def start(self, custom: dict | None = None, call_sid: str = CALL_SID):
         await self.send("connected", protocol="Call", version="1.0.0")
         await self.send("start", streamSid=STREAM_SID, start={
-            "streamSid": STREAM_SID, "callSid": CALL_SID, "accountSid": "AC0", "tracks": ["inbound"],
-            "customParameters": {},
+            "streamSid": STREAM_SID, "callSid": call_sid, "accountSid": "AC0", "tracks": ["inbound"],
+            "customParameters": custom or {},
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
         })
 
@@ -315,11 +316,14 @@ def test_latency_rows_accumulate_per_call_on_the_server():
     assert [r[0] for r in book.render(snap("a", 3, 640))[3]] == ["3"]
 
 
-def test_twilio_signature_validation_is_refused_rather_than_faked(runtime):
+def test_the_app_checks_twilio_by_default_and_will_not_start_without_the_auth_token(runtime, monkeypatch):
     from pipeline.app import build_app
+    from pipeline.twilio_auth import TwilioAuthMissing
 
-    with pytest.raises(NotImplementedError):
-        build_app(runtime, validate_twilio=True)
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    assert runtime.cfg.twilio.validate is True
+    with pytest.raises(TwilioAuthMissing, match="TWILIO_AUTH_TOKEN"):
+        build_app(runtime)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -342,6 +346,7 @@ def test_serve_without_models_and_no_download_names_the_missing_file(test_models
     cfg["tts"]["voices"] = str(test_models_dir / cfg["tts"]["voices"])
     cfg["tts"]["model"] = "kokoro-v1.0.onnx"  # not there
     cfg["store"]["url"] = "sqlite://"
+    cfg["twilio"] = {"validate": False}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
 

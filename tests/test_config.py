@@ -74,3 +74,36 @@ def test_a_file_that_is_not_a_mapping_is_a_clear_error(tmp_path, text):
 def test_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "named"),
+    [
+        ("vad:\n  end_silence_ms: 60\n", "end_silence_ms"),
+        ("vad:\n  end_silence_short_ms: 64\n", "end_silence_short_ms"),
+        ("vad:\n  min_speech_ms: 300\n  end_silence_phone_ms: 200\n", "end_silence_phone_ms"),
+        ("vad:\n  min_speech_ms: 0\n", "vad.min_speech_ms"),
+        ("vad:\n  min_speech_ms: 800\n", "vad.min_speech_ms"),
+        ("vad:\n  speculative_pause_ms: 400\n", "speculative_pause_ms"),
+        ("vad:\n  hysteresis: 0.5\n", "hysteresis"),
+        ("vad:\n  num_threads: 0\n", "vad.num_threads"),
+        ("stt:\n  window_s: 0.5\n", "stt.window_s"),
+        ("stt:\n  window_s: 45\n", "stt.window_s"),
+        ("stt:\n  num_workers: 0\n", "stt.num_workers"),
+    ],
+)
+def test_turn_taking_values_that_would_make_the_bot_deaf_or_cut_callers_off_are_refused(tmp_path, yaml_text, named):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert named in str(err.value)
+
+
+def test_turn_taking_defaults_end_sooner_after_yes_no_and_later_for_phone_numbers():
+    cfg = load_config(PROJECT_ROOT / "config.yaml", environ={})
+    vad = cfg.vad
+    assert vad.min_speech_ms <= 100  # a short 「はい」 is a turn
+    assert vad.speculative_pause_ms < vad.end_silence_short_ms < vad.end_silence_ms < vad.end_silence_phone_ms
+    assert cfg.stt.window_s is None  # unverified on real weights: off unless asked for
+    assert load_config(PROJECT_ROOT / "config.yaml", environ={"VOICEBOT__STT__WINDOW_S": "8"}).stt.window_s == 8

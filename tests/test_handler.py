@@ -148,28 +148,37 @@ def say(h: CallHandler, words: str, lang: str = "ja", played: bool = True) -> li
 
 
 class ScriptedEars:
-    """The real STT runs; the caller's scripted line is reported as what it heard."""
+    """The real STT runs; the caller's current scripted line is reported as what it heard.
+
+    The test moves on to the next line (``next_line()``): an early transcription discarded
+    because the caller went on talking must not use up a line.
+    """
 
     def __init__(self, stt, lines: list[str]):
         self.stt, self.lines = stt, list(lines)
+        self.calls = 0
 
     def transcribe(self, audio, sample_rate):
         result = self.stt.transcribe(audio, sample_rate)
-        return type(result)(self.lines.pop(0), result.language, result.duration_s, result.elapsed_s)
+        self.calls += 1
+        return type(result)(self.lines[0], result.language, result.duration_s, result.elapsed_s)
+
+    def next_line(self):
+        self.lines.pop(0)
 
     def warmup(self):
         self.stt.warmup()
 
 
 class DeafOnce:
-    """An STT whose first transcription fails (a crashed decoder), then works."""
+    """An STT that fails (a crashed decoder) until ``deaf`` is cleared: every transcription of a
+    turn fails, early ones at the caller's short pauses included."""
 
     def __init__(self, stt):
-        self.stt, self.failed = stt, 0
+        self.stt, self.deaf = stt, True
 
     def transcribe(self, audio, sample_rate):
-        if not self.failed:
-            self.failed += 1
+        if self.deaf:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return self.stt.transcribe(audio, sample_rate)
 
@@ -253,10 +262,14 @@ def test_spoken_turn_changes_the_reservation_as_the_tools_say(runtime_factory, s
 def test_whole_booking_by_voice_ends_in_the_database_and_hangs_up(runtime_factory, parts, tmp_path, loop):
     lines = ["12月24日", "19時", "2名", "田中です", "090-1234-5678", "特にありません", "はい", "以上です"]
     with ScriptedOpenAI(responder=booking_policy("ja")) as server:
-        rt = runtime_factory(server, stt=ScriptedEars(parts["stt"], lines))
+        ears = ScriptedEars(parts["stt"], lines)
+        rt = runtime_factory(server, stt=ears)
         h, _ = start(rt, loop)
         greet(h)
-        outs = [say(h, "はい、お願いします") for _ in lines]
+        outs = []
+        for _ in lines:
+            outs.append(say(h, "はい、お願いします"))
+            ears.next_line()
         assert not server.errors
     assert all(audio_of(o) for o in outs)
     assert isinstance(outs[-1][-1], CloseStream)  # the goodbye is followed by hanging up
@@ -360,7 +373,8 @@ def test_idle_handler_does_not_spin_yet_answers_at_once(runtime_factory, loop):
 
 
 def test_stt_fault_is_answered_with_an_apology_and_the_call_goes_on(runtime_factory, parts, loop):
-    rt = runtime_factory(kind="rules", stt=DeafOnce(parts["stt"]))
+    stt = DeafOnce(parts["stt"])
+    rt = runtime_factory(kind="rules", stt=stt)
     h, _ = start(rt, loop)
     greet(h)
     out = say(h, "十二月二十四日でお願いします")
@@ -369,6 +383,7 @@ def test_stt_fault_is_answered_with_an_apology_and_the_call_goes_on(runtime_fact
     assert spoken.size == apology.size
     assert h.call.transcript[-1] == {"role": "bot", "text": APOLOGY["ja"]}
     assert "stt" in h.call.timelines[-1].error and not h.call.ended
+    stt.deaf = False
     out = say(h, "十二月二十四日でお願いします")
     assert audio_of(out) and h.call.transcript[-2]["role"] == "user"
 
@@ -442,3 +457,117 @@ def test_phone_call_over_twilio_protocol_greets_clears_on_barge_in_and_ends(runt
     assert all(m.get("event") in ("media", "clear") for m in seen)  # nothing Twilio does not know
     assert "MZphone" not in rt.calls  # FastRTC never calls shutdown() on the phone: the watcher did
     assert [r["reason"] for r in log_lines(rt) if r["event"] == "call_end"] == ["hangup"]
+
+
+# ----------------------------------------------------------------------------------- streaming end of turn
+class CountingEars:
+    """The real STT runs on every request; it reports the n-th transcription as ``lines[n]`` and
+    records the length of audio each one got."""
+
+    def __init__(self, stt, lines: list[str]):
+        self.stt, self.lines = stt, list(lines)
+        self.sizes: list[int] = []
+        self._lock = threading.Lock()
+
+    def transcribe(self, audio, sample_rate):
+        result = self.stt.transcribe(audio, sample_rate)
+        with self._lock:
+            n = len(self.sizes)
+            self.sizes.append(np.asarray(audio).size)
+        return type(result)(self.lines[min(n, len(self.lines) - 1)], result.language, result.duration_s,
+                            result.elapsed_s)
+
+    def warmup(self):
+        pass
+
+
+def voiced_part(audio: np.ndarray) -> np.ndarray:
+    """espeak-ng's speech without the silence it pads it with."""
+    loud = np.flatnonzero(np.abs(audio) > 300)
+    return audio[loud[0] : loud[-1] + 1]
+
+
+def feed_turns(h: CallHandler, audio: np.ndarray) -> tuple[int, list]:
+    """Feed 20 ms frames; every time a turn ends, answer it (as FastRTC's emit loop would).
+    Returns how many turns the audio made, and what was emitted."""
+    turns, out = 0, []
+    for i in range(0, len(audio), 320):
+        was = h.event.is_set()
+        h.receive((SR, audio[i : i + 320].reshape(1, -1)))
+        if not was and h.event.is_set():
+            turns += 1
+            out += drain(h)
+            h.call.assume_played()
+    return turns, out
+
+
+@pytest.mark.parametrize("lead_s", [0.1, 0.33, 0.57, 0.8])
+def test_a_short_hai_after_silence_is_always_a_turn_and_answered(runtime_factory, parts, loop, lead_s):
+    # 0.3 s of speech: FastRTC's 0.6 s chunks lost it whenever it straddled two of them
+    ears = CountingEars(parts["stt"], ["はい"])
+    rt = runtime_factory(kind="rules", stt=ears)
+    h, _ = start(rt, loop)
+    greet(h)
+    hai = speech("はい", "ja")
+    turns, out = feed_turns(h, np.concatenate([silence(lead_s), hai, silence(1.0)]))
+    assert turns == 1 and audio_of(out)
+    tl = h.call.timelines[-1]
+    assert tl.transcript == "はい" and tl.speech_end <= tl.turn_detected
+
+
+def phone_number_read_in_groups() -> np.ndarray:
+    groups = [speech(g, "ja") for g in ("ゼロキューゼロ", "イチニーサンヨン", "ゴーロクナナハチ")]
+    return np.concatenate([silence(0.3), groups[0], silence(0.6), groups[1], silence(0.6), groups[2], silence(1.5)])
+
+
+def test_a_phone_number_read_with_pauses_between_digit_groups_is_one_turn(runtime_factory, parts, loop):
+    ears = CountingEars(parts["stt"], ["ゼロキューゼロ"])  # never a whole number: nothing ends it early
+    rt = runtime_factory(kind="rules", stt=ears)
+    h, _ = start(rt, loop)
+    greet(h)
+    h.call.agent.state.asking = "phone"
+    turns, _ = feed_turns(h, phone_number_read_in_groups())
+    assert turns == 1
+    assert h.call.timelines[-1].audio_s > 3.5  # all three groups in the one turn
+
+
+def test_the_same_pauses_end_the_turn_when_no_phone_number_is_asked_for(runtime_factory, parts, loop):
+    rt = runtime_factory(kind="rules", stt=CountingEars(parts["stt"], ["ゼロキューゼロ"]))
+    h, _ = start(rt, loop)
+    greet(h)
+    assert h.call.agent.state.asking != "phone"
+    turns, _ = feed_turns(h, phone_number_read_in_groups())
+    assert turns == 3
+
+
+def test_the_early_transcript_is_the_turns_when_the_caller_does_not_go_on(runtime_factory, parts, loop):
+    ears = CountingEars(parts["stt"], ["田中です", "ほかの言葉"])
+    rt = runtime_factory(kind="rules", stt=ears)
+    h, _ = start(rt, loop)
+    greet(h)
+    feed(h, np.concatenate([silence(0.3), speech("たなかです", "ja"), silence(0.24)]))
+    assert h._spec_running is not None  # started at the short pause
+    h._spec_running.result(timeout=30)
+    feed(h, silence(1.0))
+    drain(h)
+    tl = h.call.timelines[-1]
+    assert len(ears.sizes) == 1  # one transcription for the turn, not a second one after the pause
+    assert tl.speculative and tl.transcript == "田中です"
+    assert tl.turn_detected <= tl.transcript_ready
+
+
+def test_the_early_transcript_is_dropped_when_the_caller_goes_on(runtime_factory, parts, loop):
+    ears = CountingEars(parts["stt"], ["たなか", "たなかです、よろしく"])
+    rt = runtime_factory(kind="rules", stt=ears)
+    h, _ = start(rt, loop)
+    greet(h)
+    first, second = voiced_part(speech("たなか", "ja")), speech("よろしくおねがいします", "ja")
+    feed(h, np.concatenate([silence(0.3), first, silence(0.3)]))  # a pause, shorter than a turn's end
+    h._spec_running.result(timeout=30)  # the early transcription finished while the caller paused
+    feed(h, np.concatenate([second, silence(1.0)]))
+    drain(h)
+    assert len(h.call.timelines) == 1
+    tl = h.call.timelines[-1]
+    assert len(ears.sizes) == 2 and ears.sizes[0] < first.size + SR  # the early one heard only the start
+    assert tl.transcript == "たなかです、よろしく"  # the turn's transcript is of all of it
+    assert tl.audio_s > (first.size + second.size) / SR

@@ -21,6 +21,7 @@ from pipeline.dialog import parse, speech
 from pipeline.dialog.faq import FAQ
 from pipeline.dialog.restaurant import Problem, Restaurant
 from pipeline.dialog.state import SLOT_ORDER, DialogState
+from pipeline.privacy import register_pii
 from pipeline.store import FullyBooked, ReservationStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ class BookingTools:
                     result.issues.append(SlotIssue("name", "unparsed", self._msg("bad_name")))
                     continue
                 slots.name = name
+                register_pii(name)  # masked in every log line from now on (pipeline.privacy)
                 result.applied["name"] = name
             elif slot == "phone":
                 text = str(raw)
@@ -252,6 +254,7 @@ class BookingTools:
                     )
                     continue
                 slots.phone = digits
+                register_pii(digits)  # masked in every log line from now on (pipeline.privacy)
                 result.applied["phone"] = digits
             elif slot == "note":
                 text = parse.normalize(str(raw))[:MAX_TEXT]

@@ -1,0 +1,265 @@
+"""Only Twilio starts calls: the webhook's signature, and a one-time token for the media websocket.
+
+Twilio signs each webhook request with the account's auth token (``X-Twilio-Signature``, an HMAC
+over the exact URL it called and the POSTed form). :class:`TwilioGuard` checks it, refuses a
+signature it has already accepted (a replayed request), and answers a valid call with TwiML whose
+``<Stream>`` carries a fresh one-time token as a custom parameter. Twilio passes that parameter back
+in the media websocket's ``start`` event: :meth:`TwilioGuard.admit` lets a stream through only with a
+token it issued, not used before and not older than ``twilio.stream_token_ttl_s``, so knowing the
+websocket's URL is not enough to reach the bot.
+
+Tokens live in this process's memory: run one server process per number (uvicorn's default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import Request, WebSocket
+from fastapi.responses import PlainTextResponse, Response
+from starlette.websockets import WebSocketDisconnect
+from twilio.request_validator import RequestValidator
+
+from pipeline.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Twilio's own name for the variable
+AUTH_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
+#: the websocket close code for "policy violation" (RFC 6455)
+POLICY_VIOLATION = 1008
+#: how long a stream may take to send its ``start`` event
+START_TIMEOUT_S = 10.0
+#: Twilio's signature has no timestamp: an accepted one is remembered this long to refuse replays
+REPLAY_WINDOW_S = 24 * 3600.0
+REPLAY_MEMORY = 10_000
+_TWILIO_EVENTS = frozenset({"connected", "start", "media", "mark", "dtmf", "stop"})
+
+MISSING_TOKEN_MESSAGE = (
+    f"{AUTH_TOKEN_ENV} is not set: with twilio.validate on (the default), `voicebot serve` checks Twilio's "
+    f"request signatures with your account's auth token; set {AUTH_TOKEN_ENV}, or for local development set "
+    "twilio.validate: false (VOICEBOT__TWILIO__VALIDATE=false)"
+)
+
+
+class TwilioAuthMissing(ConfigError):
+    """Validation is on but there is no auth token to validate with."""
+
+
+def auth_token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    token = (os.environ if environ is None else environ).get(AUTH_TOKEN_ENV, "").strip()
+    return token or None
+
+
+class _Expiring:
+    """Keys with a deadline, oldest first, at most ``limit`` of them."""
+
+    def __init__(self, ttl_s: float, limit: int, clock: Callable[[], float]):
+        self.ttl_s = ttl_s
+        self.limit = limit
+        self.clock = clock
+        self._items: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        while self._items:
+            key, (deadline, _) = next(iter(self._items.items()))
+            if deadline > now:
+                break
+            del self._items[key]
+
+    def add(self, key: str, value: Any = None) -> bool:
+        """Store ``key``; False when it was already there (and unexpired)."""
+        with self._lock:
+            now = self.clock()
+            self._expire(now)
+            if key in self._items:
+                return False
+            self._items[key] = (now + self.ttl_s, value)
+            if len(self._items) > self.limit:
+                self._items.popitem(last=False)
+                log.warning("more than %d Twilio tokens or signatures pending: forgetting the oldest", self.limit)
+            return True
+
+    def pop(self, key: str) -> tuple[bool, Any]:
+        """(found and unexpired, value); the key is gone afterwards either way."""
+        with self._lock:
+            now = self.clock()
+            item = self._items.pop(key, None)
+            self._expire(now)
+        if item is None or item[0] <= now:
+            return False, None
+        return True, item[1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class TwilioGuard:
+    """Checks Twilio's webhook signatures and hands out and redeems the media stream's tokens."""
+
+    def __init__(self, auth_token: str, cfg: Any, *, clock: Callable[[], float] = time.monotonic):
+        if not auth_token:
+            raise TwilioAuthMissing(MISSING_TOKEN_MESSAGE)
+        self.validator = RequestValidator(auth_token)
+        self.public_url: str | None = cfg.public_url
+        self.trust_proxy: bool = cfg.trust_proxy
+        self.tokens = _Expiring(cfg.stream_token_ttl_s, cfg.max_pending_tokens, clock)
+        self.seen = _Expiring(REPLAY_WINDOW_S, REPLAY_MEMORY, clock)
+
+    # ------------------------------------------------------------------ the URL Twilio called
+    def _base(self, request: Request) -> tuple[str, str, str]:
+        """(scheme, host[:port], path prefix) of the public address the request was sent to."""
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            return parts.scheme, parts.netloc, parts.path.rstrip("/")
+        scheme, host = request.url.scheme, request.headers.get("host") or request.url.netloc
+        if self.trust_proxy:
+            # Only the first value counts: further proxies append theirs after it.
+            scheme = _first(request.headers.get("x-forwarded-proto")) or scheme
+            host = _first(request.headers.get("x-forwarded-host")) or host
+        return scheme, host, ""
+
+    def signed_url(self, request: Request) -> str:
+        """The exact URL Twilio computed the signature over."""
+        scheme, host, prefix = self._base(request)
+        query = request.url.query
+        return f"{scheme}://{host}{prefix}{request.url.path}" + (f"?{query}" if query else "")
+
+    def stream_url(self, request: Request) -> str:
+        _, host, prefix = self._base(request)
+        mount = request.url.path.removesuffix("/telephone/incoming")
+        # Twilio only streams to wss:// (TLS ends at the proxy in front of the app).
+        return f"wss://{host}{prefix}{mount}/telephone/handler"
+
+    # ------------------------------------------------------------------ the webhook
+    async def check_webhook(self, request: Request) -> str | None:
+        """Why the request is refused, or None when Twilio signed it and it is not a replay."""
+        signature = request.headers.get("x-twilio-signature")
+        if not signature:
+            return "no X-Twilio-Signature header"
+        try:
+            form = await request.form()
+        except Exception:
+            return "unreadable form body"
+        if any(not isinstance(v, str) for _, v in form.multi_items()):
+            return "unexpected file upload"
+        if not self.validator.validate(self.signed_url(request), form, signature):
+            return "bad signature (check TWILIO_AUTH_TOKEN and twilio.public_url / twilio.trust_proxy)"
+        if not self.seen.add(hashlib.sha256(signature.encode()).hexdigest()):
+            return "replayed request (this signature was already used)"
+        return None
+
+    async def answer_incoming_call(self, request: Request) -> Response:
+        reason = await self.check_webhook(request)
+        if reason is not None:
+            log.warning("Twilio webhook refused (403): %s", reason)
+            return PlainTextResponse("forbidden", status_code=403)
+        from twilio.twiml.voice_response import Connect, VoiceResponse
+
+        form = await request.form()
+        token = self.issue(str(form.get("CallSid") or ""))
+        response = VoiceResponse()
+        connect = Connect()
+        connect.stream(url=self.stream_url(request)).parameter(name="token", value=token)
+        response.append(connect)
+        return Response(content=str(response), media_type="application/xml")
+
+    # ------------------------------------------------------------------ stream tokens
+    def issue(self, call_sid: str = "") -> str:
+        token = secrets.token_urlsafe(32)
+        self.tokens.add(token, call_sid)
+        return token
+
+    def redeem(self, token: Any, call_sid: Any = "") -> str | None:
+        """Why the stream is refused, or None; a token counts once, whatever the outcome."""
+        if not isinstance(token, str) or not token:
+            return "no token"
+        ok, issued_for = self.tokens.pop(token)
+        if not ok:
+            return "unknown, used or expired token"
+        if issued_for and call_sid != issued_for:
+            return "token issued for another call"
+        return None
+
+    # ------------------------------------------------------------------ the media websocket
+    async def admit(self, websocket: WebSocket) -> WebSocket | None:
+        """Accept the socket and read up to its ``start``: the socket to serve, or None when refused.
+
+        Nothing of the stream reaches the call handler before the token is checked: the messages
+        read here are replayed to it afterwards.
+        """
+        await websocket.accept()
+        early: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                while True:
+                    message = json.loads(await websocket.receive_text())
+                    event = message.get("event") if isinstance(message, dict) else None
+                    if event == "connected" and not early:
+                        early.append(message)
+                        continue
+                    if event != "start":
+                        # Only Twilio's own event names reach the log, never text a client chose.
+                        what = f"a {event} message" if event in _TWILIO_EVENTS else "an unexpected message"
+                        return await self._refuse(websocket, f"{what} before start")
+                    start = message.get("start") if isinstance(message.get("start"), dict) else {}
+                    params = start.get("customParameters") if isinstance(start.get("customParameters"), dict) else {}
+                    reason = self.redeem(params.get("token"), start.get("callSid") or "")
+                    if reason is not None:
+                        return await self._refuse(websocket, reason)
+                    early.append(message)
+                    log.debug("phone stream %s admitted", message.get("streamSid"))
+                    return _Replaying(websocket, early)
+        except TimeoutError:
+            return await self._refuse(websocket, f"no start event within {START_TIMEOUT_S:g} s")
+        except (ValueError, TypeError, KeyError):
+            return await self._refuse(websocket, "a malformed message")
+        except WebSocketDisconnect:
+            return None
+
+    @staticmethod
+    async def _refuse(websocket: WebSocket, reason: str) -> None:
+        log.warning("phone stream refused: %s", reason)
+        with contextlib.suppress(Exception):  # the peer may be gone already
+            await websocket.close(code=POLICY_VIOLATION, reason="stream not authorised")
+        return None
+
+
+def _first(value: str | None) -> str:
+    return (value or "").split(",")[0].strip()
+
+
+class _Replaying:
+    """The admitted websocket, giving back the messages :meth:`TwilioGuard.admit` already read.
+
+    FastRTC's websocket loop accepts the socket and reads ``connected``/``start`` itself; this
+    wrapper lets it do so unchanged. Everything else is the real socket's.
+    """
+
+    def __init__(self, websocket: WebSocket, early: list[dict[str, Any]]):
+        self._ws = websocket
+        self._early = list(early)
+
+    async def accept(self, *args: Any, **kwargs: Any) -> None:
+        return None  # already accepted
+
+    async def receive_json(self, *args: Any, **kwargs: Any) -> Any:
+        if self._early:
+            return self._early.pop(0)
+        return await self._ws.receive_json(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ws, name)
