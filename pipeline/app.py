@@ -19,6 +19,7 @@ the stamps since that word). Only WebRTC feeds these to the page; on the phone F
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import inspect
 import io
@@ -33,9 +34,16 @@ import gradio as gr
 from fastapi import FastAPI, Request, WebSocket
 from fastrtc import Stream, WebRTC
 from fastrtc.utils import Context, DataChannel, current_context
-from fastrtc.websocket import WebSocketHandler
+from fastrtc.websocket import WebSocketHandler, convert_to_mulaw
 
-from pipeline.twilio_auth import MISSING_TOKEN_MESSAGE, TwilioAuthMissing, TwilioGuard, auth_token_from_env
+from pipeline.phone_socket import POLICY_VIOLATION, PhoneSocket
+from pipeline.twilio_auth import (
+    MISSING_TOKEN_MESSAGE,
+    START_TIMEOUT_S,
+    TwilioAuthMissing,
+    TwilioGuard,
+    auth_token_from_env,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,10 @@ SLOT_LABELS = {
 LATENCY_HEADERS = ["turn", "gap (ms)", "stages (ms)"]
 SLOT_HEADERS = ["slot", "value"]
 _ROLES = {"user": "user", "caller": "user", "assistant": "assistant", "bot": "assistant"}
+#: Twilio's audio rate, both ways
+PHONE_RATE = 8000
+#: how long past its length the busy message may take to play before the line is closed anyway
+BUSY_GRACE_S = 1.0
 
 
 # ------------------------------------------------------------------------------------ snapshot views
@@ -233,6 +245,7 @@ class VoiceStream(Stream):
     def __init__(self, runtime, *args, **kwargs):
         self.runtime = runtime
         self.twilio_guard: TwilioGuard | None = None
+        self._busy_cache: tuple[list[str], float] | None = None
         super().__init__(*args, **kwargs)
 
     async def handle_incoming_call(self, request: Request):
@@ -241,12 +254,60 @@ class VoiceStream(Stream):
         return await self.twilio_guard.answer_incoming_call(request)
 
     async def telephone_handler(self, websocket: WebSocket) -> None:
+        early: list[dict[str, Any]] = []
         if self.twilio_guard is not None:
             # Refused streams end here: no handler copy, no call in the runtime, no audio read.
             admitted = await self.twilio_guard.admit(websocket)
             if admitted is None:
                 return
-            websocket = admitted  # type: ignore[assignment]
+            websocket, early = admitted.unwrap()
+        # Every message from here on is checked before FastRTC's loop, which trusts them all.
+        phone = PhoneSocket(websocket, early)
+        await phone.accept()
+        if await phone.read_start(START_TIMEOUT_S) is None:
+            return
+        sid = phone.stream_sid or ""
+        if self.runtime.find_call(sid) is not None:
+            await phone.refuse(POLICY_VIOLATION, "a call with this streamSid is already live")
+            return
+        # The line is taken before any handler, call or agent exists: FastRTC's concurrency_limit
+        # does not count phone calls, and a refused caller must cost nothing but the busy message.
+        if not self.runtime.claim_line(sid, new=True):
+            await self._say_busy(phone)
+            phone.finish()
+            return
+        try:
+            await self._serve_call(phone)
+        finally:
+            phone.finish()
+            self.runtime.release_line(sid)
+
+    async def _say_busy(self, phone: PhoneSocket) -> None:
+        """The pre-rendered busy message as Twilio media, then hang up once Twilio has played it."""
+        frames, seconds = await self._busy_frames()
+        sid = phone.stream_sid
+        for payload in frames:
+            await phone.send_json({"event": "media", "streamSid": sid, "media": {"payload": payload}})
+        # Twilio plays what it has buffered in real time and drops the rest when the socket closes;
+        # it echoes a mark once the audio before it has been played.
+        await phone.send_json({"event": "mark", "streamSid": sid, "mark": {"name": "busy"}})
+        await phone.wait_for_mark("busy", seconds + BUSY_GRACE_S)
+        await phone.close(reason="all lines are busy")
+
+    async def _busy_frames(self) -> tuple[list[str], float]:
+        if self._busy_cache is None:
+            message = self.runtime.busy_message()
+            if message is None:
+                self._busy_cache = ([], 0.0)
+            else:
+                sr, audio = message
+                mulaw = await anyio.to_thread.run_sync(convert_to_mulaw, audio, sr, PHONE_RATE)
+                step = PHONE_RATE * 20 // 1000  # 20 ms, as Twilio sends its own
+                self._busy_cache = ([base64.b64encode(mulaw[i : i + step]).decode() for i in range(0, len(mulaw), step)],
+                                    len(mulaw) / PHONE_RATE)
+        return self._busy_cache
+
+    async def _serve_call(self, phone: PhoneSocket) -> None:
         handler = self.event_handler.copy()  # type: ignore[union-attr]
         handler.phone_mode = True
         # FastRTC's status messages ({"type": "log", ...}) are for its own browser client; Twilio's
@@ -262,11 +323,12 @@ class VoiceStream(Stream):
         # FastRTC's cleanup reads this, and only "start" sets it: a socket that closes earlier
         # would raise AttributeError there.
         ws.start_up_task = None
+        phone.quit = ws.quit  # a hung-up call's read stops waiting for the peer's next message
         try:
-            await ws.handle_websocket(websocket)
+            await ws.handle_websocket(phone)  # type: ignore[arg-type]
         finally:
             if ws.stream_id is not None:
-                await self._call_ended(handler, ws.stream_id, websocket)
+                await self._call_ended(handler, ws.stream_id, phone)  # type: ignore[arg-type]
 
     async def _call_ended(self, handler, stream_id: str, websocket: WebSocket) -> None:
         current_context.set(Context(webrtc_id=stream_id, websocket=websocket))

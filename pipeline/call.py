@@ -39,9 +39,10 @@ from pipeline.agents import (
     resolve_kind,
 )
 from pipeline.config import Config
+from pipeline.dialog.rules import QUESTIONS
 from pipeline.privacy import call_log_record
 from pipeline.stt import STT, Transcript, is_silent
-from pipeline.tts import TTS, SentenceSplitter
+from pipeline.tts import TTS, SentenceSplitter, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,38 @@ APOLOGY = {
 }
 #: audio is handed to FastRTC in pieces this long, so a barge-in can drop what was not yet sent
 CHUNK_S = 0.5
+#: said instead of answering when every line is taken (``server.max_calls``); rendered at start-up
+BUSY = {
+    "ja": "ただいま大変混み合っております。恐れ入りますが、しばらくしてからおかけ直しください。",
+    "en": "We're sorry, all our lines are busy right now. Please call again a little later.",
+}
+#: what the bot says on its own when the call is too long or the caller has gone quiet
+LIMIT_GOODBYE = {
+    "ja": "申し訳ございません、通話時間の上限となりましたので、お電話を終了させていただきます。",
+    "en": "I'm sorry, we've reached the time limit for this call, so I have to end it now.",
+}
+SILENCE_PROMPT = {
+    "ja": "もしもし、お電話聞こえておりますでしょうか。",
+    "en": "Hello, can you hear me?",
+}
+SILENCE_GOODBYE = {
+    "ja": "お電話が遠いようですので、失礼させていただきます。",
+    "en": "I can't hear you, so I'll end the call now.",
+}
+#: how a closing line ends: whether the caller's booking stands or they need to call back
+KEPT = {
+    "ja": "ご予約は承っておりますので、ご安心ください。お電話ありがとうございました。",
+    "en": "Your reservation is confirmed. Thank you for calling.",
+}
+CALL_AGAIN = {
+    "ja": "お手数ですが、もう一度おかけ直しください。お電話ありがとうございました。",
+    "en": "Please call us again to finish your booking. Thank you for calling.",
+}
+#: what the silence prompt re-asks when the bot's last line gives nothing to repeat
+REASK = {
+    "ja": "ご用件をお聞かせいただけますか。",
+    "en": "How can I help you?",
+}
 #: Whisper's well-known inventions on silence or breath, never a caller's answer
 _HALLUCINATIONS = frozenset(
     s.casefold()
@@ -66,6 +99,14 @@ _SAYABLE = re.compile(r"[0-9A-Za-z\u3040-\u30ff\u3400-\u9fff\u3005\u3007\uff10-\
 
 def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _pick(texts: dict[str, str], lang: str) -> str:
+    return texts.get(lang) or texts["en"]
+
+
+def _join(lang: str, *parts: str) -> str:
+    return ("" if lang == "ja" else " ").join(p for p in parts if p)
 
 
 def meaningful(text: str) -> bool:
@@ -240,6 +281,11 @@ class VoiceRuntime:
         self._log_lock = threading.Lock()
         self._calls: dict[str, VoiceCall] = {}
         self._calls_lock = threading.Lock()
+        #: calls holding a line (``server.max_calls``), phone and browser, by connection id
+        self._lines: set[str] = set()
+        self._lines_lock = threading.Lock()
+        #: the busy message per language, rendered once: a call refused for capacity costs no TTS
+        self.busy_audio: dict[str, np.ndarray] = {}
         # Early (speculative) transcriptions run here, off the audio path. Twice faster-whisper's
         # workers: a call waiting on its transcription must not keep another's from starting.
         self._stt_pool = ThreadPoolExecutor(max_workers=max(2, 2 * cfg.stt.num_workers),
@@ -248,6 +294,7 @@ class VoiceRuntime:
         self.fallback_audio: dict[str, np.ndarray] = {}
         if prerender:
             self.prerender_fallbacks()
+            self.prerender_busy()
 
     @classmethod
     def load(
@@ -295,6 +342,57 @@ class VoiceRuntime:
                 continue
             self.fallback_audio[lang] = audio
 
+    def prerender_busy(self) -> None:
+        for lang in self.cfg.tts.voice:
+            text = BUSY.get(lang)
+            if not text:
+                continue
+            try:
+                audio = np.asarray(self.tts.synthesize(text, lang), dtype=np.float32).reshape(-1)
+            except Exception:
+                log.warning("TTS cannot render the %s busy message: callers over server.max_calls hear "
+                            "nothing before the hang-up", lang, exc_info=True)
+                continue
+            if audio.size:
+                self.busy_audio[lang] = audio
+
+    def busy_message(self) -> tuple[int, np.ndarray] | None:
+        """The pre-rendered busy message in the configured language (another one rather than none)."""
+        audio = self.busy_audio.get(self.cfg.agent.language)
+        if audio is None and self.busy_audio:
+            audio = next(iter(self.busy_audio.values()))
+        return None if audio is None else (int(self.tts.sample_rate), audio)
+
+    # ------------------------------------------------------------------ lines (server.max_calls)
+    def claim_line(self, key: str, *, new: bool = False) -> bool:
+        """Take one of ``server.max_calls`` lines for connection ``key``; True if it has one
+        (already had one, unless ``new``: a second connection under a live id gets none).
+
+        Separate from the call registry: the phone route must refuse a call before any
+        ``VoiceCall`` (and its agent) exists, and two calls starting at once must not both see
+        the last free line.
+        """
+        with self._lines_lock:
+            if key in self._lines:
+                return not new
+            cap = self.cfg.server.max_calls or self.cfg.server.concurrency_limit
+            if len(self._lines) >= cap:
+                log.warning("call %s: refused, all %d lines are taken (server.max_calls)", key, cap)
+                return False
+            self._lines.add(key)
+            return True
+
+    def release_line(self, key: str | None) -> None:
+        if key is None:
+            return
+        with self._lines_lock:
+            self._lines.discard(key)
+
+    @property
+    def lines_in_use(self) -> int:
+        with self._lines_lock:
+            return len(self._lines)
+
     # ------------------------------------------------------------------ calls
     def new_agent(self, call_id: str, language: str | None = None) -> Agent:
         return new_agent(self.services, kind=self.agent_kind, language=language, clock=self.clock, call_id=call_id)
@@ -321,6 +419,7 @@ class VoiceRuntime:
 
     def end_call(self, call_id: str, reason: str = "hangup") -> VoiceCall | None:
         """Forget a call and log its end; calling it again for the same id does nothing."""
+        self.release_line(call_id)  # a call the bot ended frees its line before the socket is gone
         with self._calls_lock:
             call = self._calls.pop(call_id, None)
         if call is None:
@@ -368,6 +467,22 @@ class VoiceRuntime:
 
 
 # ================================================================================== one call
+@dataclass(frozen=True)
+class DueLine:
+    """A line the bot says of its own accord (``VoiceCall.due_line``).
+
+    ``kind``: ``"silence_prompt"`` (the caller has gone quiet: are you there?), or a closing line
+    after which the call ends: ``"silence"`` (still nothing after the prompt) or ``"max_length"``.
+    """
+
+    kind: str
+    text: str
+
+    @property
+    def final(self) -> bool:
+        return self.kind != "silence_prompt"
+
+
 class VoiceCall:
     """One call: the agent, what was said, and a turn's STT -> agent -> TTS as a stream of audio."""
 
@@ -382,6 +497,10 @@ class VoiceCall:
         self.closed: str | None = None
         self._reply: _Reply | None = None
         self._turns = 0
+        #: the latest reply of any kind (``_reply`` is reset when a turn starts, even a skipped one)
+        self._last_reply: _Reply | None = None
+        self._prompt_reply: _Reply | None = None  # the silence prompt, while nothing came after it
+        self._own_entries: list[dict[str, Any]] = []  # transcript lines the bot said on its own
 
     # ------------------------------------------------------------------ state
     @property
@@ -562,6 +681,94 @@ class VoiceCall:
         now = time.monotonic() if now is None else now
         return not reply.done or now < reply.playing_until()
 
+    # ------------------------------------------------------------------ lines of its own
+    def due_line(self, now: float | None = None, *, caller_talking: bool = False) -> DueLine | None:
+        """What the bot should say now without being asked, if anything: the goodbye once the call
+        has lasted ``server.max_call_s``; the silence prompt once the caller has said nothing
+        meaningful for ``server.silence_prompt_s`` after the bot stopped talking; a goodbye after
+        ``server.silence_hangup_s`` more. Transcripts of noise never reach the agent, so a caller
+        heard only as noise is prompted like a silent one.
+
+        The transport calls this while idle (no reply running), and says the line with
+        :meth:`speak_line`. Nothing is due while the bot's audio may still be playing or while
+        the caller is talking (``caller_talking``), except the call-length goodbye.
+        """
+        if self.ended:
+            return None
+        server = self.runtime.cfg.server
+        now = time.monotonic() if now is None else now
+        lang = self.language
+        if server.max_call_s and now - self.started >= server.max_call_s:
+            return DueLine("max_length", self._closing(LIMIT_GOODBYE, lang))
+        if caller_talking:
+            return None
+        since = self._quiet_since(now)
+        if since is None:
+            return None
+        quiet = now - since
+        prompted = self._prompt_reply is not None and self._prompt_reply is self._last_reply
+        if not prompted and server.silence_prompt_s:
+            if quiet >= server.silence_prompt_s:
+                return DueLine("silence_prompt", _join(lang, _pick(SILENCE_PROMPT, lang), self._question_again()))
+        elif server.silence_hangup_s and quiet >= server.silence_hangup_s:  # after the prompt, or without one
+            return DueLine("silence", self._closing(SILENCE_GOODBYE, lang))
+        return None
+
+    def speak_line(self, line: DueLine) -> Iterator[tuple[int, np.ndarray]]:
+        """Say a :class:`DueLine`. A closing line ends the call for the agent first: whatever the
+        caller says over it is no longer answered."""
+        if line.final:
+            self.close(line.kind)
+        log.info("call %s: %s after %.1f s", self.id, line.kind, time.monotonic() - self.started)
+        reply = self._begin_reply()
+        if line.kind == "silence_prompt":
+            self._prompt_reply = reply
+        entry = {"role": "bot", "text": line.text}
+        self.transcript.append(entry)
+        self._own_entries.append(entry)
+        try:
+            yield from self._speak(reply, iter([line.text]), TurnTimeline(call_id=self.id), entry, tell_agent=False)
+        finally:
+            self._end_reply(reply, entry, tell_agent=False)
+
+    def _quiet_since(self, now: float) -> float | None:
+        """When the line went quiet: the later of the bot's last audio and the caller's last
+        meaningful turn (skipped turns leave no timeline); None while the bot may be talking."""
+        reply = self._last_reply
+        marks = [self.started]
+        if reply is not None:
+            if not reply.done:
+                return None
+            until = reply.playing_until()
+            if now < until:
+                return None
+            marks.append(until)
+        if self.timelines:
+            tl = self.timelines[-1]
+            marks.append(tl.speech_end or tl.turn_detected or self.started)
+        return max(marks)
+
+    def _question_again(self) -> str:
+        """The question the bot last asked: the last sentence of its last line, or the slot's question."""
+        own = {id(e) for e in self._own_entries}
+        apologies = set(APOLOGY.values())
+        for entry in reversed(self.transcript):
+            if entry.get("role") != "bot" or id(entry) in own:
+                continue
+            said = (entry.get("text") or "") + (entry.get("unheard") or "")
+            if not said.strip() or said in apologies:
+                continue
+            sentences = [x for x in split_sentences(said) if meaningful(x)]
+            if sentences:
+                return sentences[-1]
+            break
+        asking = getattr(self.agent.state, "asking", None)
+        return QUESTIONS.get(self.language, {}).get(asking or "") or _pick(REASK, self.language)
+
+    def _closing(self, lead: dict[str, str], lang: str) -> str:
+        booked = bool(self.agent.state.reservation)
+        return _join(lang, _pick(lead, lang), _pick(KEPT if booked else CALL_AGAIN, lang))
+
     # ------------------------------------------------------------------ internals
     def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
                     ready: str | Future | None = None) -> str | None:
@@ -628,6 +835,7 @@ class VoiceCall:
     def _begin_reply(self) -> _Reply:
         reply = _Reply(self.sample_rate)
         self._reply = reply
+        self._last_reply = reply
         return reply
 
     def _end_reply(self, reply: _Reply, entry: dict[str, Any], tell_agent: bool = True) -> None:

@@ -293,11 +293,45 @@ class VADConfig(_Section):
         return self
 
 
+#: time the spoken goodbye at ``max_call_s`` needs before FastRTC's silent ``time_limit_s`` cut
+CALL_LIMIT_MARGIN_S = 30
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=7860, gt=0, lt=65536)
-    concurrency_limit: int = Field(default=4, ge=1)
-    time_limit_s: float = Field(default=600, gt=0)
+    concurrency_limit: int = Field(default=4, ge=1, description="browser (WebRTC) calls FastRTC serves at once")
+    time_limit_s: float = Field(
+        default=660, gt=0,
+        description="FastRTC's hard cut of a browser call, without a word: a backstop above max_call_s",
+    )
+    max_call_s: float = Field(
+        default=600, ge=0, description="longest call, phone or browser; then a spoken goodbye and hang-up; 0 = none",
+    )
+    max_calls: int | None = Field(
+        default=None, ge=1,
+        description="calls at once, phone and browser together; more get a spoken busy message; "
+                    "null = concurrency_limit",
+    )
+    silence_prompt_s: float = Field(
+        default=8, ge=0, description="caller silence after the bot spoke before it asks whether they are there; 0 = never",
+    )
+    silence_hangup_s: float = Field(
+        default=8, ge=0,
+        description="further silence after that prompt (with the prompt off, after the bot spoke) before a "
+                    "goodbye and hang-up; 0 = never",
+    )
+
+    @model_validator(mode="after")
+    def _limits(self) -> ServerConfig:
+        if self.max_calls is None:
+            self.max_calls = self.concurrency_limit
+        if self.max_call_s and self.time_limit_s < self.max_call_s + CALL_LIMIT_MARGIN_S:
+            raise ValueError(
+                f"time_limit_s ({self.time_limit_s:g}) must be at least max_call_s ({self.max_call_s:g}) + "
+                f"{CALL_LIMIT_MARGIN_S} s: FastRTC cuts browser calls at time_limit_s without a word, so the "
+                "spoken goodbye at max_call_s must come first")
+        return self
 
 
 class ModelsConfig(_Section):

@@ -47,7 +47,7 @@ import numpy as np
 from fastrtc import AdditionalOutputs, CloseStream, ReplyOnPause, get_current_context
 from fastrtc.utils import create_message, split_output
 
-from pipeline.call import TurnTimeline, VoiceCall, VoiceRuntime
+from pipeline.call import CHUNK_S, DueLine, TurnTimeline, VoiceCall, VoiceRuntime
 from pipeline.config import VADConfig
 from pipeline.dialog.parse import is_valid_phone, parse_phone
 from pipeline.stt import resample, to_mono_float32
@@ -70,6 +70,10 @@ PREROLL_S = 0.3
 TAIL_S = 0.2
 #: what the bot asked when the caller's answer is a yes or a no: it can end after less silence
 SHORT_ANSWER = frozenset({"confirm", "anything_else"})
+#: a closing line the caller talks over is said again when they stop, this many times at most,
+#: and not for longer than this: a line that never falls quiet is hung up on
+FAREWELL_TRIES = 3
+FAREWELL_PATIENCE_S = 20.0
 
 
 class SharedVAD:
@@ -230,6 +234,13 @@ class _Speculation:
 class CallHandler(ReplyOnPause):
     """One connection's turn-taking, driving a :class:`~pipeline.call.VoiceCall` from the runtime."""
 
+    # The limits' state (server.max_calls, max_call_s, silence_*), as class defaults so that the
+    # turn-taking's __init__ stays as it is.
+    _line: str | None = None  # the connection id holding one of server.max_calls lines
+    _farewell: DueLine | None = None  # the closing line being said, to say again if talked over
+    _farewell_tries = 0
+    _farewell_since = 0.0
+
     def __init__(self, runtime: VoiceRuntime, *, input_sample_rate: int = 16000, idle_wait_s: float = IDLE_WAIT_S):
         vad_cfg = runtime.cfg.vad
         super().__init__(
@@ -294,7 +305,13 @@ class CallHandler(ReplyOnPause):
     def start_up(self) -> None:
         with self._lock:
             if self.generator is None and not self._ended and self.startup_fn is not None:
-                self.generator = self.startup_fn()
+                if self._claim_line():
+                    self.generator = self.startup_fn()
+                else:
+                    # Every line is taken: the busy message and hang up, with no call and no agent.
+                    # Ended at once, so nothing the caller says is listened to.
+                    self.generator = self._busy()
+                    self._ended = True
                 self._gen_timeline = None
                 self._gen_sent_audio = False
                 self.event.set()
@@ -341,10 +358,12 @@ class CallHandler(ReplyOnPause):
                     axis=0 if array.shape[0] <= array.shape[1] else 1).astype(np.int16)
             x = resample(to_mono_float32(array), int(sr), VAD_RATE)
             return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
-        except (ValueError, TypeError):
-            # a malformed frame must not end the call; say so once in a while, not 50 times a second
+        except Exception as e:  # whatever a transport hands over, receive() must not raise
+            # a malformed frame must not end the call; say so once in a while, not 50 times a second,
+            # and without a traceback: it is bad input, not a bug here
             if self._bad_frames % 500 == 0:
-                log.warning("call %s: dropping malformed audio frames", self._call_key, exc_info=True)
+                log.warning("call %s: dropping malformed audio frames (%s: %s)", self._call_key,
+                            type(e).__name__, str(e)[:200])
             self._bad_frames += 1
             return None
 
@@ -409,6 +428,8 @@ class CallHandler(ReplyOnPause):
             # Even when woken, return: this call's FastRTC context was captured before the wait,
             # and on the phone that can be from before Twilio's "start" (no streamSid yet). The
             # loop calls again at once, with a fresh context.
+            if self._start_own_line():
+                return None
             self.event.wait(self.idle_wait_s)
             return None
         if self._watch is None:
@@ -455,6 +476,7 @@ class CallHandler(ReplyOnPause):
     def shutdown(self) -> None:
         """WebRTC connection closed (FastRTC's ``clean_up``); the phone path uses the watcher."""
         self._gone("hangup")
+        self.runtime.release_line(self._line)  # also when it went before its call was created
 
     # ------------------------------------------------------------------ reply generators
     def _reply(self, audio: tuple[int, np.ndarray]) -> Iterator[Any]:
@@ -562,6 +584,84 @@ class CallHandler(ReplyOnPause):
             self._close(gen)
         if self._call_key is not None:
             self.runtime.end_call(self._call_key, reason)
+
+    # ------------------------------------------------------------------ limits: lines, length, silence
+    def _claim_line(self) -> bool:
+        """Take one of ``server.max_calls`` lines for this connection (the phone route has already
+        taken it for a phone call: claiming again is a no-op)."""
+        try:
+            key = get_current_context().webrtc_id
+        except RuntimeError:
+            return True  # driven directly (tests, benchmarks): no connection to count
+        if not key:
+            return True
+        if not self.runtime.claim_line(key):
+            return False
+        self._line = key
+        return True
+
+    def _busy(self) -> Iterator[Any]:
+        message = self.runtime.busy_message()
+        if message is not None:
+            sr, audio = message
+            step = max(1, int(CHUNK_S * sr))
+            for i in range(0, audio.size, step):
+                yield sr, audio[i : i + step]
+        yield CloseStream("all lines are busy")
+
+    def _start_own_line(self) -> bool:
+        """From emit()'s idle branch (~20 times a second): start what the bot says unasked (the
+        silence prompt, the goodbye at ``server.max_call_s``), or hang up a call that has ended
+        but is still connected. True when a generator was started."""
+        call = self._call_obj
+        if call is None or self._ended:
+            return False
+        with self._lock:
+            if self.generator is not None or self._pending is not None or self.event.is_set():
+                return False
+            talking = bool(getattr(self._detector, "in_utterance", False))
+        now = time.monotonic()
+        if self._farewell is not None or call.ended:
+            # The closing line, or the agent's goodbye, was talked over (a barge-in closed it before
+            # the hang-up): say it again once the caller stops, within limits, then hang up.
+            if not self._farewell_since:
+                self._farewell_since = now
+            patient = now - self._farewell_since < FAREWELL_PATIENCE_S
+            if talking and patient:
+                return False
+            again = self._farewell if patient and self._farewell_tries < FAREWELL_TRIES else None
+            gen = self._say_line(again, "completed" if call.agent.state.ended else (call.closed or "ended"))
+        else:
+            line = call.due_line(now, caller_talking=talking)
+            if line is None:
+                return False
+            gen = self._say_line(line)
+        with self._lock:
+            if self.generator is not None or self._pending is not None or self.event.is_set() or self._ended:
+                return False  # a turn got in first; the line is looked at again when idle
+            self.generator = gen
+            self._gen_timeline = None
+            self._gen_sent_audio = False
+            self.event.set()
+        return True
+
+    def _say_line(self, line: DueLine | None, reason: str = "ended") -> Iterator[Any]:
+        """Say ``line`` (None: nothing); after a closing line, hang up once it has been played."""
+        call = self.call
+        if line is not None:
+            if line.final:
+                if not self._farewell_since:
+                    self._farewell_since = time.monotonic()
+                self._farewell = line
+                self._farewell_tries += 1
+            yield from call.speak_line(line)
+            if not line.final:
+                return
+            reason = line.kind
+        # as after the agent's goodbye: CloseStream lets FastRTC play the audio out, then hang up
+        self._ended = True
+        self.runtime.end_call(call.id, reason)
+        yield CloseStream(f"call ended ({reason})")
 
     # ------------------------------------------------------------------ phone specifics
     def _websocket_now(self) -> Any:

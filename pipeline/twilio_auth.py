@@ -256,6 +256,11 @@ class _Replaying:
     async def accept(self, *args: Any, **kwargs: Any) -> None:
         return None  # already accepted
 
+    def unwrap(self) -> tuple[WebSocket, list[dict[str, Any]]]:
+        """The real socket, and the messages read from it that were not handed on yet."""
+        early, self._early = self._early, []
+        return self._ws, early
+
     async def receive_json(self, *args: Any, **kwargs: Any) -> Any:
         if self._early:
             return self._early.pop(0)
