@@ -36,6 +36,7 @@ from fastrtc import Stream, WebRTC
 from fastrtc.utils import Context, DataChannel, current_context
 from fastrtc.websocket import WebSocketHandler, convert_to_mulaw
 
+from pipeline.dialog.state import SLOT_ORDER
 from pipeline.phone_socket import POLICY_VIOLATION, PhoneSocket
 from pipeline.twilio_auth import (
     MISSING_TOKEN_MESSAGE,
@@ -48,7 +49,6 @@ from pipeline.twilio_auth import (
 log = logging.getLogger(__name__)
 
 TITLE = "voicebot"
-SLOT_ORDER = ("date", "time", "party_size", "name", "phone", "note")
 SLOT_LABELS = {
     "date": "date",
     "time": "time",
@@ -96,7 +96,7 @@ def slot_rows(snapshot: Mapping[str, Any]) -> list[list[str]]:
     slots = snapshot.get("slots") or {}
     if not isinstance(slots, Mapping):
         slots = {}
-    keys = [k for k in SLOT_ORDER] + [k for k in slots if k not in SLOT_ORDER]
+    keys = list(SLOT_ORDER) + [k for k in slots if k not in SLOT_ORDER]
     return [[SLOT_LABELS.get(k, k), _show(slots.get(k))] for k in keys]
 
 

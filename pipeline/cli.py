@@ -203,8 +203,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      cfg.server.host, cfg.server.port, "checked" if cfg.twilio.validate else "NOT checked")
             # log_config=None: uvicorn's records go through the root handlers and their PII filter.
             # Forwarded headers are only believed from a proxy the config says to trust.
+            # ws_max_size: Twilio's messages are a few hundred bytes; uvicorn's 16 MiB default would let a
+            # peer make the server buffer that much before the phone socket's own 64 KiB check sees it
             uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=cfg.logging.level.lower(),
-                        log_config=None, proxy_headers=cfg.twilio.trust_proxy)
+                        log_config=None, proxy_headers=cfg.twilio.trust_proxy, ws_max_size=1 << 20)
         finally:
             runtime.close()  # ends live calls in the call log and closes the database
     finally:
