@@ -619,7 +619,7 @@ class CallHandler(ReplyOnPause):
         with self._lock:
             if self.generator is not None or self._pending is not None or self.event.is_set():
                 return False
-            talking = bool(getattr(self._detector, "in_utterance", False))
+            talking = self._detector.in_utterance
         now = time.monotonic()
         if self._farewell is not None or call.ended:
             # The closing line, or the agent's goodbye, was talked over (a barge-in closed it before
