@@ -305,6 +305,10 @@ store:
   url: sqlite:///data/reservations.db
 models:
   dir: .
+# Local development: no Twilio account behind these models, so `voicebot serve` runs without
+# TWILIO_AUTH_TOKEN. Never switch this off on a server that takes real calls.
+twilio:
+  validate: false
 """
 
 
