@@ -65,12 +65,6 @@ WHISPER_DIMS = {
     "base": {"d_model": 512, "layers": 6, "heads": 8},
     "small": {"d_model": 768, "layers": 12, "heads": 12},
 }
-#: faster-whisper's language codes, in its order; only their presence matters to the tokenizer
-WHISPER_LANGUAGES = (
-    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr ht "
-    "hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc pa pl "
-    "ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo zh yue"
-).split()
 #: a real kokoro model is tens of MB; the test fixture is a few KB
 REAL_KOKORO_MIN_BYTES = 5_000_000
 
@@ -162,93 +156,12 @@ def build_random_whisper(out_dir: Path, size: str, seed: int = 0) -> Path:
     Whisper's 51866 ids, so the decoder's output projection, the bulk of a decoding step, costs what
     it costs with real weights.
     """
-    from ctranslate2.specs import whisper_spec
-    from tokenizers import AddedToken, Tokenizer, decoders, models
-    from tokenizers.pre_tokenizers import ByteLevel
-
     dims = WHISPER_DIMS[size]
-    d, layers, heads = dims["d_model"], dims["layers"], dims["heads"]
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    byte_sym, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            byte_sym[b] = chr(b)
-        else:
-            byte_sym[b] = chr(256 + extra)
-            extra += 1
-    # "" just before <|endoftext|> is how ctranslate2 recognises a multilingual model
-    text = [byte_sym[b] for b in range(256)]
-    text += [f"<|pad{i}|>" for i in range(WHISPER_TEXT_TOKENS - 1 - len(text))] + [""]
-    specials = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{c}|>" for c in WHISPER_LANGUAGES],
-                "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
-                "<|notimestamps|>"]
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(text)}, merges=[]))
-    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    tok.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", special=False, normalized=False) for i in range(1501)])
-    vocab = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
-    index = {t: i for i, t in enumerate(vocab)}
-
-    rng = np.random.default_rng(seed)
-
-    def rand(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
-
-    def norm(spec) -> None:
-        spec.gamma, spec.beta = np.ones(d, np.float32), np.zeros(d, np.float32)
-
-    def linear(spec, n_out: int, n_in: int) -> None:
-        spec.weight, spec.bias = rand(n_out, n_in), np.zeros(n_out, np.float32)
-
-    spec = whisper_spec.WhisperSpec(layers, heads, layers, heads)
-    enc = spec.encoder
-    enc.conv1.weight, enc.conv1.bias = rand(d, 80, 3), np.zeros(d, np.float32)
-    enc.conv2.weight, enc.conv2.bias = rand(d, d, 3), np.zeros(d, np.float32)
-    inv = np.exp(-np.log(10000) / (d // 2 - 1) * np.arange(d // 2))
-    t = np.arange(1500)[:, None] * inv[None, :]
-    enc.position_encodings.encodings = np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
-    norm(enc.layer_norm)
-    for lay in enc.layer:
-        norm(lay.self_attention.layer_norm)
-        linear(lay.self_attention.linear[0], 3 * d, d)
-        linear(lay.self_attention.linear[1], d, d)
-        norm(lay.ffn.layer_norm)
-        linear(lay.ffn.linear_0, 4 * d, d)
-        linear(lay.ffn.linear_1, d, 4 * d)
-    dec = spec.decoder
-    dec.embeddings.weight = rand(len(vocab), d)
-    dec.position_encodings.encodings = rand(448, d)
-    norm(dec.layer_norm)
-    dec.projection.weight = dec.embeddings.weight
-    for lay in dec.layer:
-        norm(lay.self_attention.layer_norm)
-        linear(lay.self_attention.linear[0], 3 * d, d)
-        linear(lay.self_attention.linear[1], d, d)
-        norm(lay.attention.layer_norm)
-        linear(lay.attention.linear[0], d, d)
-        linear(lay.attention.linear[1], 2 * d, d)
-        linear(lay.attention.linear[2], d, d)
-        norm(lay.ffn.layer_norm)
-        linear(lay.ffn.linear_0, 4 * d, d)
-        linear(lay.ffn.linear_1, d, 4 * d)
-    spec.register_vocabulary(vocab)
-    eot = index["<|endoftext|>"]
-    spec.config.suppress_ids = []
-    spec.config.suppress_ids_begin = [tok.token_to_id("\u0120"), eot]
-    spec.config.lang_ids = sorted(index[f"<|{c}|>"] for c in WHISPER_LANGUAGES)
-    spec.config.alignment_heads = [[i, h] for i in range(layers // 2, layers) for h in range(heads)]
-    spec.validate()
-    spec.optimize(quantization="int8")
-
     # Built beside, renamed when complete: an interrupted build never looks like a model.
     tmp = out_dir.with_name(out_dir.name + f".building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    spec.save(str(tmp))
-    tok.save(str(tmp / "tokenizer.json"))
-    (tmp / "preprocessor_config.json").write_text(json.dumps(
-        {"feature_size": 80, "sampling_rate": 16000, "hop_length": 160, "chunk_length": 30, "n_fft": 400}))
+    _test_model_builder().build_whisper(tmp, d_model=dims["d_model"], layers=dims["layers"], heads=dims["heads"],
+                                        eot_bias=None, seed=seed, n_text=WHISPER_TEXT_TOKENS)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
     return out_dir
@@ -297,7 +210,7 @@ def _test_model_builder():
     path = PROJECT_ROOT / "scripts" / "make_test_models.py"
     spec = importlib.util.spec_from_file_location("voicebot_make_test_models", path)
     if spec is None or spec.loader is None or not path.is_file():
-        raise RuntimeError(f"no kokoro model and no {path} to build the test model with: "
+        raise RuntimeError(f"no model files and no {path} to build stand-ins with: "
                            "run `voicebot models download` first")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -64,8 +64,11 @@ def _byte_symbols() -> list[str]:
     return [table[b] for b in range(256)]
 
 
-def _whisper_tokenizer():
+def _whisper_tokenizer(n_text: int = 257):
     """A byte-level tokenizer with real multilingual Whisper's special-token layout.
+
+    ``n_text`` text tokens: the 256 bytes, unreachable padding, then the empty string (50257 gives
+    real multilingual Whisper's id layout and its 51866-token vocabulary).
 
     Text is bytes with no merges (so any string encodes, hotwords included). The empty-string token
     just before ``<|endoftext|>`` is what ctranslate2 takes as the mark of a multilingual model: without
@@ -74,7 +77,7 @@ def _whisper_tokenizer():
     from tokenizers import AddedToken, Tokenizer, decoders, models
     from tokenizers.pre_tokenizers import ByteLevel
 
-    text = [*_byte_symbols(), ""]
+    text = [*_byte_symbols(), *[f"<|pad{i}|>" for i in range(n_text - 257)], ""]
     specials = [
         "<|endoftext|>",
         "<|startoftranscript|>",
@@ -101,20 +104,23 @@ def build_whisper(
     layers: int = 2,
     heads: int = 2,
     n_mels: int = 80,
-    eot_bias: float = 0.0,
+    eot_bias: float | None = 0.0,
     seed: int = 0,
+    n_text: int = 257,
 ) -> Path:
     """A random-weight Whisper in CTranslate2 format (int8), ~1 MB, that transcribes anything as a
     few lowercase letters (``"kkkkkkkkk"`` with the defaults) in ~20 ms.
 
     ``eot_bias`` raises ``<|endoftext|>``'s logit: higher stops sooner, below 0 runs towards the
-    448-token limit (useful to see the cost of long decodes).
+    448-token limit (useful to see the cost of long decodes); ``None`` leaves the logits unsteered
+    (the benchmark's real-size models, whose decoding is capped by the caller instead). ``n_text``:
+    see ``_whisper_tokenizer``.
     """
     from ctranslate2.specs import whisper_spec
 
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
-    tok = _whisper_tokenizer()
+    tok = _whisper_tokenizer(n_text)
     vocab = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
     index = {t: i for i, t in enumerate(vocab)}
     ffn = 4 * d_model
@@ -153,13 +159,14 @@ def build_whisper(
     layer_norm(dec.layer_norm)
     dec.projection.weight = dec.embeddings.weight  # tied, as in Whisper
     eot = index["<|endoftext|>"]
-    # Random logits would mostly pick timestamp or language tokens (1,600 of them against 256 bytes),
-    # which faster-whisper drops from the text, and stray bytes make invalid UTF-8: steer the decoder
-    # to lowercase ASCII letters and, with eot_bias, to stop after a few of them.
-    bias = np.full(len(vocab), -20.0, np.float32)
-    bias[[index[c] for c in "abcdefghijklmnopqrstuvwxyz"]] = 0.0
-    bias[eot] = eot_bias
-    dec.projection.bias = bias
+    if eot_bias is not None:
+        # Random logits would mostly pick timestamp or language tokens (1,600 of them against 256
+        # bytes), which faster-whisper drops from the text, and stray bytes make invalid UTF-8: steer
+        # the decoder to lowercase ASCII letters and, with eot_bias, to stop after a few of them.
+        bias = np.full(len(vocab), -20.0, np.float32)
+        bias[[index[c] for c in "abcdefghijklmnopqrstuvwxyz"]] = 0.0
+        bias[eot] = eot_bias
+        dec.projection.bias = bias
     for lay in dec.layer:
         layer_norm(lay.self_attention.layer_norm)
         linear(lay.self_attention.linear[0], 3 * d_model, d_model)
