@@ -99,13 +99,19 @@ class Clip:
         return self.speech_end_s - LEAD_S
 
 
-def espeak(text: str, voice: str = "ja") -> tuple[int, np.ndarray]:
+def espeak(text: str, voice: str = "ja", speed: int | None = None) -> tuple[int, np.ndarray]:
+    """espeak-ng's ``(rate, int16 mono)`` for ``text``; ``speed`` in words a minute (its default 175).
+    Raises RuntimeError when espeak-ng is missing or fails."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng): the bench has no caller voice")
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng): there is no caller voice")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "line.wav"
-        subprocess.run([exe, "-v", voice, "-w", str(path), text], check=True, capture_output=True, timeout=60)
+        command = [exe, "-v", voice, *(["-s", str(speed)] if speed else []), "-w", str(path), text]
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=60)
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"espeak-ng -v {voice} failed: {e.stderr.decode(errors='replace').strip()}") from None
         with wave.open(str(path)) as w:
             rate = w.getframerate()
             pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
@@ -229,8 +235,8 @@ class ScriptedTranscripts:
     scripted to say reported as what it heard.
 
     Random weights decode garbage until ``max_new_tokens``: the cap is set from the length of
-    speech in the audio so that the decoder does the work real speech would give it. The options
-    otherwise mirror ``FasterWhisperSTT.transcribe`` (its encoder window included).
+    speech in the audio so that the decoder does the work real speech would give it. Otherwise the
+    decoding is ``FasterWhisperSTT``'s own (its encoder window included).
 
     Audio shorter than the line's speech (an early transcription at a pause inside the line) is
     reported as the same fraction of the line's text: half a phone number is not a phone number.
@@ -246,26 +252,25 @@ class ScriptedTranscripts:
 
     def transcribe(self, audio: np.ndarray, sample_rate: int, *, stock: bool = False):
         """``stock``: whisper's own 30 s window whatever the config says (the naive cascade)."""
-        from pipeline.stt import WHISPER_SAMPLE_RATE, Transcript, encoder_window, prepare_audio
+        from pipeline.stt import WHISPER_SAMPLE_RATE, Transcript, prepare_audio, token_cap
 
         clip = self.current()
         start = time.perf_counter()
         self.calls += 1
         x = prepare_audio(audio, sample_rate)
         duration = x.size / WHISPER_SAMPLE_RATE
-        options: dict[str, Any] = {}
         if self.random_weights:
+            # no repeat check: random weights always run to the cap, so it would always retry
             speech = min(clip.speech_s, duration) if clip else duration
-            options["max_new_tokens"] = max(4, round(speech * TOKENS_PER_S))
-        with encoder_window(None if stock else self.stt.cfg.window_s):
-            segments, _ = self.stt.model.transcribe(
-                x, language=self.stt.language, beam_size=self.stt.cfg.beam_size, temperature=0.0,
-                vad_filter=False, condition_on_previous_text=False, without_timestamps=True,
-                hotwords=self.stt.hotwords, **options)
-            segments = list(segments)
-        heard = "".join(s.text for s in segments).strip()
-        if self.random_weights:
+            segments, _ = self.stt.decode(x, window_s=None if stock else self.stt.cfg.window_s,
+                                          max_new_tokens=max(4, round(speech * TOKENS_PER_S)))
             self.tokens.append(sum(len(s.tokens) for s in segments))
+            heard = "".join(s.text for s in segments).strip()
+        elif stock:
+            segments, _ = self.stt.decode(x, window_s=None, max_new_tokens=token_cap(duration))
+            heard = "".join(s.text for s in segments).strip()
+        else:
+            heard = self.stt.transcribe(x, WHISPER_SAMPLE_RATE).text
         self.heard.append(heard)
         text = heard
         if clip is not None:

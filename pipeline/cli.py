@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    from pipeline.sttcheck import add_parser as add_stt_check_parser
+
+    add_stt_check_parser(sub)
     return parser
 
 

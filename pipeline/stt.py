@@ -34,6 +34,8 @@ class Transcript:
     language: str | None  # the language decoded in (configured, or detected when "auto")
     duration_s: float  # seconds of audio transcribed
     elapsed_s: float  # seconds transcribe() took
+    window_s: float | None = None  # the encoder window the text came from; None = whisper's 30 s
+    retried: bool = False  # the shortened window decoded degenerately and the 30 s window was used
 
 
 @runtime_checkable
@@ -143,8 +145,10 @@ def encoder_window(seconds: float | None) -> Iterator[None]:
     """Within this block (this thread or task), whisper encodes ``seconds`` (or the audio, if
     longer) instead of 30 s. ``None`` leaves the 30 s window.
 
-    Real Whisper weights were trained on 30 s windows: how well they transcribe shorter ones is
-    not verified here, which is why ``stt.window_s`` is off by default.
+    Whisper was trained on 30 s windows. With real weights (whisper tiny.en, ``voicebot stt-check``,
+    docs/benchmarks.md) windows of 6 s and more transcribed as well as 30 s, while windows of 4 s
+    or one fitted tightly to a short utterance made the decoder repeat itself: that is what
+    ``degenerate`` catches and why ``stt.window_s`` has a floor.
     """
     if not seconds:
         token = _WINDOW_FRAMES.set(None)
@@ -155,6 +159,25 @@ def encoder_window(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _WINDOW_FRAMES.reset(token)
+
+
+#: whisper's own test for a decode that went round in circles (its compression_ratio_threshold)
+REPEAT_RATIO = 2.4
+#: the decoder's hard limit (half of whisper's 448-token context)
+MAX_TOKENS = 224
+
+
+def token_cap(duration_s: float) -> int:
+    """The most tokens ``duration_s`` of speech can need: 25 a second is about twice what fast
+    Japanese or English speech gives. The cap bounds a looping decode to a fraction of a second
+    instead of the whole context."""
+    return min(MAX_TOKENS, 24 + int(25 * duration_s))
+
+
+def degenerate(segments: list, cap: int) -> bool:
+    """True when a decode repeated itself: text that compresses like a loop, or a segment (one per
+    30 s of audio) that ran to the token cap."""
+    return any(len(s.tokens) >= cap or s.compression_ratio > REPEAT_RATIO for s in segments)
 
 
 # ------------------------------------------------------------------------------------------ backends
@@ -187,10 +210,15 @@ class FasterWhisperSTT:
         log.info("loaded faster-whisper from %s (%s, %s) in %.2f s", self.model_path, cfg.device,
                  cfg.compute_type, time.perf_counter() - start)
 
-    def transcribe(self, audio: np.ndarray, sample_rate: int) -> Transcript:
-        start = time.perf_counter()
-        x = prepare_audio(audio, sample_rate)
-        with encoder_window(self.cfg.window_s):
+    def decode(self, x: np.ndarray, *, window_s: float | None, max_new_tokens: int | None = None) -> tuple[list, str]:
+        """faster-whisper's segments for 16 kHz mono ``x``, encoded on ``window_s`` (None = 30 s), and
+        the language they were decoded in.
+
+        The generator does the decoding (and the encoding): it is consumed here, in the caller's
+        worker thread, and inside the window.
+        """
+        options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        with encoder_window(window_s):
             segments, info = self.model.transcribe(
                 x,
                 language=self.language,
@@ -202,15 +230,30 @@ class FasterWhisperSTT:
                 condition_on_previous_text=False,
                 without_timestamps=True,
                 hotwords=self.hotwords,
+                **options,
             )
-            # The generator does the decoding (and the encoding): consume it here, in the caller's
-            # worker thread, and inside the window.
-            text = "".join(seg.text for seg in segments).strip()
-        elapsed = time.perf_counter() - start
+            return list(segments), info.language
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int) -> Transcript:
+        start = time.perf_counter()
+        x = prepare_audio(audio, sample_rate)
         duration = x.size / WHISPER_SAMPLE_RATE
+        cap = token_cap(duration)
+        window = self.cfg.window_s
+        segments, language = self.decode(x, window_s=window, max_new_tokens=cap)
+        retried = False
+        if window and degenerate(segments, cap):
+            # the decoder looped on the short window: the 30 s window costs more but is what whisper
+            # was trained on
+            log.warning("whisper repeated itself on a %g s window (%.1f s of audio): decoding again on 30 s",
+                        window, duration)
+            segments, language = self.decode(x, window_s=None, max_new_tokens=cap)
+            window, retried = None, True
+        text = "".join(seg.text for seg in segments).strip()
+        elapsed = time.perf_counter() - start
         log.debug("transcribed %.2f s of audio in %.3f s: %r", duration, elapsed, text)
-        return Transcript(text=text, language=info.language or self.language, duration_s=duration,
-                          elapsed_s=elapsed)
+        return Transcript(text=text, language=language or self.language, duration_s=duration, elapsed_s=elapsed,
+                          window_s=window, retried=retried)
 
     def warmup(self) -> None:
         """One decode on a second of low noise so the first caller does not pay for lazy init."""

@@ -84,3 +84,49 @@ def test_resampling_keeps_duration_and_scale():
     # int16 values handed over as float (a common slip) are rescaled, not clipped
     assert np.abs(prepare_audio(_tone(1.0, 16000) * 32767, 16000)).max() <= 1.0
     assert to_mono_float32(np.array([[0, 16384]], np.int16)).tolist() == [0.0, 0.5]
+
+
+# ------------------------------------------------------------------------------------------ encoder window
+def _segment(tokens: int, ratio: float):
+    from faster_whisper.transcribe import Segment
+
+    return Segment(id=0, seek=0, start=0.0, end=1.0, text="x", tokens=list(range(tokens)), avg_logprob=-0.3,
+                   compression_ratio=ratio, no_speech_prob=0.0, words=None, temperature=0.0)
+
+
+def test_a_decode_that_repeats_itself_or_runs_to_the_cap_is_degenerate():
+    from pipeline.stt import MAX_TOKENS, degenerate, token_cap
+
+    cap = token_cap(2.0)
+    assert 2.0 * 10 < cap < MAX_TOKENS  # room for fast speech (about 10 tokens a second), far below the context
+    assert token_cap(120.0) == MAX_TOKENS
+    assert not degenerate([_segment(12, 1.1)], cap)
+    assert degenerate([_segment(12, 3.0)], cap)  # "はい。はい。はい。…" compresses like this
+    assert degenerate([_segment(cap, 1.0)], cap)
+    assert not degenerate([], cap)
+
+
+def test_the_configured_window_is_used_when_the_decode_is_sound(test_config):
+    engine = FasterWhisperSTT(test_config.stt.model_copy(update={"window_s": 8.0}), test_config.path(test_config.stt.model))
+    result = engine.transcribe(_tone(2.0, 16000), 16000)
+    assert (result.window_s, result.retried) == (8.0, False)
+    assert result.text  # the test model's few letters
+    off = FasterWhisperSTT(test_config.stt.model_copy(update={"window_s": None}), test_config.path(test_config.stt.model))
+    assert off.transcribe(_tone(2.0, 16000), 16000).window_s is None
+
+
+def test_a_looping_decode_on_a_short_window_is_redone_on_whisper_s_own_window(tmp_path, test_config, caplog):
+    """A whisper that never ends its text (random weights, unsteered) loops like real weights do on
+    a too-short window: the turn is decoded again on 30 s, and the token cap bounds both decodes."""
+    from make_test_models import build_whisper
+
+    from pipeline.stt import token_cap
+
+    model = build_whisper(tmp_path / "looping", eot_bias=0.0)
+    engine = FasterWhisperSTT(test_config.stt.model_copy(update={"window_s": 8.0}), model)
+    with caplog.at_level("WARNING", logger="pipeline.stt"):
+        result = engine.transcribe(_tone(1.0, 16000), 16000)
+    assert (result.window_s, result.retried) == (None, True)
+    assert "decoding again on 30 s" in caplog.text
+    segments, _ = engine.decode(prepare_audio(_tone(1.0, 16000), 16000), window_s=None, max_new_tokens=token_cap(1.0))
+    assert sum(len(s.tokens) for s in segments) <= token_cap(1.0)
