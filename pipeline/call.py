@@ -147,6 +147,8 @@ class TurnTimeline:
     stt_s: float | None = None  # seconds transcription took
     #: the transcript came from transcribing the utterance early, at a short pause
     speculative: bool = False
+    #: whisper looped on its shortened window and the turn was decoded again on 30 s
+    stt_retried: bool = False
 
     def stamp(self, name: str, when: float | None = None) -> None:
         """Set a timestamp once; later calls keep the first (``first_*`` mean first)."""
@@ -179,6 +181,7 @@ class TurnTimeline:
             "audio_s": round(self.audio_s, 3),
             "stt_s": None if self.stt_s is None else round(self.stt_s, 3),
             "speculative": self.speculative,
+            "stt_retried": self.stt_retried,
         }
 
 
@@ -791,6 +794,7 @@ class VoiceCall:
                 tl.stamp("transcript_ready")
                 tl.speculative = True
                 tl.stt_s = result.elapsed_s
+                tl.stt_retried = result.retried
                 tl.transcript = (result.text or "").strip()
                 return tl.transcript
         if samples.size == 0:
@@ -803,6 +807,7 @@ class VoiceCall:
             t0 = time.perf_counter()
             result = self.runtime.stt.transcribe(samples, sr)
             tl.stt_s = time.perf_counter() - t0
+            tl.stt_retried = result.retried
             text = (result.text or "").strip()
         except Exception as e:
             tl.stamp("transcript_ready")

@@ -571,3 +571,26 @@ def test_the_early_transcript_is_dropped_when_the_caller_goes_on(runtime_factory
     assert len(ears.sizes) == 2 and ears.sizes[0] < first.size + SR  # the early one heard only the start
     assert tl.transcript == "たなかです、よろしく"  # the turn's transcript is of all of it
     assert tl.audio_s > (first.size + second.size) / SR
+
+
+@pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
+def test_a_turn_whisper_looped_on_is_decoded_again_and_the_timeline_says_so(runtime_factory, test_config, loop,
+                                                                             tmp_path):
+    """A whisper that runs on to the token cap (as real weights do on a too-short window): the
+    turn still gets its reply, and its timeline and call-log line record the retry on 30 s."""
+    from make_test_models import build_whisper
+
+    from pipeline.stt import FasterWhisperSTT
+
+    looping = FasterWhisperSTT(test_config.stt.model_copy(update={"window_s": 8.0}),
+                               build_whisper(tmp_path / "looping", eot_bias=0.0))
+    rt = runtime_factory(kind="rules", stt=looping)
+    h, _ = start(rt, loop)
+    greet(h)
+    feed(h, np.concatenate([silence(0.3), speech("たなかです", "ja"), silence(1.2)]))
+    out = drain(h)
+    tl = h.call.timelines[-1]
+    assert tl.stt_retried and tl.transcript  # decoded twice, and a transcript all the same
+    assert any(isinstance(x, tuple) for x in out)  # the caller was answered
+    logged = [json.loads(line) for line in open(rt.cfg.logging.call_log, encoding="utf-8")]
+    assert any(entry.get("stt_retried") for entry in logged)
