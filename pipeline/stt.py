@@ -256,13 +256,12 @@ class FasterWhisperSTT:
                           window_s=window, retried=retried)
 
     def warmup(self) -> None:
-        """One decode on a second of low noise so the first caller does not pay for lazy init."""
+        """A decode on a second of low noise, on the configured window and (when that is shorter) on
+        the 30 s one a retry uses, so that the first caller does not pay for lazy init."""
         start = time.perf_counter()
         noise = np.random.default_rng(0).standard_normal(WHISPER_SAMPLE_RATE).astype(np.float32) * 1e-3
-        segments, _ = self.model.transcribe(noise, language=self.language or "en", beam_size=1, temperature=0.0,
-                                            vad_filter=False, without_timestamps=True, max_new_tokens=4)
-        for _ in segments:
-            pass
+        for window in dict.fromkeys((self.cfg.window_s, None)):
+            self.decode(noise, window_s=window, max_new_tokens=4)
         log.debug("STT warmed up in %.2f s", time.perf_counter() - start)
 
 
