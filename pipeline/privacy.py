@@ -2,7 +2,8 @@
 
 - :func:`mask_pii` masks phone-like digit runs (ASCII or full-width digits with any of the usual
   separators, 10-11 digits from a leading 0, or an international number from a leading +; also runs
-  of kanji digits) down to their last two digits (``090-****-**78``), and every value registered
+  of kanji digits) down to their last two digits (``090-****-**78``), numbers read out as words
+  (six or more digit words in a row, in kana or English: ``***、****、**ナナハチ``), and every value registered
   with :func:`register_pii` while calls run (the booking tools register each name and phone they
   accept).
 - :class:`PiiFilter` is the ``logging.Filter`` that applies it to records, arguments and
@@ -100,9 +101,39 @@ def _phone_sub(match: re.Match[str], kanji: bool) -> str:
     return _mask_number(run[:best], kanji) + _mask_phones(run[best:])
 
 
+# Numbers read out as words: 「ゼロキューゼロ、イチニーサンヨン…」 in a transcript or a read-back,
+# "zero nine zero, one two three four…" in English. Dates and times never take this many digit words
+# in a row, so a run of SPOKEN_MIN of them is taken for (part of) a phone number.
+SPOKEN_MIN = 6
+_KANA_DIGIT_WORDS = ("ゼロ", "レイ", "マル", "イチ", "ニー", "ニ", "サン", "ヨン", "シチ", "シ", "ゴー", "ゴ",
+                     "ロク", "ナナ", "ハチ", "キュウ", "キュー", "ク")
+_HIRA = str.maketrans({chr(c): chr(c - 0x60) for c in range(ord("ァ"), ord("ヶ") + 1)})
+_KANA_ALTERNATIVES = sorted({*_KANA_DIGIT_WORDS, *(w.translate(_HIRA) for w in _KANA_DIGIT_WORDS)},
+                            key=len, reverse=True)
+_TOKEN_JA = rf"(?:{'|'.join(_KANA_ALTERNATIVES)})ー*"
+_TOKEN_EN = r"\b(?:zero|oh|o|one|two|three|four|five|six|seven|eight|nine|double|triple)\b"
+_SEP_JA = r"(?:[\s\u3000、,・\-－]|ノ|の|ハイフン)*"
+_SEP_EN = r"[\s,\-]*"
+_SPOKEN_DIGITS_RE = re.compile(
+    rf"(?P<ja>{_TOKEN_JA}(?:{_SEP_JA}{_TOKEN_JA}){{{SPOKEN_MIN - 1},}})"
+    rf"|(?P<en>{_TOKEN_EN}(?:{_SEP_EN}{_TOKEN_EN}){{{SPOKEN_MIN - 1},}})",
+    re.IGNORECASE,
+)
+
+
+def _mask_spoken(match: re.Match[str]) -> str:
+    """Every digit word of the run but the last KEEP_LAST becomes one MASK; separators stay."""
+    run = match.group(0)
+    token = re.compile(_TOKEN_JA if match.group("ja") else _TOKEN_EN, re.IGNORECASE)
+    starts = [w.start() for w in token.finditer(run)]
+    keep_from = starts[-KEEP_LAST] if len(starts) >= KEEP_LAST else 0
+    return token.sub(lambda w: w.group(0) if w.start() >= keep_from else MASK, run)
+
+
 def _mask_phones(text: str) -> str:
     text = _PHONE_RE.sub(lambda m: _phone_sub(m, False), text)
-    return _KANJI_PHONE_RE.sub(lambda m: _phone_sub(m, True), text)
+    text = _KANJI_PHONE_RE.sub(lambda m: _phone_sub(m, True), text)
+    return _SPOKEN_DIGITS_RE.sub(_mask_spoken, text)
 
 
 # ------------------------------------------------------------------------------------- the registry

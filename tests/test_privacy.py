@@ -55,6 +55,28 @@ def test_phone_numbers_are_masked_to_their_last_two_digits(text, masked):
     assert mask_pii(text) == masked
 
 
+@pytest.mark.parametrize("text, masked", [
+    ("電話番号はゼロキューゼロ、イチニーサンヨン、ゴーロクナナハチです", "電話番号は***、****、**ナナハチです"),
+    ("ぜろきゅうぜろいちにさんよんごろくななはち", "*********ななはち"),
+    ("ゼロ、キュウ、ゼロ、の、イチ、ニー、サン、ヨン、の、ゴー、ロク、ナナ、ハチ",  # the bot's read-back
+     "*、*、*、の、*、*、*、*、の、*、*、ナナ、ハチ"),
+    ("ゼロキューゼロ、イチニーサンヨン", "***、**サンヨン"),  # half a number in one turn is still masked
+    ("My number is zero nine zero, one two three four, five six seven eight.",
+     "My number is * * *, * * * *, * * seven eight."),
+    ("nine oh one two three four five six", "* * * * * * five six"),
+])
+def test_phone_numbers_read_out_as_words_are_masked_too(text, masked):
+    assert mask_pii(text) == masked
+
+
+@pytest.mark.parametrize("text", [
+    "田中さん、二名で、19時にお願いします", "I would like one table for two at seven", "イチニーサン", "サンニンです",
+    "someone ate nine tons", "ごごしちじに", "one two three four five",  # five digit words: no phone number
+])
+def test_a_few_number_words_in_speech_are_left_alone(text):
+    assert mask_pii(text) == text
+
+
 @pytest.mark.parametrize("text", [
     "2026-12-24 19:00", "12月24日の19時に3名", "call MZ00000000000000000000000000000001 started",
     "gap 612.4 ms", "1735689600", "二〇二六年", "reservation R-20261224-0001", "price 12,000 yen",
