@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextvars
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -475,16 +476,17 @@ def run_pipeline_call(runtime: Any, clips: list[Clip], call_no: int, loop: async
 
 
 def run_naive_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.AbstractEventLoop,
-                   stt: ScriptedTranscripts, cursor: dict[str, Clip | None]) -> list[Turn]:
+                   stt: ScriptedTranscripts, cursor: dict[str, Clip | None], tts: Any = None) -> list[Turn]:
     """The seed-style cascade: stock ReplyOnPause (FastRTC's default options), the whole turn
-    transcribed, the whole reply written, synthesised in one piece, then yielded."""
+    transcribed, the whole reply written, synthesised in one piece (by ``tts``, default the
+    runtime's), then yielded."""
     from fastrtc import ReplyOnPause
 
     from pipeline.vad import BundledSileroVAD
 
     agent = runtime.new_agent(f"naive-{call_no}")
     agent.greeting()
-    tts = runtime.tts
+    tts = tts or runtime.tts
     current: dict[str, Turn | None] = {"turn": None}
 
     def reply(audio: tuple[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
@@ -744,7 +746,12 @@ def run_bench(
                 log.info("%d calls at once", n)
                 by_n[n] = run_concurrent_calls(runtime, clips, n, loop, stt)
         else:
-            for cascade, run in (("pipeline", run_pipeline_call), ("naive", run_naive_call)):
+            # the naive cascade synthesises every reply: no cache of phrases said before
+            naive_tts = make_tts(cfg.tts.model_copy(update={"cache_size": 0}), cfg.path)
+            if warmup:
+                naive_tts.warmup()
+            naive = functools.partial(run_naive_call, tts=naive_tts)
+            for cascade, run in (("pipeline", run_pipeline_call), ("naive", naive)):
                 for call_no in range(1, calls + 1):
                     log.info("%s: call %d of %d", cascade, call_no, calls)
                     results[cascade] += run(runtime, clips, call_no, loop, stt, {"clip": None})
@@ -768,6 +775,9 @@ def run_bench(
         notes.append(f"stt: random weights with whisper-{stt_size}'s dimensions and real multilingual vocabulary "
                      f"size (51866); decoding capped at {TOKENS_PER_S} tokens per second of speech "
                      f"(mean {np.mean(toks) if toks else 0:.0f} tokens per turn), as real Japanese speech gives")
+    if cfg.tts.cache_size and not concurrent:
+        notes.append(f"tts: the pipeline replays short pieces it said before (tts.cache_size={cfg.tts.cache_size}); "
+                     "the naive cascade synthesises every reply")
     if tts_kind == "test-model":
         notes.append("tts: the test model (a tone per phoneme) behind the real kokoro-onnx and Japanese G2P: "
                      "synthesis costs far less than real kokoro's, so tts_ms is a lower bound")

@@ -878,7 +878,7 @@ class VoiceCall:
         tell_agent: bool = True,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Sentences out of ``text`` as they complete, each synthesized and handed out in pieces."""
-        splitter = SentenceSplitter()
+        splitter = SentenceSplitter(first_clause_chars=self.runtime.cfg.tts.first_clause_chars)
         tts_broken = False
         pos = 0  # how far into reply.raw the sentences have been matched
 

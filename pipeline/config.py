@@ -240,6 +240,15 @@ class TTSConfig(_Section):
     voices: str = "models/voices-v1.0.bin"
     voice: dict[str, str] = Field(default_factory=lambda: {"ja": "jf_alpha", "en": "af_heart"})
     speed: float = Field(default=1.0, ge=0.5, le=2.0, description="kokoro accepts 0.5 to 2.0")
+    cache_size: int = Field(
+        default=256, ge=0, le=100_000,
+        description="synthesised short sentences kept for reuse (the bot's fixed phrases); 0 = off",
+    )
+    first_clause_chars: int = Field(
+        default=6, ge=0, le=200,
+        description="a reply's first piece ends at its first comma once it has this many characters, so "
+                    "that the caller hears it sooner; 0 = whole sentences",
+    )
     readings: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {"ja": {"AI-SHIFT": "エーアイシフト"}},
         description="language -> {written: spoken}: how to say names the G2P would spell out letter by letter",

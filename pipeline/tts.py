@@ -22,6 +22,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -202,11 +203,17 @@ class SentenceSplitter:
     a space or the end. A dot between digits (3.5), after a title (Mr.), or in a dotted abbreviation
     (p.m., e.g.) followed by a lowercase word does not end a sentence. A newline ends one too. A
     run of ``max_chars`` with no end is cut at its last comma so a long sentence cannot hold up speech.
+
+    ``first_clause_chars``: the first piece only ends at its first comma (、 or ", ") once it has that
+    many characters, so the caller hears the start of the reply after synthesising a clause, not a
+    whole sentence (kokoro's time is proportional to the audio); 0 cuts whole sentences only.
     """
 
-    def __init__(self, max_chars: int = 200):
+    def __init__(self, max_chars: int = 200, first_clause_chars: int = 0):
         self.max_chars = max_chars
+        self.first_clause_chars = first_clause_chars
         self._buf = ""
+        self._first = True
 
     def feed(self, chunk: str) -> list[str]:
         """Add text; return the sentences it completed (possibly none)."""
@@ -224,6 +231,10 @@ class SentenceSplitter:
         sentences = []
         while True:
             cut = self._boundary(final)
+            if self._first and self.first_clause_chars:
+                clause = self._first_clause()
+                if clause is not None and (cut is None or clause < cut):
+                    cut = clause
             if cut is None and len(self._buf) > self.max_chars:
                 cut = self._clause_cut()
             if cut is None:
@@ -231,6 +242,17 @@ class SentenceSplitter:
             sentence, self._buf = self._buf[:cut].strip(), self._buf[cut:]
             if sentence:
                 sentences.append(sentence)
+                self._first = False
+
+    def _first_clause(self) -> int | None:
+        """Index just past the first comma that ends a clause of at least ``first_clause_chars``."""
+        buf = self._buf
+        start = len(buf) - len(buf.lstrip())
+        for pos in range(start + self.first_clause_chars - 1, len(buf)):
+            ch = buf[pos]
+            if ch in "、，" or (ch == "," and pos + 1 < len(buf) and buf[pos + 1].isspace()):
+                return pos + 1
+        return None
 
     def _boundary(self, final: bool) -> int | None:
         """Index just past the first complete sentence in the buffer, or None."""
@@ -357,6 +379,10 @@ class TTS(Protocol):
     def warmup(self) -> None: ...
 
 
+#: longer pieces are read-backs and other one-off sentences: not worth keeping
+CACHE_MAX_CHARS = 40
+
+
 class KokoroTTS:
     """kokoro-onnx, one voice per language from ``cfg.voice``, 24 kHz float32 mono."""
 
@@ -384,6 +410,10 @@ class KokoroTTS:
             )
         self._ja = JapaneseG2P(cfg.readings.get("ja"))
         self._en_readings = dict(cfg.readings.get("en", {}))
+        # The bot says the same short sentences in every call (「かしこまりました。」, "Got it."): their
+        # audio is kept, most recently used first, and a repeat costs nothing.
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
         log.info("loaded kokoro from %s in %.2f s", self.model_path, time.perf_counter() - start)
 
     def _voice(self, lang: str) -> str:
@@ -393,7 +423,26 @@ class KokoroTTS:
         return voice
 
     def _render(self, sentence: str, lang: str) -> np.ndarray:
-        """One already-normalized piece of text to audio; empty when nothing in it is sayable."""
+        """One already-normalized piece of text to audio (read-only), from the cache when it was
+        said before; empty when nothing in it is sayable."""
+        cacheable = self.cfg.cache_size > 0 and len(sentence) <= CACHE_MAX_CHARS
+        key = (lang, sentence)
+        if cacheable:
+            with self._cache_lock:
+                audio = self._cache.get(key)
+                if audio is not None:
+                    self._cache.move_to_end(key)
+                    return audio
+        audio = self._synthesize_piece(sentence, lang)
+        audio.setflags(write=False)  # shared by every call that says it
+        if cacheable:
+            with self._cache_lock:
+                self._cache[key] = audio
+                while len(self._cache) > self.cfg.cache_size:
+                    self._cache.popitem(last=False)
+        return audio
+
+    def _synthesize_piece(self, sentence: str, lang: str) -> np.ndarray:
         voice = self._voice(lang)
         if not any(c.isalnum() for c in sentence):
             return np.zeros(0, np.float32)  # "！？", "..." : kokoro would voice the marks as noise

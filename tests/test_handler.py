@@ -27,7 +27,7 @@ from pipeline.handler import CallHandler, make_handler
 from pipeline.store import ReservationStore
 from pipeline.stt import make_stt
 from pipeline.testing import ScriptedOpenAI, booking_policy, text, tool
-from pipeline.tts import make_tts
+from pipeline.tts import SentenceSplitter, make_tts
 from pipeline.vad import make_vad
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
@@ -321,10 +321,12 @@ def test_barge_in_stops_the_reply_and_the_agent_keeps_only_what_was_heard(runtim
     assert cleared.calls >= 1  # FastRTC's queued audio dropped
     history = h.call.agent.history
     spoken = [m for m in history if m["role"] == "assistant" and m.get("content")]
-    assert spoken[-1]["content"] == s1
-    assert s2 not in json.dumps(history, ensure_ascii=False)
+    heard = "かしこまりました、"  # the reply's first piece ends at its first clause (tts.first_clause_chars)
+    assert spoken[-1]["content"] == heard
+    said = json.dumps(history, ensure_ascii=False)
+    assert "12月24日ですね" not in said and s2 not in said
     bot = [m for m in h.call.transcript if m["role"] == "bot"][-1]
-    assert bot["interrupted"] and bot["text"] == s1
+    assert bot["interrupted"] and bot["text"] == heard
     # the interrupting utterance is answered once it ends
     feed(h, np.concatenate([words[n:], silence(1.3)]))
     out = drain(h)
@@ -379,8 +381,11 @@ def test_stt_fault_is_answered_with_an_apology_and_the_call_goes_on(runtime_fact
     greet(h)
     out = say(h, "十二月二十四日でお願いします")
     spoken = np.concatenate(audio_of(out))
-    apology = rt.tts.synthesize(APOLOGY["ja"], "ja")
-    assert spoken.size == apology.size
+    # said as the call says a reply: its first clause, then the rest
+    clause = SentenceSplitter(first_clause_chars=rt.cfg.tts.first_clause_chars)
+    pieces = [*clause.feed(APOLOGY["ja"]), clause.flush()]
+    assert pieces == ["申し訳ございません、", "もう一度お願いできますか。"]
+    assert spoken.size == sum(rt.tts.synthesize(p, "ja").size for p in pieces)
     assert h.call.transcript[-1] == {"role": "bot", "text": APOLOGY["ja"]}
     assert "stt" in h.call.timelines[-1].error and not h.call.ended
     stt.deaf = False

@@ -154,8 +154,53 @@ def test_splitter_fed_one_character_at_a_time_matches_the_whole_text():
     assert out == ["Hello Mr. Tanaka.", "Your table is at 7 p.m. tomorrow.", "はい。", "わかりました！", "OK?", "3.5 km."]
 
 
+@pytest.mark.parametrize("text, pieces", [
+    ("12月24日、木曜日の午後7時、2名様ですね。ご予約のお名前をお伺いできますか。",
+     ["12月24日、", "木曜日の午後7時、2名様ですね。", "ご予約のお名前をお伺いできますか。"]),
+    ("はい、19時に3名様ですね。", ["はい、19時に3名様ですね。"]),  # 「はい、」 is too short to go alone
+    ("田中様ですね。ご連絡先をお願いします。", ["田中様ですね。", "ご連絡先をお願いします。"]),  # no comma first
+    ("Thursday, December 24th at 7 pm, got it. Your name?", ["Thursday,", "December 24th at 7 pm, got it.",
+                                                           "Your name?"]),
+    ("That is 12,000 yen, please.", ["That is 12,000 yen,", "please."]),  # a comma inside a number stays
+])
+def test_the_first_piece_of_a_reply_ends_at_its_first_long_enough_clause(text, pieces):
+    splitter, out = SentenceSplitter(first_clause_chars=6), []
+    for ch in text:  # as an LLM streams it
+        out += splitter.feed(ch)
+    rest = splitter.flush()
+    assert [*out, *([rest] if rest else [])] == pieces
+    whole = SentenceSplitter(first_clause_chars=6)
+    rest = whole.flush() if not (got := whole.feed(text)) else whole.flush()
+    assert [*got, *([rest] if rest else [])] == pieces  # and when the text comes at once
+
+
+def test_the_first_clause_goes_out_as_soon_as_its_comma_arrives():
+    splitter = SentenceSplitter(first_clause_chars=6)
+    assert splitter.feed("12月24日") == []
+    assert splitter.feed("、木曜") == ["12月24日、"]
+    assert splitter.feed("日の午後7時、2名様ですね。ご") == ["木曜日の午後7時、2名様ですね。"]  # later: sentences
+
+
 def test_a_long_run_without_a_stop_is_cut_at_a_comma():
     text = "、".join(["とても長い文章が続きます"] * 30)
     pieces = split_sentences(text, max_chars=60)
     assert len(pieces) > 1 and all(len(p) <= 60 for p in pieces)
     assert "".join(pieces) == text
+
+
+def test_a_short_piece_said_before_is_replayed_from_the_cache(test_config):
+    tts = make_tts(test_config.tts.model_copy(update={"cache_size": 2}), test_config.path)
+    first = tts.synthesize("かしこまりました。", "ja")
+    again = tts.synthesize("かしこまりました。", "ja")
+    assert np.array_equal(first, again) and first.size
+    cached = tts._render("かしこまりました。", "ja")
+    assert cached is tts._render("かしこまりました。", "ja") and not cached.flags.writeable  # shared, read-only
+    tts.synthesize("ありがとうございます。", "ja")
+    tts.synthesize("田中様ですね。", "ja")
+    assert len(tts._cache) == 2 and ("ja", "かしこまりました。") not in tts._cache  # least recently used goes
+    long = "ご予約内容を確認いたします。" * 4  # one-off read-backs are not kept
+    tts._render(long, "ja")
+    assert ("ja", long) not in tts._cache
+    off = make_tts(test_config.tts.model_copy(update={"cache_size": 0}), test_config.path)
+    off.synthesize("かしこまりました。", "ja")
+    assert not off._cache
