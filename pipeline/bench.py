@@ -741,6 +741,8 @@ def run_bench(
     started = time.perf_counter()
     try:
         runtime = VoiceRuntime(cfg, stt=stt, tts=tts, vad=vad, clock=make_clock(NOW), call_log=False)
+        if warmup and cfg.tts.cache_size:
+            runtime.prerender_phrases()  # as VoiceRuntime.load() does in the background at start-up
         if concurrent:
             for n in concurrent:
                 log.info("%d calls at once", n)
@@ -776,8 +778,8 @@ def run_bench(
                      f"size (51866); decoding capped at {TOKENS_PER_S} tokens per second of speech "
                      f"(mean {np.mean(toks) if toks else 0:.0f} tokens per turn), as real Japanese speech gives")
     if cfg.tts.cache_size and not concurrent:
-        notes.append(f"tts: the pipeline replays short pieces it said before (tts.cache_size={cfg.tts.cache_size}); "
-                     "the naive cascade synthesises every reply")
+        notes.append(f"tts: the pipeline replays short pieces it said before (tts.cache_size={cfg.tts.cache_size}), "
+                     "the bot's fixed phrases rendered at start-up; the naive cascade synthesises every reply")
     if tts_kind == "test-model":
         notes.append("tts: the test model (a tone per phoneme) behind the real kokoro-onnx and Japanese G2P: "
                      "synthesis costs far less than real kokoro's, so tts_ms is a lower bound")

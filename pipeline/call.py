@@ -39,10 +39,10 @@ from pipeline.agents import (
     resolve_kind,
 )
 from pipeline.config import Config
-from pipeline.dialog.rules import QUESTIONS
+from pipeline.dialog.rules import QUESTIONS, stock_phrases
 from pipeline.privacy import call_log_record
 from pipeline.stt import STT, Transcript, is_silent
-from pipeline.tts import TTS, SentenceSplitter, split_sentences
+from pipeline.tts import CACHE_MAX_CHARS, TTS, SentenceSplitter, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,7 @@ class VoiceRuntime:
                                             thread_name_prefix="stt-early")
         #: the apology per language, rendered now so it can still be played when TTS breaks later
         self.fallback_audio: dict[str, np.ndarray] = {}
+        self._closed = False
         if prerender:
             self.prerender_fallbacks()
             self.prerender_busy()
@@ -327,7 +328,37 @@ class VoiceRuntime:
         runtime = cls(cfg, stt=stt, tts=tts, vad=vad, agent_kind=agent_kind, clock=clock)
         log.info("voice runtime ready in %.2f s (agent %s)", time.perf_counter() - start,
                  resolve_kind(cfg, runtime.agent_kind))
+        if cfg.tts.cache_size:
+            # in the background: calls are taken at once, and the first ones find more phrases ready
+            threading.Thread(target=runtime.prerender_phrases, name="tts-prerender", daemon=True).start()
         return runtime
+
+    def prerender_phrases(self) -> int:
+        """Synthesise the bot's fixed sentences (the rules agent's questions, hints and phrases)
+        into the TTS's cache, as the calls will cut them: whole, and as a reply's first clause.
+        Returns how many pieces were rendered; stops when the runtime closes."""
+        start, done = time.perf_counter(), 0
+        for lang in self.cfg.tts.voice:
+            pieces: dict[str, None] = {}
+            for phrase in stock_phrases(lang):
+                for sentence in split_sentences(phrase):
+                    if "{" in sentence:
+                        continue  # filled in per call: a date, a name
+                    first = SentenceSplitter(first_clause_chars=self.cfg.tts.first_clause_chars)
+                    for piece in [sentence, *first.feed(sentence), first.flush()]:
+                        if piece and len(piece) <= CACHE_MAX_CHARS:
+                            pieces[piece] = None
+            for piece in pieces:
+                if self._closed:
+                    return done
+                try:
+                    self.tts.synthesize(piece, lang)
+                except Exception:
+                    log.exception("TTS cannot render %r ahead of the calls", piece)
+                    return done
+                done += 1
+        log.info("TTS: %d fixed phrases rendered ahead of the calls in %.1f s", done, time.perf_counter() - start)
+        return done
 
     # ------------------------------------------------------------------ fallback audio
     def prerender_fallbacks(self) -> None:
@@ -434,6 +465,7 @@ class VoiceRuntime:
         return call
 
     def close(self) -> None:
+        self._closed = True
         for call_id in list(self.calls):
             self.end_call(call_id, "shutdown")
         self._stt_pool.shutdown(wait=False, cancel_futures=True)

@@ -242,7 +242,8 @@ class TTSConfig(_Section):
     speed: float = Field(default=1.0, ge=0.5, le=2.0, description="kokoro accepts 0.5 to 2.0")
     cache_size: int = Field(
         default=256, ge=0, le=100_000,
-        description="synthesised short sentences kept for reuse (the bot's fixed phrases); 0 = off",
+        description="synthesised short sentences kept for reuse; the bot's fixed phrases are rendered into it at "
+                    "start-up; 0 = off",
     )
     first_clause_chars: int = Field(
         default=6, ge=0, le=200,

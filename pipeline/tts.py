@@ -400,6 +400,8 @@ class KokoroTTS:
                     f"or set tts.{what} in config.yaml"
                 )
         start = time.perf_counter()
+        # espeak's phonemizer warns "words count mismatch" on most English sentences; it is harmless
+        logging.getLogger("phonemizer").setLevel(logging.ERROR)
         self.kokoro = Kokoro(str(self.model_path), str(self.voices_path))
         available = set(self.kokoro.get_voices())
         missing = {lang: v for lang, v in cfg.voice.items() if v not in available}

@@ -599,3 +599,17 @@ def test_a_turn_whisper_looped_on_is_decoded_again_and_the_timeline_says_so(runt
     assert any(isinstance(x, tuple) for x in out)  # the caller was answered
     logged = [json.loads(line) for line in open(rt.cfg.logging.call_log, encoding="utf-8")]
     assert any(entry.get("stt_retried") for entry in logged)
+
+
+def test_the_bots_fixed_phrases_are_rendered_ahead_of_the_calls(runtime_factory):
+    from pipeline.dialog.rules import PHRASES
+    from pipeline.tts import normalize_for_speech
+
+    rt = runtime_factory(kind="rules")
+    assert rt.prerender_phrases() > 20
+    cache = rt.tts._cache
+    for lang, piece in (("ja", PHRASES["ja"]["ack_phone"]), ("ja", "アレルギーやお祝いなど、"), ("en", "Goodbye.")):
+        assert (lang, normalize_for_speech(piece, lang)) in cache  # whole sentences and first clauses
+    assert not any("{" in text for _, text in cache)  # templates are filled per call, never rendered raw
+    rt.close()
+    assert rt.prerender_phrases() == 0  # a closing runtime stops rendering

@@ -113,6 +113,11 @@ PHRASES = {
     },
 }
 
+def stock_phrases(lang: str) -> list[str]:
+    """Every question, hint and phrase the rules agent says in ``lang``, placeholders and all."""
+    return [text for table in (QUESTIONS, HINTS, PHRASES) for text in table.get(lang, {}).values() if text]
+
+
 _END_WORDS = re.compile(
     r"(さようなら|さよなら|失礼します|失礼いたします|切ります|やめます|やめておきます|やめとき|やめる|もういいです|結構です|"
     r"予約はいいです|予約しません|予約は大丈夫|\bbye\b|goodbye|never ?mind|forget it|cancel (?:it|this|that)|"
