@@ -362,33 +362,32 @@ class VoiceRuntime:
 
     # ------------------------------------------------------------------ fallback audio
     def prerender_fallbacks(self) -> None:
-        for lang in self.cfg.tts.voice:
-            text = APOLOGY.get(lang)
-            if not text:
-                continue
-            try:
-                audio = np.asarray(self.tts.synthesize(text, lang), dtype=np.float32).reshape(-1)
-            except Exception:
-                log.exception("TTS cannot render the %s apology: a TTS fault in a call will be silent", lang)
-                continue
-            if audio.size == 0:
-                log.error("TTS rendered the %s apology as no audio: a TTS fault in a call will be silent", lang)
-                continue
-            self.fallback_audio[lang] = audio
+        self.fallback_audio.update(self._render_per_language(
+            APOLOGY, "apology", "a TTS fault in a call will be silent", logging.ERROR))
 
     def prerender_busy(self) -> None:
+        self.busy_audio.update(self._render_per_language(
+            BUSY, "busy message", "callers over server.max_calls hear nothing before the hang-up", logging.WARNING))
+
+    def _render_per_language(self, texts: dict[str, str], what: str, otherwise: str,
+                             level: int) -> dict[str, np.ndarray]:
+        """``texts[lang]`` synthesised now for each configured voice; a failure is logged at ``level``
+        with what it means (``otherwise``) and leaves that language out."""
+        rendered: dict[str, np.ndarray] = {}
         for lang in self.cfg.tts.voice:
-            text = BUSY.get(lang)
+            text = texts.get(lang)
             if not text:
                 continue
             try:
                 audio = np.asarray(self.tts.synthesize(text, lang), dtype=np.float32).reshape(-1)
             except Exception:
-                log.warning("TTS cannot render the %s busy message: callers over server.max_calls hear "
-                            "nothing before the hang-up", lang, exc_info=True)
+                log.log(level, "TTS cannot render the %s %s: %s", lang, what, otherwise, exc_info=True)
                 continue
-            if audio.size:
-                self.busy_audio[lang] = audio
+            if audio.size == 0:
+                log.log(level, "TTS rendered the %s %s as no audio: %s", lang, what, otherwise)
+                continue
+            rendered[lang] = audio
+        return rendered
 
     def busy_message(self) -> tuple[int, np.ndarray] | None:
         """The pre-rendered busy message in the configured language (another one rather than none)."""

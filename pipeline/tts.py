@@ -196,6 +196,13 @@ def _is_cjk(ch: str) -> bool:
     return ord(ch) >= 0x2E80
 
 
+def _ends_clause(buf: str, pos: int, wide: str, narrow: str) -> bool:
+    """``buf[pos]`` ends a clause: a full-width mark in ``wide``, or one in ``narrow`` before a space
+    (so that "12,000" is not cut)."""
+    ch = buf[pos]
+    return ch in wide or (ch in narrow and pos + 1 < len(buf) and buf[pos + 1].isspace())
+
+
 class SentenceSplitter:
     """Cut a stream of text chunks into sentences as soon as each is complete.
 
@@ -249,8 +256,7 @@ class SentenceSplitter:
         buf = self._buf
         start = len(buf) - len(buf.lstrip())
         for pos in range(start + self.first_clause_chars - 1, len(buf)):
-            ch = buf[pos]
-            if ch in "、，" or (ch == "," and pos + 1 < len(buf) and buf[pos + 1].isspace()):
+            if _ends_clause(buf, pos, "、，", ","):
                 return pos + 1
         return None
 
@@ -307,8 +313,7 @@ class SentenceSplitter:
     def _clause_cut(self) -> int | None:
         window = self._buf[: self.max_chars]
         for pos in range(len(window) - 1, 0, -1):
-            ch = window[pos]
-            if ch in "、，；：" or (ch in ",;:" and pos + 1 < len(self._buf) and self._buf[pos + 1].isspace()):
+            if _ends_clause(self._buf, pos, "、，；：", ",;:"):
                 return pos + 1
         space = window.rfind(" ")
         return space + 1 if space > 0 else self.max_chars
