@@ -17,6 +17,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,17 @@ _SPACE_RE = re.compile(r"\s+")
 _CHOONPU_DASH_RE = re.compile(r"(?<=\d)\s*ー\s*(?=\d)")
 
 
+#: the most of one utterance any parser reads; the rest is ignored (callers do not talk for pages, and
+#: every finder stays linear-time on a bounded input)
+MAX_UTTERANCE = 500
+
+
 def normalize(text: str) -> str:
-    """NFKC (full-width digits/letters to half-width), one kind of dash and space, stripped."""
+    """NFKC (full-width digits/letters to half-width), one kind of dash and space, stripped; at most
+    :data:`MAX_UTTERANCE` characters."""
     if not isinstance(text, str) or not text:
         return ""
-    t = unicodedata.normalize("NFKC", _ZERO_WIDTH_RE.sub("", text))
+    t = unicodedata.normalize("NFKC", _ZERO_WIDTH_RE.sub("", text[: MAX_UTTERANCE * 2]))[:MAX_UTTERANCE]
     t = _DASH_RE.sub("-", t)
     t = _CHOONPU_DASH_RE.sub("-", t)
     t = _SPACE_RE.sub(" ", t)
@@ -340,6 +347,14 @@ _D_REL = [
     (re.compile(r"今日|きょう|本日|今夜|今晩|今宵|\btoday\b|\btonight\b"), 0),
 ]
 _D_WD_JA = re.compile(r"(再来週|来週|今週|次|今度|この)?\s*の?\s*([月火水木金土日])曜(?:日)?")
+# "3日後", "1週間後", "2ヶ月後"; "in three days", "a week from today", "two weeks from now"
+_D_OFFSET_JA = re.compile(r"(?:今日から|本日から|今から)?\s*(\d{1,3})\s*(日|週間|週|か月|ヶ月|カ月|ケ月|ヵ月)\s*(?:後|先|あと)")
+_D_OFFSET_EN = re.compile(
+    r"\b(?:in\s+(a|an|\d{1,3})\s+(days?|weeks?|months?)(?:'?\s*time)?(?:\s+from\s+(?:today|now))?"
+    r"|(a|an|\d{1,3})\s+(days?|weeks?|months?)\s+(?:from\s+(?:today|now)|later|after\s+today|out))\b"
+)
+# the weekday said with an explicit date ("12月24日、木曜日", "Thursday, December 24th") names the same day
+_WD_GAP_RE = re.compile(r"^[\s、,の(（)）]*$")
 _D_WD_EN_NEXTWEEK = re.compile(rf"\b(next week|the week after next)(?:\s+on)?\s+({_EN_WD_ALT})\b")
 _D_WD_EN = re.compile(
     rf"\b(?:(this coming|this|next|coming|on)\s+)?({_EN_WD_ALT})s?\b(?:\s+(next week|this week|after next))?"
@@ -355,30 +370,47 @@ def _date_cands(t: str, today: dt.date) -> list[_Cand]:
     """Date candidates in priority order (most specific first)."""
     out: list[_Cand] = []
 
-    def add(m: re.Match[str], value: dt.date | None) -> None:
-        out.append(_Cand(m.start(), m.end(), value))
+    def add(m: re.Match[str], value: dt.date | None, tag: str = "") -> None:
+        out.append(_Cand(m.start(), m.end(), value, tag))
 
     for m in _D_YMD_JA.finditer(t):
-        add(m, _mk_date(int(m.group(1)), int(m.group(2)), int(m.group(3))))
+        add(m, _mk_date(int(m.group(1)), int(m.group(2)), int(m.group(3))), "abs")
     for m in _D_YMD_NUM.finditer(t):
-        add(m, _mk_date(int(m.group(1)), int(m.group(2)), int(m.group(3))))
+        add(m, _mk_date(int(m.group(1)), int(m.group(2)), int(m.group(3))), "abs")
     for m in _D_MD_JA.finditer(t):
         mo, d = int(m.group(2)), int(m.group(3))
         if m.group(1) in ("来年", "再来年"):
-            add(m, _mk_date(today.year + (1 if m.group(1) == "来年" else 2), mo, d))
+            add(m, _mk_date(today.year + (1 if m.group(1) == "来年" else 2), mo, d), "abs")
         elif m.group(1) == "今年":
-            add(m, _mk_date(today.year, mo, d))
+            add(m, _mk_date(today.year, mo, d), "abs")
         else:
-            add(m, _next_month_day(today, mo, d))
+            add(m, _next_month_day(today, mo, d), "abs")
     for rx, mi, di in ((_D_MD_EN, 1, 2), (_D_DM_EN, 2, 1)):
         for m in rx.finditer(t):
             mo, d = _MONTHS[m.group(mi)], int(m.group(di))
             y = m.group(3)
-            add(m, _mk_date(int(y), mo, d) if y else _next_month_day(today, mo, d))
+            add(m, _mk_date(int(y), mo, d) if y else _next_month_day(today, mo, d), "abs")
     for m in _D_SLASH.finditer(t):
-        add(m, _next_month_day(today, int(m.group(1)), int(m.group(2))))
+        add(m, _next_month_day(today, int(m.group(1)), int(m.group(2))), "abs")
     for m in _D_REL_MONTH_JA.finditer(t):
         add(m, _add_months(today, {"今月": 0, "来月": 1, "再来月": 2}[m.group(1)], int(m.group(2))))
+    for m in _D_OFFSET_JA.finditer(t):
+        n, unit = int(m.group(1)), m.group(2)
+        if unit == "日":
+            add(m, today + dt.timedelta(days=n))
+        elif unit.startswith("週"):
+            add(m, today + dt.timedelta(weeks=n))
+        else:
+            add(m, _shift_months(today, n))
+    for m in _D_OFFSET_EN.finditer(t):
+        num, unit = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        n = 1 if num in ("a", "an") else int(num)
+        if unit.startswith("day"):
+            add(m, today + dt.timedelta(days=n))
+        elif unit.startswith("week"):
+            add(m, today + dt.timedelta(weeks=n))
+        else:
+            add(m, _shift_months(today, n))
     for rx, days in _D_REL:
         for m in rx.finditer(t):
             add(m, today + dt.timedelta(days=days))
@@ -386,7 +418,7 @@ def _date_cands(t: str, today: dt.date) -> list[_Cand]:
         mode = {"来週": "next_week", "再来週": "week_after", "次": "after", "今度": "after"}.get(
             m.group(1) or "", "upcoming"
         )
-        add(m, _weekday_date(today, _JA_WD[m.group(2)], mode))
+        add(m, _weekday_date(today, _JA_WD[m.group(2)], mode), "wd" if not m.group(1) else "")
     for m in _D_WD_EN_NEXTWEEK.finditer(t):
         add(
             m,
@@ -402,18 +434,56 @@ def _date_cands(t: str, today: dt.date) -> list[_Cand]:
             mode = "week_after"
         else:
             mode = "upcoming"
-        add(m, _weekday_date(today, _EN_WD[m.group(2)], mode))
+        add(m, _weekday_date(today, _EN_WD[m.group(2)], mode), "wd" if not (pre or suf) or pre == "on" else "")
     for rx in (_D_DAY_JA, _D_DAY_EN):
         for m in rx.finditer(t):
-            add(m, _next_day_of_month(today, int(m.group(1))))
+            add(m, _next_day_of_month(today, int(m.group(1))), "abs")
     return out
+
+
+def _shift_months(today: dt.date, k: int) -> dt.date | None:
+    y, mo = divmod(today.month - 1 + k, 12)
+    for d in range(today.day, 27, -1):  # "1ヶ月後" of January 31st is the end of February
+        got = _mk_date(today.year + y, mo + 1, d)
+        if got is not None:
+            return got
+    return _mk_date(today.year + y, mo + 1, min(today.day, 28))
+
+
+def _with_weekdays(t: str, cands: list[_Cand]) -> tuple[list[_Cand], list[tuple[dt.date, dt.date]]]:
+    """Fold a bare weekday said next to an explicit date into that date.
+
+    "12月24日、木曜日" is one day, not two. When the weekday does not match the date's, the pair comes
+    back as a conflict (the date, and the weekday's next date) for the caller to settle.
+    """
+    absolute = [c for c in cands if c.tag == "abs" and c.value is not None]
+    keep: list[_Cand] = []
+    conflicts: list[tuple[dt.date, dt.date]] = []
+    for c in cands:
+        if c.tag != "wd" or c.value is None:
+            keep.append(c)
+            continue
+        partner = next(
+            (a for a in absolute
+             if (a.end <= c.start and _WD_GAP_RE.match(t[a.end : c.start]))
+             or (c.end <= a.start and _WD_GAP_RE.match(t[c.end : a.start]))),
+            None,
+        )
+        if partner is None:
+            keep.append(c)
+        elif partner.value.weekday() != c.value.weekday():
+            conflicts.append((partner.value, c.value))
+    return keep, conflicts
 
 
 def parse_date(text: str, today: dt.date) -> dt.date | None:
     t = _prep(text)
     if not t:
         return None
-    return _last_value(t, _claim(_date_cands(t, today), []))
+    cands, conflicts = _with_weekdays(t, _claim(_date_cands(t, today), []))
+    if conflicts:
+        return None  # a date whose weekday does not match is asked about, never guessed
+    return _last_value(t, cands)
 
 
 # --------------------------------------------------------------------------- times
@@ -633,7 +703,6 @@ def _party_value(t: str, cands: list[_Cand]) -> int | None:
     return live[-1].value
 
 
-_BARE_NUMBER_RE = re.compile(r"(?<![\d.:/-])(\d{1,3})(?![\d:/])")
 _BARE_FILLER_RE = re.compile(
     r"^(?:えっと|えーと|ええと|あの|あのー|はい|うーん|uh|um|well|so|yes|yeah|it's|it is|we're|we are|just)?[\s、,。.]*"
     r"(\d{1,3})\s*(?:です|でお願いします|でお願い|で|名|人|だ|please|people|of us)?[\s、,。.!]*$"
@@ -664,6 +733,8 @@ _KANA_READINGS = {
     "マル": "0",
     "イチ": "1",
     "ニー": "2",
+    "ニイ": "2",
+    "ゴオ": "5",
     "ニ": "2",
     "サン": "3",
     "ヨン": "4",
@@ -847,6 +918,16 @@ def parse_phone(text: str) -> str | None:
     return _find_phone(text, 6)
 
 
+def repair_phone(digits: str) -> str:
+    """Whisper writes a spoken "090-1234-5678" as "090012345678" (the pause after 090 heard as a
+    zero): a 12-digit number of that shape is the 11-digit one. The read-back confirms it."""
+    if len(digits) == 12 and digits[3] == "0" and digits[:3] in _ELEVEN_DIGIT_PREFIXES:
+        fixed = digits[:3] + digits[4:]
+        if is_valid_phone(fixed):
+            return fixed
+    return digits
+
+
 _ELEVEN_DIGIT_PREFIXES = ("020", "050", "060", "070", "080", "090")
 
 
@@ -1012,10 +1093,20 @@ def is_correction(text: str) -> bool:
 
 # --------------------------------------------------------------------------- names
 
-_NAME_CHARS = "\u3005\u3006\u4e00-\u9fff\u30a1-\u30faー\u3041-\u3096A-Za-z"
+_LATIN_LETTERS = "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f"
+_NAME_CHARS = f"\u3005\u3006\u4e00-\u9fff\u30a1-\u30faー・\u3041-\u3096{_LATIN_LETTERS}'\\-"
 _JA_NAME_OK_RE = re.compile(rf"[{_NAME_CHARS}]+(?: [{_NAME_CHARS}]+)?")
 _HONORIFIC_RE = re.compile(r"\s*(?:様|さま|さん|くん|君|ちゃん|殿|氏)$")
 _JA_NAME_STOP = {
+    "それ",
+    "これ",
+    "あれ",
+    "そちら",
+    "こちら",
+    "どちら",
+    "それで",
+    "何",
+    "なに",
     "はい",
     "いいえ",
     "ええ",
@@ -1076,7 +1167,6 @@ _JA_NAME_STOP = {
     "記念日",
     "問題",
     "無理",
-    "何",
     "なし",
     "ない",
     "特に",
@@ -1376,7 +1466,7 @@ _EN_NAME_STOP = {
     *_MONTHS,
 }
 _EN_TITLES = {"mr", "mrs", "ms", "miss", "dr", "mr.", "mrs.", "ms.", "dr."}
-_EN_NAME_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'\-.]*")
+_EN_NAME_WORD_RE = re.compile(rf"[{_LATIN_LETTERS}][{_LATIN_LETTERS}'\-.]*")
 
 _EN_STRONG_TRIGGER_RE = re.compile(
     r"\b(?:my name(?:'s| is)|the name(?:'s| is| will be| would be)|name(?:'s| is)|call me|in the name of"
@@ -1403,9 +1493,23 @@ _EN_LEAD_RE = re.compile(
 _EN_END_RE = re.compile(r"[\s,.!?]*(?:please|thanks|thank you)?[\s,.!?]*$", re.I)
 
 
+_KATA_ONLY_RE = re.compile(r"[\u30a1-\u30faー]+")
+_STARTS_HIRA_HAS_KANJI_RE = re.compile(r"^[\u3041-\u3096].*[\u3005\u4e00-\u9fff]")
+_ONE_KANJI_OKURIGANA_RE = re.compile(r"^[\u3005\u4e00-\u9fff][\u3041-\u3096]+$")
+
+
+def _is_spoken_digits(x: str) -> bool:
+    """"ゴーロクナナハチ": a phone number read out in katakana, not a name."""
+    kata = _hira_to_kata(x.replace("・", ""))
+    digits = _decompose_kana(kata) if _KATA_ONLY_RE.fullmatch(kata) else None
+    return digits is not None and len(digits) >= 3
+
+
 def _looks_like_ja_name(x: str, strict: bool) -> bool:
     x = x.strip()
     if not x or len(x) > 12 or any(c.isdigit() for c in x) or not _JA_NAME_OK_RE.fullmatch(x):
+        return False
+    if _is_spoken_digits(x) or _STARTS_HIRA_HAS_KANJI_RE.search(x):
         return False
     if _KANJI_NUM_RE.fullmatch(x):  # "三です" answers "何名様ですか"
         return False
@@ -1469,8 +1573,11 @@ def _ja_name_before(t: str, end: int) -> str | None:
     return name or None
 
 
+_COMMA_BEFORE_COPULA_RE = re.compile(r"[、,]\s*(?=(?:様|さま|さん)?\s*(?:です|でございます|と申します|といいます|と言います|でお願いします)[。.!！]*$)")
+
+
 def _parse_name(text: str, bare: bool) -> str | None:
-    t = normalize(text)
+    t = _COMMA_BEFORE_COPULA_RE.sub("", normalize(text))
     if not t:
         return None
     # English, with an explicit trigger
@@ -1532,6 +1639,16 @@ def parse_name(text: str) -> str | None:
     return _parse_name(text, bare=False)
 
 
+def name_is_plausible(name: str) -> bool:
+    """A name Whisper is unlikely to have made up from other words: kanji, katakana or Latin letters
+    as names are written. Hiragana-only names and one kanji with verb endings (「読みん」) are often
+    mishearings, so the dialog checks them with the caller first."""
+    x = name.replace(" ", "")
+    if _HIRA_ONLY_RE.fullmatch(x) or _ONE_KANJI_OKURIGANA_RE.fullmatch(x):
+        return False
+    return True
+
+
 def parse_name_answer(text: str) -> str | None:
     name = _parse_name(text, bare=True)
     # "はい" / "Sure" / "お願いします" answer the question, they are not a name
@@ -1544,6 +1661,177 @@ def parse_name_answer(text: str) -> str | None:
 
 _SLOT_NAMES = ("date", "time", "party_size", "name", "phone", "note")
 
+# "24", "24です", "7でお願いします": a bare number is a value only when it is the whole answer
+_BARE_ANSWER_RE = re.compile(
+    r"^(?:えっと|えーと|ええと|あの|あのー|はい|うーん|uh|um|well|so|yes|yeah|it's|it is|just|the)?[\s、,。.]*"
+    r"(\d{1,2})\s*(?:です|でお願いします|でお願い|で|だ|please|at night|in the evening)?[\s、,。.!]*$"
+)
+# two values offered as a choice: "7時か8時", "24日か25日", "7 or 8"
+_OR_GAP_RE = re.compile(r"^\s*(?:か|かまたは|または|もしくは|それとも|か、|or|or maybe|or else|or perhaps)\s*[、,]?\s*$")
+# Whisper's "5.6時" / "5、6時" for 「5、6時」 ("five or six o'clock"), and "7 or 8 pm"
+_T_ALT_JA = re.compile(r"(?<![\d.:/])(\d{1,2})\s*[、,.・]\s*(\d{1,2})\s*時(?!間)")
+_T_ALT_EN = re.compile(
+    r"(?:\b(?:at|around|about|by|between)\s+)?(?<![\d.:/])\b(\d{1,2})(?::(\d{2}))?\s+or\s+(\d{1,2})(?::(\d{2}))?"
+    r"\s*([ap]\.?\s?m\b\.?|o'?\s?clock|in the evening|at night)"
+)
+
+
+@dataclass
+class Analysis:
+    """What one utterance offers for each slot, before the dialog decides what to take."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    #: a slot offered as a choice or with a contradiction ("7時か8時", "12月24日金曜日"): the options
+    ambiguous: dict[str, list[Any]] = field(default_factory=dict)
+    #: slot values that sit inside a request ("卵アレルギーの者が1名"): they stay in the note
+    in_note: dict[str, Any] = field(default_factory=dict)
+    #: a name that may well be a mishearing (hiragana only, verb-like): to be confirmed first
+    doubtful_name: bool = False
+
+
+def _clauses_with_notes(t: str) -> list[tuple[int, int]]:
+    """The spans of the clauses that hold a request word (アレルギー, ケーキ, vegetarian...)."""
+    hits = _note_hits(t)
+    if not hits:
+        return []
+    bounds = [0, *(m.end() for m in _CLAUSE_SPLIT_RE.finditer(t)), len(t)]
+    spans = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        if any(a <= h.start() < b for h in hits):
+            spans.append((a, b))
+    return spans
+
+
+def _choice(t: str, live: list[_Cand]) -> list[Any] | None:
+    for a, b in zip(live, live[1:], strict=False):
+        if a.value is not None and b.value is not None and a.value != b.value and _OR_GAP_RE.match(t[a.end : b.start]):
+            return [a.value, b.value]
+    return None
+
+
+def _time_alternatives(t: str, is_open: IsOpen | None, taken: list[tuple[int, int]]) -> tuple[list[dt.time], tuple[int, int]] | None:
+    for m in _T_ALT_JA.finditer(t):
+        if any(m.start() < e and s < m.end() for s, e in taken):
+            continue
+        hours = [int(m.group(1)), int(m.group(2))]
+        if all(0 <= h <= 23 for h in hours) and hours[0] != hours[1]:
+            part = None
+            before = list(_PART_BEFORE_RE.finditer(t[max(0, m.start() - 16) : m.start()]))
+            if before:
+                part = _PART_NAMES[next(i for i in range(3) if before[-1].group(i + 1))]
+            return [dt.time(_apply_part(h, 0, part, is_open), 0) for h in hours], m.span()
+    for m in _T_ALT_EN.finditer(t):
+        if any(m.start() < e and s < m.end() for s, e in taken):
+            continue
+        suffix = m.group(5).replace(" ", "").replace(".", "")
+        part = "am" if suffix.startswith("a") else "pm" if suffix.startswith("p") or "evening" in suffix or "night" in suffix else None
+        out = []
+        for h, mm in ((m.group(1), m.group(2)), (m.group(3), m.group(4))):
+            hh, mi = int(h), int(mm or 0)
+            if not (0 <= hh <= 23 and mi <= 59):
+                break
+            out.append(dt.time(_apply_part(hh, mi, part, is_open) % 24, mi))
+        if len(out) == 2 and out[0] != out[1]:
+            return out, m.span()
+    return None
+
+
+def analyze(
+    text: str,
+    today: dt.date,
+    *,
+    expecting: str | None = None,
+    is_open: IsOpen | None = None,
+    filled: Iterable[str] = (),
+) -> Analysis:
+    """Every slot value one utterance offers; `expecting` (the slot just asked for) lets bare answers
+    count, `filled` (slots that already hold a value) keeps numbers inside a request out of them."""
+    out = Analysis()
+    t = _prep(text)
+    if not t:
+        return out
+    if expecting not in _SLOT_NAMES:
+        expecting = None
+    filled = set(filled)
+
+    phone = _find_phone(text, 1 if expecting == "phone" else 6)
+    has_long_phone = phone is not None and len(phone) >= 6
+
+    taken: list[tuple[int, int]] = []
+    dates = _claim(_date_cands(t, today), taken)
+    dates, conflicts = _with_weekdays(t, dates)
+    alt = _time_alternatives(t, is_open, taken)
+    if alt is not None:
+        taken.append(alt[1])
+    times = _time_cands(t, is_open)
+    if has_long_phone:
+        # spoken phone numbers ("fifty five, twelve thirty") look like weak times; the number wins
+        times = [c for c in times if c.tag != "weak"]
+    times = _claim(times, taken)
+    parties = _claim(_party_cands(t), taken)
+
+    note_spans = _clauses_with_notes(t)
+
+    def outside_notes(slot: str, cands: list[_Cand]) -> list[_Cand]:
+        if not note_spans:
+            return cands
+        inside = [c for c in cands if any(a <= c.start < b for a, b in note_spans)]
+        rest = [c for c in cands if c not in inside]
+        if inside and (rest or slot in filled or expecting == "note"):
+            value = _party_value(t, inside) if slot == "party_size" else _last_value(t, inside)
+            if value is not None:
+                out.in_note[slot] = value
+            return rest
+        return cands
+
+    dates = outside_notes("date", dates)
+    times = outside_notes("time", times)
+    parties = outside_notes("party_size", parties)
+
+    date_choice = _choice(t, _live(t, dates))
+    time_choice = _choice(t, _live(t, times))
+    if conflicts:
+        out.ambiguous["date"] = list(conflicts[-1])
+    elif date_choice:
+        out.ambiguous["date"] = date_choice
+    if alt is not None and not times:
+        out.ambiguous["time"] = alt[0]
+    elif time_choice:
+        out.ambiguous["time"] = time_choice
+
+    date = None if "date" in out.ambiguous else _last_value(t, dates)
+    time = None if "time" in out.ambiguous else _last_value(t, times)
+    party = _party_value(t, parties)
+
+    if expecting in ("date", "time", "party_size") and not has_long_phone and not out.ambiguous:
+        m = _BARE_ANSWER_RE.match(t) if expecting != "party_size" else None
+        if m is not None:
+            n = int(m.group(1))
+            if expecting == "date" and date is None:
+                date = _next_day_of_month(today, n)
+            elif expecting == "time" and time is None and 0 <= n <= 23:
+                time = dt.time(_resolve_bare(n, 0, is_open), 0)
+        elif expecting == "party_size" and party is None:
+            party = parse_party_size(text)
+
+    if date is not None:
+        out.values["date"] = date
+    if time is not None:
+        out.values["time"] = time
+    if party is not None:
+        out.values["party_size"] = party
+    name = parse_name_answer(text) if expecting == "name" else parse_name(text)
+    if name:
+        out.values["name"] = name
+        out.doubtful_name = not name_is_plausible(name)
+    if phone is not None:
+        out.values["phone"] = phone
+    note = parse_note(text)
+    if note:
+        out.values["note"] = note
+    log.debug("analyze(%r, expecting=%s) -> %s", text, expecting, out)
+    return out
+
 
 def extract_slots(
     text: str,
@@ -1553,58 +1841,4 @@ def extract_slots(
     is_open: IsOpen | None = None,
 ) -> dict[str, Any]:
     """Every slot found in one utterance; `expecting` (the slot just asked for) lets bare answers count."""
-    out: dict[str, Any] = {}
-    t = _prep(text)
-    if not t:
-        return out
-    if expecting not in _SLOT_NAMES:
-        expecting = None
-
-    phone = _find_phone(text, 1 if expecting == "phone" else 6)
-    has_long_phone = phone is not None and len(phone) >= 6
-
-    taken: list[tuple[int, int]] = []
-    dates = _claim(_date_cands(t, today), taken)
-    times = _time_cands(t, is_open)
-    if has_long_phone:
-        # spoken phone numbers ("fifty five, twelve thirty") look like weak times; the number wins
-        times = [c for c in times if c.tag != "weak"]
-    times = _claim(times, taken)
-    parties = _claim(_party_cands(t), taken)
-
-    date = _last_value(t, dates)
-    time = _last_value(t, times)
-    party = _party_value(t, parties)
-
-    if expecting in ("date", "time", "party_size") and not has_long_phone:
-        bare = [
-            _Cand(m.start(), m.end(), int(m.group(1)))
-            for m in _BARE_NUMBER_RE.finditer(t)
-            if not any(m.start() < e and s < m.end() for s, e in taken)
-        ]
-        live = _live(t, bare)
-        if live:
-            n = live[-1].value
-            if expecting == "date" and date is None:
-                date = _next_day_of_month(today, n)
-            elif expecting == "time" and time is None and 0 <= n <= 23:
-                time = dt.time(_resolve_bare(n, 0, is_open), 0)
-            elif expecting == "party_size" and party is None and n > 0:
-                party = n
-
-    if date is not None:
-        out["date"] = date
-    if time is not None:
-        out["time"] = time
-    if party is not None:
-        out["party_size"] = party
-    name = parse_name_answer(text) if expecting == "name" else parse_name(text)
-    if name:
-        out["name"] = name
-    if phone is not None:
-        out["phone"] = phone
-    note = parse_note(text)
-    if note:
-        out["note"] = note
-    log.debug("extract_slots(%r, expecting=%s) -> %s", text, expecting, out)
-    return out
+    return analyze(text, today, expecting=expecting, is_open=is_open).values
