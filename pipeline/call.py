@@ -40,7 +40,7 @@ from pipeline.agents import (
 )
 from pipeline.config import Config
 from pipeline.dialog.rules import QUESTIONS, stock_phrases
-from pipeline.privacy import call_log_record
+from pipeline.privacy import append_call_log, call_log_record
 from pipeline.stt import STT, Transcript, is_silent
 from pipeline.tts import CACHE_MAX_CHARS, TTS, SentenceSplitter, split_sentences
 
@@ -493,11 +493,9 @@ class VoiceRuntime:
         line = json.dumps({"at": _now_iso(), **record}, ensure_ascii=False, default=str)
         try:
             with self._log_lock:
-                self.call_log.parent.mkdir(parents=True, exist_ok=True)
-                with self.call_log.open("a", encoding="utf-8") as f:
-                    f.write(line + "\n")
-        except OSError:
-            log.warning("cannot write the call log %s", self.call_log, exc_info=True)
+                append_call_log(self.call_log, line)  # under the lock the pruner takes (pipeline.privacy)
+        except OSError as e:
+            log.warning("cannot write the call log %s: %s", self.call_log, e)
 
 
 # ================================================================================== one call

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
 from pipeline.config import ConfigError, load_config
 from pipeline.models import ModelsMissing
 
 log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A flag or path the command cannot use; the message is meant for the user (exit status 2)."""
 
 
 def _setup_logging(level: str, mask_pii: bool = True) -> None:
@@ -125,21 +131,68 @@ def cmd_reservations(args: argparse.Namespace) -> int:
     if not rows:
         print("no reservations")
         return 0
-    for r in rows:
-        note = f"  note: {r.note}" if r.note else ""
-        print(f"{r.id}  {r.date.isoformat()} {r.time:%H:%M}  {r.party_size} people  {r.name}  {r.phone}{note}")
+    table = [["ID", "DATE", "TIME", "PARTY", "NAME", "PHONE", "NOTE"]]
+    table += [[r.id, r.date.isoformat(), f"{r.time:%H:%M}", party_size_text(r.party_size), _cell(r.name),
+               _cell(r.phone), _cell(r.note or "")] for r in rows]
+    for line in format_table(table):
+        print(line)
     return 0
 
 
+def party_size_text(n: int) -> str:
+    """``1 person``, ``2 people``."""
+    return f"{n} person" if n == 1 else f"{n} people"
+
+
+def _cell(text: str) -> str:
+    # One row per line whatever a caller said: line breaks and control characters become spaces.
+    return "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text).strip()
+
+
+def _display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: CJK characters take two, combining marks none."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def format_table(rows: list[list[str]]) -> list[str]:
+    """``rows`` (the header first) as lines of columns aligned on display width, two spaces apart."""
+    widths = [max(_display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell + " " * (w - _display_width(cell)) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
+
+
 # ------------------------------------------------------------------------------- ui, serve, phone
-def _load_runtime(cfg, download: bool):
+def voice_clock(args: argparse.Namespace, cfg) -> Callable[[], dt.datetime] | None:
+    """``--now`` as the clock of every call's agent (as ``voicebot chat`` has it); None: the real clock."""
+    now = getattr(args, "now", None)
+    if not now:
+        return None
+    from pipeline.agents import make_clock, parse_now
+
+    try:
+        return make_clock(parse_now(now, cfg.restaurant.timezone))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def load_runtime(cfg, args: argparse.Namespace, clock: Callable[[], dt.datetime] | None = None):
+    """The voice runtime ``ui``, ``serve`` and ``phone`` run on, as ``args`` ask (``--no-download``,
+    ``--now``; ``clock`` when already parsed from them)."""
     # Imported here: the voice stack (onnxruntime, ctranslate2, gradio) is slow to import and
     # `voicebot chat` never needs it.
     from pipeline.call import VoiceRuntime
 
+    if clock is None:
+        clock = voice_clock(args, cfg)
+    download = not getattr(args, "no_download", False)
     if download:
         log.info("checking the model files (missing ones are fetched; --no-download stops instead)")
-    return VoiceRuntime.load(cfg, download=download)
+    return VoiceRuntime.load(cfg, download=download, clock=clock)
 
 
 def _server_config(args: argparse.Namespace):
@@ -155,6 +208,15 @@ def _server_config(args: argparse.Namespace):
 def _start_janitor(cfg):
     from pipeline.privacy import start_call_log_janitor
 
+    if cfg.logging.call_log:
+        # Made now rather than at the first call's first line: a log that cannot be written is
+        # said at start-up, in one line.
+        folder = cfg.path(cfg.logging.call_log).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = "a file of that name is in the way" if isinstance(e, FileExistsError) else (e.strerror or str(e))
+            raise UsageError(f"logging.call_log: cannot create the folder {folder}: {why}") from None
     return start_call_log_janitor(cfg)
 
 
@@ -165,9 +227,10 @@ def _stop(janitor) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     cfg = _server_config(args)
+    clock = voice_clock(args, cfg)
     janitor = _start_janitor(cfg)
     try:
-        runtime = _load_runtime(cfg, download=not args.no_download)
+        runtime = load_runtime(cfg, args, clock)
         from pipeline.app import build_stream, build_ui
 
         # The browser page does not use Twilio's webhooks: twilio.validate does not apply here.
@@ -184,6 +247,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _server_config(args)
+    clock = voice_clock(args, cfg)
     from pipeline.twilio_auth import MISSING_TOKEN_MESSAGE, auth_token_from_env
 
     # Before loading the models: a misconfiguration should not take a minute to report.
@@ -192,7 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     janitor = _start_janitor(cfg)
     try:
-        runtime = _load_runtime(cfg, download=not args.no_download)
+        runtime = load_runtime(cfg, args, clock)
         import uvicorn
 
         from pipeline.app import build_app
@@ -239,6 +303,7 @@ def _offline_reason(timeout: float = 5.0) -> str | None:
 def cmd_phone(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _setup_logging(cfg.logging.level, cfg.logging.mask_pii)
+    clock = voice_clock(args, cfg)
     token = _hf_token()
     if not token:
         print("error: `voicebot phone` needs a Hugging Face token for FastPhone's temporary number: set HF_TOKEN "
@@ -250,7 +315,7 @@ def cmd_phone(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     janitor = _start_janitor(cfg)
-    runtime = _load_runtime(cfg, download=not args.no_download)
+    runtime = load_runtime(cfg, args, clock)
     from pipeline.app import build_stream
 
     # FastPhone's service calls FastRTC's own telephone routes without Twilio's signature or our
@@ -284,7 +349,9 @@ def cmd_models_status(args: argparse.Namespace) -> int:
     for what, path, present in rows:
         print(f"{'present' if present else 'MISSING':8} {what}: {path}")
     if not all(present for _, _, present in rows):
-        print("run `voicebot models download` to fetch the missing files", file=sys.stderr)
+        from pipeline.models import OFFLINE_HINT
+
+        print(f"run `voicebot models download` to fetch the missing files\n{OFFLINE_HINT}", file=sys.stderr)
         return 1
     return 0
 
@@ -298,6 +365,11 @@ def cmd_models_download(args: argparse.Namespace) -> int:
     return cmd_models_status(args)
 
 
+def add_now_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--now", help="fix the clock, ISO-8601 (e.g. 2026-12-01T10:00; "
+                                 "no offset: the restaurant's timezone), for reproducible dates")
+
+
 def _add_voice_commands(sub) -> None:
     def add_server_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="path to config.yaml")
@@ -305,6 +377,7 @@ def _add_voice_commands(sub) -> None:
         p.add_argument("--port", type=int, help="port to listen on (default: server.port)")
         p.add_argument("--no-download", action="store_true",
                        help="stop with a message instead of fetching missing model files")
+        add_now_arg(p)
 
     ui = sub.add_parser("ui", help="talk to the bot in the browser (Gradio page)")
     add_server_args(ui)
@@ -318,6 +391,7 @@ def _add_voice_commands(sub) -> None:
     phone.add_argument("--config", help="path to config.yaml")
     phone.add_argument("--no-download", action="store_true",
                        help="stop with a message instead of fetching missing model files")
+    add_now_arg(phone)
     phone.set_defaults(func=cmd_phone)
 
     models = sub.add_parser("models", help="the model files: status, download")
@@ -339,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--config", help="path to config.yaml")
     chat.add_argument("--agent", choices=["auto", "rules", "llm"], default=None,
                       help="auto: the LLM when llm.base_url is set, else the rules agent")
-    chat.add_argument("--now", help="the clock, ISO-8601 (e.g. 2026-12-01T10:00), for reproducible dates")
+    add_now_arg(chat)
     chat.add_argument("--language", choices=["ja", "en"], default=None)
     chat.add_argument("--json", action="store_true", help="one JSON object per bot turn")
     chat.set_defaults(func=cmd_chat)
@@ -364,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ModelsMissing as e:

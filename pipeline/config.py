@@ -438,8 +438,12 @@ def _set_path(tree: dict, keys: list[str], value: Any, env_name: str) -> None:
     node[keys[-1]] = value
 
 
-def apply_env_overrides(tree: dict, environ: dict[str, str] | None = None) -> dict:
-    """Apply ``VOICEBOT__SECTION__KEY=value``; values are read as YAML scalars (``7860``, ``true``, ``[a, b]``)."""
+def apply_env_overrides(tree: dict, environ: dict[str, str] | None = None,
+                        sources: dict[tuple[str, ...], str] | None = None) -> dict:
+    """Apply ``VOICEBOT__SECTION__KEY=value``; values are read as YAML scalars (``7860``, ``true``, ``[a, b]``).
+
+    ``sources``, when given, gets each overridden key path mapped to the variable that set it.
+    """
     environ = os.environ if environ is None else environ
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
@@ -454,20 +458,41 @@ def apply_env_overrides(tree: dict, environ: dict[str, str] | None = None) -> di
         if isinstance(value, (dt.date, dt.datetime)):
             value = raw
         _set_path(tree, keys, value, name)
+        if sources is not None:
+            sources[tuple(keys)] = name
     return tree
 
 
-def _describe(err: ValidationError) -> str:
-    lines = []
+def _env_source(loc: tuple[str, ...], sources: dict[tuple[str, ...], str]) -> tuple[str | None, list[str]]:
+    """The variable that set the value at ``loc`` (or a section above it), else the variables
+    that set keys inside ``loc`` (a check across a section's keys)."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in sources:
+            return sources[loc[:n]], []
+    return None, [name for keys, name in sources.items() if keys[:len(loc)] == loc]
+
+
+def _describe(err: ValidationError, path: Path, sources: dict[tuple[str, ...], str]) -> str:
+    lines, from_file = [], False
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc_parts = tuple(str(p) for p in e["loc"])
+        loc = ".".join(loc_parts) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see config.yaml for the keys)"
-        elif e["type"] == "literal_error":
-            msg = f"{msg}"
-        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
-    return "invalid configuration:\n" + "\n".join(lines)
+        var, inside = _env_source(loc_parts, sources)
+        if var is not None:
+            where = f"{loc} (set by the environment variable {var})"
+        else:
+            from_file = True
+            where = f"{loc} (with {', '.join(sorted(inside))} from the environment)" if inside else loc
+        got = e.get("input")
+        # A whole section's input (a check across its keys) would bury the message.
+        shown = e["type"] != "extra_forbidden" and not isinstance(got, dict)
+        lines.append(f"  {where}: {msg} (got {got!r})" if shown else f"  {where}: {msg}")
+    # Name the file only when something in it is at fault: an override's error is not the file's.
+    head = f"{path}: invalid configuration" if from_file else "invalid configuration from the environment"
+    return head + ":\n" + "\n".join(lines)
 
 
 def default_config_path() -> Path:
@@ -494,15 +519,19 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
         if loaded is None:
-            loaded = {}
+            # An empty file is most likely a mistake (a failed copy, the wrong path): running on
+            # every default instead would silently open another database, another restaurant.
+            raise ConfigError(f"config file {p} is empty (or only comments): expected a mapping of sections "
+                              "such as `restaurant:`; see the project's config.yaml")
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must be a mapping of sections, got {type(loaded).__name__}")
         tree = loaded
-    tree = apply_env_overrides(tree, environ)
+    sources: dict[tuple[str, ...], str] = {}
+    tree = apply_env_overrides(tree, environ, sources)
     tree.pop("base_dir", None)
     try:
         cfg = Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(f"{p}: {_describe(e)}") from None
+        raise ConfigError(_describe(e, p, sources)) from None
     cfg.base_dir = p.resolve().parent
     return cfg

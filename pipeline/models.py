@@ -61,6 +61,15 @@ WHISPER_PATTERNS = ["config.json", "preprocessor_config.json", "model.bin", "tok
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+#: what still works without the model files or the network, said wherever files are missing
+OFFLINE_HINT = (
+    "offline, without these files:\n"
+    "  - `voicebot chat` talks to the same bot by text and needs no model files\n"
+    "  - test models: `uv run python scripts/make_test_models.py DIR` writes tiny ones, then run "
+    "ui, serve or chat with `--config DIR/config.yaml` (nonsense transcripts, a tone for a voice)"
+)
+
+
 class ModelsMissing(RuntimeError):
     """Model files are absent and could not be fetched; the message lists each and how to get it."""
 
@@ -73,6 +82,7 @@ class ModelsMissing(RuntimeError):
             lines.append(f"      {m.how}")
         if reason:
             lines.append(f"download failed: {reason}")
+        lines.append(OFFLINE_HINT)
         super().__init__("\n".join(lines))
 
 

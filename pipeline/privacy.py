@@ -9,8 +9,9 @@
 - :class:`PiiFilter` is the ``logging.Filter`` that applies it to records, arguments and
   tracebacks included; :func:`install_pii_filter` puts it on the root logger's handlers.
 - :func:`call_log_record` shapes a call-log record before it is written (no transcripts at a
-  retention of 0 days, masked when ``logging.call_log_mask_pii``); :func:`prune_call_log` drops lines
-  older than the retention, and :class:`CallLogJanitor` does that at start-up and hourly.
+  retention of 0 days, masked when ``logging.call_log_mask_pii``); :func:`append_call_log` writes it
+  under the log's lock file; :func:`prune_call_log` drops lines older than the retention under the
+  same lock, and :class:`CallLogJanitor` does that at start-up and hourly.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import os
 import re
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any
 
 try:
     import fcntl
-except ImportError:  # Windows: pruning still works, only without the inter-process lock
+except ImportError:  # Windows: the call log works, only without the inter-process lock
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,10 @@ class PiiFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:
-            return True  # a malformed record: logging reports it, unmasked args never reach the text
+        except Exception as e:
+            # A template that does not fit its arguments (log.info("%d", "abc")): the handler would
+            # print the raw arguments to stderr. Keep what can be said, masked, and flag the fault.
+            message = _unformattable(record, e)
         record.msg = mask_pii(message)
         record.args = None
         if record.exc_info and not record.exc_text:
@@ -263,6 +265,20 @@ class PiiFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = mask_pii(record.stack_info)
         return True
+
+
+def _unformattable(record: logging.LogRecord, error: Exception) -> str:
+    """The text of a record whose message cannot be formatted: its template and a repr of its
+    arguments, flagged, for :class:`PiiFilter` to mask like any other message."""
+    try:
+        template = str(record.msg)
+    except Exception:
+        template = f"<{type(record.msg).__name__} message>"
+    try:
+        args = repr(record.args)
+    except Exception:
+        args = f"<{type(record.args).__name__} arguments>"
+    return f"{template} [log formatting error: {type(error).__name__}: {error}; arguments: {args}]"
 
 
 def install_pii_filter(logger: logging.Logger | None = None) -> PiiFilter:
@@ -315,7 +331,7 @@ def _line_time(line: bytes) -> dt.datetime | None:
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path.lock``: two processes never prune the same log at once."""
+    """An exclusive lock on ``path.lock``, held by whoever appends to or rewrites the call log."""
     if fcntl is None:
         yield
         return
@@ -327,18 +343,33 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
+def append_call_log(path: str | os.PathLike, line: str) -> None:
+    """Append one line to the JSONL call log at ``path``, creating its folder on first use.
+
+    Under the log's lock: a prune (:func:`prune_call_log`) never runs between this opening the file
+    and writing to it, so the line always lands in the file that stays.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    with _file_lock(path), open(path, "ab") as f:
+        f.write(data)
+
+
 def prune_call_log(path: str | os.PathLike, retention_days: float | None, *,
-                   now: dt.datetime | None = None, settle_s: float = 0.05) -> int:
+                   now: dt.datetime | None = None) -> int:
     """Drop the lines older than ``retention_days`` from the JSONL call log; returns how many went.
 
-    The file is rewritten atomically (a temporary file renamed over it). Writers append a whole
-    line at a time and reopen the file for each one, without taking the lock: whatever reaches the
-    old file while it is being replaced is copied over afterwards, so no line is lost or cut.
-    Lines without a readable time are kept. ``None`` keeps everything.
+    The file is rewritten atomically (a temporary file renamed over it) under the lock that
+    :func:`append_call_log` takes, so no writer appends to the old file meanwhile and no line is
+    lost or cut. Lines without a readable time are kept. ``None`` keeps everything; a log that
+    does not exist yet (nor its folder) has nothing to prune.
     """
     if retention_days is None:
         return 0
     path = Path(path)
+    if not path.exists():
+        return 0  # nothing written yet; the first append creates the folder and the file
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days)
     with _file_lock(path):
         try:
@@ -347,40 +378,33 @@ def prune_call_log(path: str | os.PathLike, retention_days: float | None, *,
             return 0
         with old:
             data = old.read()
-            end = data.rfind(b"\n") + 1  # a line still being written stays in the tail
-            kept, dropped = [], 0
-            for line in data[:end].splitlines(keepends=True):
-                if not line.strip():
-                    continue
-                when = _line_time(line)
-                if when is not None and when < cutoff:
-                    dropped += 1
-                else:
-                    kept.append(line)
-            if not dropped:
-                return 0
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.writelines(kept)
-                    out.flush()
-                    os.fsync(out.fileno())
-                with contextlib.suppress(OSError):
-                    os.chmod(tmp, os.stat(path).st_mode & 0o777)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            # Appends that went to the old file (after our read, or by a writer that opened it just
-            # before the rename) would be lost with it: carry them over, twice to catch stragglers.
-            old.seek(end)
-            tail = old.read()
-            time.sleep(settle_s)
-            tail += old.read()
-            if tail:
-                with open(path, "ab") as new:
-                    new.write(tail)
+        end = data.rfind(b"\n") + 1
+        # A last line without its newline (a writer that died mid-line) is kept as it is.
+        kept, dropped = [], 0
+        for line in data[:end].splitlines(keepends=True):
+            if not line.strip():
+                continue
+            when = _line_time(line)
+            if when is not None and when < cutoff:
+                dropped += 1
+            else:
+                kept.append(line)
+        if not dropped:
+            return 0
+        kept.append(data[end:])
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.writelines(kept)
+                out.flush()
+                os.fsync(out.fileno())
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, os.stat(path).st_mode & 0o777)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     log.info("call log %s: pruned %d lines older than %g days", path, dropped, retention_days)
     return dropped
 
@@ -398,8 +422,10 @@ class CallLogJanitor:
     def prune(self) -> int:
         try:
             return prune_call_log(self.path, self.retention_days)
-        except OSError:
-            log.warning("cannot prune the call log %s", self.path, exc_info=True)
+        except OSError as e:
+            # One line: an unwritable log folder is the operator's to fix, not a crash to debug.
+            log.warning("cannot prune the call log %s: %s", self.path, e)
+            log.debug("pruning the call log failed", exc_info=True)
             return 0
 
     def start(self) -> CallLogJanitor:

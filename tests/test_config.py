@@ -51,8 +51,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
         ("restaurant:\n  closed_periods: [{start: '13-01', end: '01-03'}]\n", {}, "restaurant.closed_periods.0.start"),
         ("agent:\n  kind: gpt\n", {}, "agent.kind"),
         ("server:\n  prot: 80\n", {}, "server.prot"),
-        ("", {"VOICEBOT__SERVER__PORT": "eighty"}, "server.port"),
-        ("", {"VOICEBOT__STT__LANGUAGE": "fr"}, "stt.language"),
+        ("{}\n", {"VOICEBOT__SERVER__PORT": "eighty"}, "server.port"),
+        ("{}\n", {"VOICEBOT__STT__LANGUAGE": "fr"}, "stt.language"),
     ],
 )
 def test_a_bad_value_is_reported_with_its_key(tmp_path, yaml_text, env, named):
@@ -69,6 +69,65 @@ def test_a_file_that_is_not_a_mapping_is_a_clear_error(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError, match="config file"):
         load_config(path, environ={})
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# restaurant:\n#   name: X\n", "---\n", "null\n"])
+def test_an_empty_file_is_a_clear_error_naming_it(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert str(err.value).startswith(f"config file {path} is empty")
+    assert "\n" not in str(err.value)
+
+
+def test_an_explicitly_empty_mapping_means_every_default(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("{}  # every default\n")
+    assert load_config(path, environ={}).restaurant == Config().restaurant
+
+
+def test_a_bad_environment_override_names_its_variable_not_the_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("restaurant:\n  max_party_size: 6\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={"VOICEBOT__RESTAURANT__MAX_PARTY_SIZE": "abc"})
+    assert str(err.value) == (
+        "invalid configuration from the environment:\n"
+        "  restaurant.max_party_size (set by the environment variable VOICEBOT__RESTAURANT__MAX_PARTY_SIZE): "
+        "Input should be a valid integer, unable to parse string as an integer (got 'abc')")
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"VOICEBOT__SERVER__PROT": "80"}, "server.prot (set by the environment variable VOICEBOT__SERVER__PROT)"),
+        ({"VOICEBOT__RESTAURANT__WEEKDAY_HOURS": "{open: '25:00', close: '22:00'}"},
+         "restaurant.weekday_hours.open (set by the environment variable VOICEBOT__RESTAURANT__WEEKDAY_HOURS)"),
+        ({"VOICEBOT__TWILIO__VALIDATE": "maybe"}, "twilio.validate (set by the environment variable "
+                                                  "VOICEBOT__TWILIO__VALIDATE)"),
+    ],
+)
+def test_an_override_of_a_section_or_an_unknown_key_is_traced_to_its_variable(env, named):
+    with pytest.raises(ConfigError) as err:
+        load_config(PROJECT_ROOT / "config.yaml", environ=env)
+    assert named in str(err.value)
+    assert str(PROJECT_ROOT / "config.yaml") not in str(err.value)
+
+
+def test_errors_in_the_file_and_in_the_environment_each_name_their_source(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("restaurant:\n  max_party_size: 2\nserver:\n  port: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={"VOICEBOT__RESTAURANT__MIN_PARTY_SIZE": "3", "VOICEBOT__AGENT__KIND": "gpt"})
+    head, *lines = str(err.value).splitlines()
+    assert head == f"{path}: invalid configuration:"
+    assert any(line.startswith("  server.port: ") for line in lines)
+    assert any(line.startswith("  agent.kind (set by the environment variable VOICEBOT__AGENT__KIND): ")
+               for line in lines)
+    # a check across a section's keys says which override took part, without dumping the section
+    assert ("  restaurant (with VOICEBOT__RESTAURANT__MIN_PARTY_SIZE from the environment): Value error, "
+            "max_party_size must be at least min_party_size") in lines
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path):

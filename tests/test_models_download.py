@@ -48,6 +48,18 @@ def test_missing_files_without_download_name_each_file_and_how_to_get_it(empty_c
     assert [present for _, _, present in models_status(empty_config)] == [False, False, False]
 
 
+def test_the_missing_files_message_ends_with_what_works_offline(empty_config):
+    with pytest.raises(ModelsMissing) as err:
+        ensure_models(empty_config, download=False)
+    tail = str(err.value).split("\n")[-3:]
+    assert tail == [
+        "offline, without these files:",
+        "  - `voicebot chat` talks to the same bot by text and needs no model files",
+        "  - test models: `uv run python scripts/make_test_models.py DIR` writes tiny ones, then run ui, serve or "
+        "chat with `--config DIR/config.yaml` (nonsense transcripts, a tone for a voice)",
+    ]
+
+
 def test_size_names_repo_ids_and_local_dirs_resolve(tmp_path):
     (tmp_path / "models" / "my-whisper").mkdir(parents=True)
     cases = {
@@ -83,6 +95,7 @@ def test_unreachable_network_fails_fast_with_the_clear_message(empty_config, tmp
     assert time.perf_counter() - start < 20
     message = str(err.value)
     assert "download failed" in message and "voicebot models download" in message
+    assert "`voicebot chat`" in message and "scripts/make_test_models.py DIR" in message  # what works offline
     assert "faster-whisper-base" in message and "kokoro-v1.0.onnx" in message and "voices-v1.0.bin" in message
     assert "Traceback" not in message
     models = tmp_path / "models"

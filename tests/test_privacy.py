@@ -7,14 +7,21 @@ import datetime as dt
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from pipeline.privacy import (
+    CallLogJanitor,
     PiiFilter,
     PiiRegistry,
+    append_call_log,
     call_log_record,
     install_pii_filter,
     mask_pii,
@@ -135,6 +142,32 @@ def test_the_log_filter_masks_messages_args_and_tracebacks(caplog):
     assert "ValueError" in caplog.text  # the traceback is kept, masked
 
 
+def test_a_record_whose_message_cannot_be_formatted_comes_out_masked_and_flagged(capsys):
+    register_pii("山田")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(PiiFilter())
+    log = logging.getLogger("pipeline.test.badformat")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("caller %s at %d", "山田", "090-1234-5678")  # %d of a string
+        log.warning("no placeholder for 090-8765-4321", "山田")  # an argument too many
+        log.warning("%(phone)s", ["09011112222"])  # a mapping key of a list
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("caller %s at %d [log formatting error: TypeError: ")
+    assert lines[0].endswith("; arguments: ('***', '090-****-**78')]")
+    assert lines[1].startswith("no placeholder for 090-****-**21 [log formatting error: TypeError: ")
+    assert lines[2] == "%(phone)s [log formatting error: TypeError: format requires a mapping; arguments: (['090******22'],)]"
+    text = stream.getvalue() + capsys.readouterr().err
+    for secret in ("山田", "1234", "8765", "1111"):
+        assert secret not in text, text
+    assert "Logging error" not in text  # the handler's error path, which prints the raw arguments, never ran
+
+
 def test_the_cli_installs_the_filter_on_the_root_handlers(capsys):
     from pipeline.cli import _setup_logging
 
@@ -249,20 +282,18 @@ def test_pruning_while_writers_append_loses_and_cuts_no_line(tmp_path):
     written, stop = [], threading.Event()
 
     def writer():
-        # As VoiceRuntime.write_log does: open, append one line, close.
+        # As VoiceRuntime.write_log does.
         i = 0
         while not stop.is_set():
             line = _line(dt.datetime.now(dt.UTC), n=i, text="x" * 300)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            append_call_log(path, line)
             written.append(line)
             i += 1
             time.sleep(0.0005)
 
     def pruner():
         for k in range(10):
-            with path.open("a", encoding="utf-8") as f:
-                f.write(_line(now - dt.timedelta(days=99), n=-1000 - k) + "\n")
+            append_call_log(path, _line(now - dt.timedelta(days=99), n=-1000 - k))
             prune_call_log(path, 30)
 
     threads = [threading.Thread(target=writer), threading.Thread(target=pruner), threading.Thread(target=pruner)]
@@ -278,9 +309,90 @@ def test_pruning_while_writers_append_loses_and_cuts_no_line(tmp_path):
     assert sorted(lines) == sorted(written), f"{len(written)} written, {len(lines)} kept"
 
 
-def test_the_janitor_prunes_at_start_and_then_on_its_interval(test_config, tmp_path):
-    from pipeline.privacy import CallLogJanitor
+# A process of its own appending to the log for a while, each line tagged with the writer's name
+# and a serial number; it prints how many lines it wrote.
+_WRITER = """
+import datetime as dt, json, sys, time
+from pipeline.privacy import append_call_log
+path, tag, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+i, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    append_call_log(path, json.dumps({"at": dt.datetime.now(dt.UTC).isoformat(), "w": tag, "i": i}))
+    i += 1
+print(i)
+"""
 
+
+def test_no_line_is_lost_when_processes_append_while_the_log_is_pruned_again_and_again(tmp_path):
+    path = tmp_path / "logs" / "calls.jsonl"
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=99)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), f"w{k}", "2"], cwd=root, env=env,
+                                stdout=subprocess.PIPE, text=True) for k in range(4)]
+    done = threading.Event()
+
+    def deschedule():
+        # The scheduler at its worst: a writer frozen for 80 ms at any point of its append.
+        k = 0
+        while not done.is_set():
+            w = writers[k % len(writers)]
+            k += 1
+            if w.poll() is None:
+                os.kill(w.pid, signal.SIGSTOP)
+                time.sleep(0.08)
+                os.kill(w.pid, signal.SIGCONT)
+            time.sleep(0.005)
+
+    stopper = threading.Thread(target=deschedule)
+    stopper.start()
+    prunes = 0
+    try:
+        while any(w.poll() is None for w in writers):
+            # an old line each time, so that every prune really rewrites the file
+            append_call_log(path, _line(old, n=-1))
+            prunes += prune_call_log(path, 30) > 0
+    finally:
+        done.set()
+        stopper.join()
+        counts = [int(w.communicate(timeout=60)[0]) for w in writers]
+    assert [w.returncode for w in writers] == [0, 0, 0, 0]
+    prune_call_log(path, 30)
+    kept = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(kept) == sum(counts)
+    assert sorted((r["w"], r["i"]) for r in kept) == sorted((f"w{k}", i) for k, n in enumerate(counts)
+                                                             for i in range(n))
+    assert prunes >= 5, "the writers finished before the log was pruned a few times"
+
+
+def test_a_log_not_written_yet_is_not_pruned_and_its_folder_appears_with_the_first_line(tmp_path, caplog):
+    path = tmp_path / "data" / "calls.jsonl"
+    with caplog.at_level(logging.DEBUG, logger="pipeline.privacy"):
+        janitor = CallLogJanitor(path, 30).start()
+        janitor.stop()
+    assert not caplog.records and not (tmp_path / "data").exists()
+    append_call_log(path, _line(NOW, n=1))
+    assert json.loads(path.read_text(encoding="utf-8"))["n"] == 1
+
+
+def test_a_call_log_that_cannot_be_written_is_a_one_line_warning(test_config, tmp_path, caplog):
+    from pipeline.call import VoiceRuntime
+
+    (tmp_path / "data").write_text("a file where the folder should be")
+    cfg = test_config.model_copy(deep=True)
+    cfg.store.url = f"sqlite:///{tmp_path / 'r.db'}"
+    runtime = VoiceRuntime(cfg, stt=None, tts=None, vad=None, call_log=tmp_path / "data" / "calls.jsonl",
+                           prerender=False)
+    try:
+        with caplog.at_level(logging.WARNING):
+            runtime.write_log(dict(TURN))
+            CallLogJanitor(tmp_path / "data" / "calls.jsonl", 30).prune()
+    finally:
+        runtime.close()
+    assert caplog.records and all(r.exc_info is None and "\n" not in r.getMessage() for r in caplog.records)
+
+
+def test_the_janitor_prunes_at_start_and_then_on_its_interval(test_config, tmp_path):
     path = tmp_path / "calls.jsonl"
     now = dt.datetime.now(dt.UTC)
     _write(path, [_line(now - dt.timedelta(days=31), n=1), _line(now, n=2)])
