@@ -6,13 +6,8 @@ import re
 from dataclasses import dataclass
 
 from pipeline.config import FAQEntry
-from pipeline.dialog.parse import normalize
-
-_QUESTION = re.compile(
-    r"[?？]|(?:ます|です|でしょう|ありません|ない|できます|いけます|ある)か|教えて|知りたい|聞きたい|"
-    r"\b(?:what|when|where|how|do you|does|is there|are there|can i|can you|could you|which)\b",
-    re.IGNORECASE,
-)
+from pipeline.dialog.understand.acts import looks_like_question  # noqa: F401  (the rules agent reads it here)
+from pipeline.dialog.understand.text import normalize
 
 
 @dataclass(frozen=True)
@@ -20,10 +15,6 @@ class FAQMatch:
     id: str
     answer: str
     score: int
-
-
-def looks_like_question(text: str) -> bool:
-    return bool(_QUESTION.search(normalize(text)))
 
 
 class FAQ:
