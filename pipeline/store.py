@@ -8,8 +8,16 @@ for the first to commit and then re-reads the row; on SQLite every write transac
 ``BEGIN IMMEDIATE`` so writers queue on the file lock (with a busy timeout) instead of failing
 with "database is locked" halfway through.
 
+Cancelling and changing a booking lock its row first (``SELECT ... FOR UPDATE``; SQLite's write lock
+already serialises them), so a racing cancel or change re-reads what the first one committed: a
+double cancel gives back one table, and a change always returns the table of the slot the booking
+really holds. A change takes the new slot's table with the same conditional UPDATE as a booking and
+gives the old one back in the same transaction; the two counters are updated in a fixed order
+(date, time) so that two changes crossing between the same slots cannot deadlock.
+
 Cancelled reservations are kept (``cancelled_at`` set) rather than deleted, so a booking is never
-lost from the record; they are invisible to :meth:`ReservationStore.get` and the listings.
+lost from the record; they are invisible to the listings, to :meth:`ReservationStore.find` and to
+:meth:`ReservationStore.get` unless it is asked for them (``include_cancelled=True``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 from sqlalchemy import (
@@ -30,6 +39,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -75,6 +85,8 @@ reservations = Table(
     Column("cancelled_key", String(255)),
     Column("cancelled_at", DateTime),
 )
+# find(phone): a caller ringing back about their booking. Created on existing databases too.
+_phone_index = Index("ix_reservations_phone", reservations.c.phone)
 
 slots = Table(
     "slot_counters",
@@ -87,6 +99,14 @@ slots = Table(
 
 class StoreError(RuntimeError):
     """The database cannot be opened or used; the message is meant for the operator."""
+
+
+class ReservationNotFound(LookupError):
+    """No active reservation has this id (it never existed, or it was cancelled)."""
+
+    def __init__(self, id: str):
+        super().__init__(f"no active reservation {id}")
+        self.id = id
 
 
 class FullyBooked(Exception):
@@ -109,6 +129,12 @@ class Reservation:
     note: str | None
     created_at: dt.datetime
     call_id: str | None
+    #: when it was cancelled (UTC); None while it stands
+    cancelled_at: dt.datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.cancelled_at is None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,14 +167,45 @@ def _new_id() -> str:
     return "R-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
 
 
+def _utc(t: dt.datetime | None) -> dt.datetime | None:
+    return t.replace(tzinfo=dt.UTC) if t is not None and t.tzinfo is None else t
+
+
 def _row_to_reservation(row: Any) -> Reservation:
-    created = row.created_at
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=dt.UTC)
     return Reservation(
         id=row.id, date=row.date, time=row.time, party_size=row.party_size, name=row.name,
-        phone=row.phone, note=row.note, created_at=created, call_id=row.call_id,
+        phone=row.phone, note=row.note, created_at=_utc(row.created_at), call_id=row.call_id,
+        cancelled_at=_utc(row.cancelled_at),
     )
+
+
+def _digits(phone: str) -> str:
+    # Full-width and other Unicode decimal digits count, as the dialog's phone parser accepts them.
+    return "".join(str(int(c)) for c in phone if c.isdecimal())
+
+
+def _normal_id(id: str) -> str:
+    return id.strip().upper()
+
+
+def _check_date(date: Any) -> None:
+    if not isinstance(date, dt.date) or isinstance(date, dt.datetime):
+        raise ValueError(f"date must be a datetime.date, got {date!r}")
+
+
+def _check_time(time: Any) -> None:
+    if not isinstance(time, dt.time):
+        raise ValueError(f"time must be a datetime.time, got {time!r}")
+
+
+def _check_party(party_size: Any) -> None:
+    if not isinstance(party_size, int) or isinstance(party_size, bool) or party_size < 1:
+        raise ValueError(f"party_size must be a positive integer, got {party_size!r}")
+
+
+def _check_capacity(capacity: Any) -> None:
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+        raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
 
 
 class ReservationStore:
@@ -162,6 +219,7 @@ class ReservationStore:
         try:
             with self._write() as conn:
                 metadata.create_all(conn)
+                _phone_index.create(conn, checkfirst=True)
         except SQLAlchemyError as e:
             self.engine.dispose()
             raise StoreError(f"cannot open the reservations database {self._shown_url}: {_reason(e)}") from e
@@ -248,16 +306,35 @@ class ReservationStore:
     def free_tables(self, d: dt.date, t: dt.time, capacity: int) -> int:
         return max(0, capacity - self.tables_taken(d, t))
 
-    def get(self, id: str) -> Reservation | None:
+    def get(self, id: str, *, include_cancelled: bool = False) -> Reservation | None:
+        """The active reservation with this id (any case, spaces around it ignored), else None.
+
+        With ``include_cancelled`` a cancelled one is returned too; its ``active`` is False.
+        """
+        q = select(reservations).where(reservations.c.id == _normal_id(id))
+        if not include_cancelled:
+            q = q.where(reservations.c.cancelled_at.is_(None))
         try:
             with self._read() as conn:
-                row = conn.execute(
-                    select(reservations).where(reservations.c.id == id.strip().upper(),
-                                               reservations.c.cancelled_at.is_(None))
-                ).first()
+                row = conn.execute(q).first()
         except SQLAlchemyError as e:
             raise self._wrap("reading a reservation", e) from e
         return _row_to_reservation(row) if row else None
+
+    def find(self, phone: str, date: dt.date | None = None) -> list[Reservation]:
+        """The active reservations made with this phone number, on ``date`` if given, soonest first.
+
+        The number is compared as digits only (``090-1234-5678`` finds ``09012345678``); past
+        bookings are included, the caller decides what is still relevant.
+        """
+        digits = _digits(phone)
+        if not digits:
+            raise ValueError(f"phone must contain digits, got {phone!r}")
+        where = [reservations.c.phone == digits]
+        if date is not None:
+            _check_date(date)
+            where.append(reservations.c.date == date)
+        return self._list(*where)
 
     def _list(self, *where: Any) -> list[Reservation]:
         q = (select(reservations).where(reservations.c.cancelled_at.is_(None), *where)
@@ -316,14 +393,10 @@ class ReservationStore:
         Calling again with the same ``idempotency_key`` returns the first reservation and books
         nothing, so a retried tool call or a repeated "yes" cannot double-book.
         """
-        if not isinstance(date, dt.date) or isinstance(date, dt.datetime):
-            raise ValueError(f"date must be a datetime.date, got {date!r}")
-        if not isinstance(time, dt.time):
-            raise ValueError(f"time must be a datetime.time, got {time!r}")
-        if not isinstance(party_size, int) or party_size < 1:
-            raise ValueError(f"party_size must be a positive integer, got {party_size!r}")
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {capacity!r}")
+        _check_date(date)
+        _check_time(time)
+        _check_party(party_size)
+        _check_capacity(capacity)
         if not idempotency_key:
             raise ValueError("idempotency_key must not be empty")
         t = _minute(time)
@@ -377,22 +450,38 @@ class ReservationStore:
         log.info("booked %s: %s %s, %d people", res.id, d.isoformat(), t.strftime("%H:%M"), party_size)
         return res
 
+    def _locked_active(self, conn: Connection, rid: str) -> Any:
+        """The active row with this id, locked until the transaction ends (None if there is none).
+
+        On PostgreSQL a racing cancel or change waits here and then reads the committed row.
+        """
+        return conn.execute(
+            select(reservations)
+            .where(reservations.c.id == rid, reservations.c.cancelled_at.is_(None))
+            .with_for_update()
+        ).first()
+
     def cancel(self, id: str) -> bool:
-        """Cancel an active reservation and give its table back; False if there is none."""
-        rid = id.strip().upper()
+        """Cancel an active reservation and give its table back; False if there is none.
+
+        Of two racing cancels of one reservation exactly one returns True and frees the table.
+        """
+        rid = _normal_id(id)
         try:
             with self._write() as conn:
-                row = conn.execute(
-                    select(reservations).where(reservations.c.id == rid, reservations.c.cancelled_at.is_(None))
-                ).first()
+                row = self._locked_active(conn, rid)
                 if row is None:
                     return False
-                conn.execute(
-                    update(reservations).where(reservations.c.id == rid).values(
+                done = conn.execute(
+                    update(reservations)
+                    .where(reservations.c.id == rid, reservations.c.cancelled_at.is_(None))
+                    .values(
                         cancelled_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
                         cancelled_key=row.idempotency_key, idempotency_key=None,
                     )
                 )
+                if done.rowcount != 1:  # cancelled meanwhile; only reachable without row locks
+                    return False
                 conn.execute(
                     update(slots)
                     .where(slots.c.date == row.date, slots.c.time == row.time, slots.c.taken > 0)
@@ -403,6 +492,94 @@ class ReservationStore:
         log.info("cancelled %s", rid)
         return True
 
+    def change(self, id: str, *, date: dt.date | None = None, time: dt.time | None = None,
+               party_size: int | None = None, name: str | None = None,
+               note: str | None | EllipsisType = ..., capacity: int) -> Reservation:
+        """Change an active reservation in one transaction and return it as it is now.
+
+        ``None`` (and ``...`` for ``note``, where ``None`` clears it) leaves a field as it is. When
+        the slot changes, a table is taken in the new slot only if one is left (``capacity`` tables
+        per slot) and the old slot's table is given back, together; when it does not, no counter
+        moves. Raises :class:`FullyBooked` when the new slot is full and
+        :class:`ReservationNotFound` when no active reservation has this id; then nothing changes.
+        """
+        if date is not None:
+            _check_date(date)
+        if time is not None:
+            _check_time(time)
+        if party_size is not None:
+            _check_party(party_size)
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if note is not ... and note is not None and not isinstance(note, str):
+            raise ValueError(f"note must be a string or None, got {note!r}")
+        _check_capacity(capacity)
+        rid = _normal_id(id)
+        try:
+            if date is not None or time is not None:
+                # Not knowing the old slot yet, make sure the counter row of the new one exists;
+                # when only one of date/time is given, the other comes from the booking.
+                current = self.get(rid)
+                if current is None:
+                    raise ReservationNotFound(rid)
+                self._ensure_slot(date if date is not None else current.date,
+                                  _minute(time if time is not None else current.time))
+            for _attempt in range(3):
+                try:
+                    return self._change_once(rid, date, time, party_size, name, note, capacity)
+                except _SlotMissing as missing:
+                    # A racing change moved the booking between our look-up and our lock.
+                    self._ensure_slot(missing.date, missing.time)
+        except SQLAlchemyError as e:
+            raise self._wrap("changing a reservation", e) from e
+        raise StoreError(f"could not change {rid}: its slot kept moving")
+
+    def _change_once(self, rid: str, date: dt.date | None, time: dt.time | None, party_size: int | None,
+                     name: str | None, note: str | None | EllipsisType, capacity: int) -> Reservation:
+        with self._write() as conn:
+            row = self._locked_active(conn, rid)
+            if row is None:
+                raise ReservationNotFound(rid)
+            old = (row.date, row.time)
+            new = (date if date is not None else row.date, _minute(time) if time is not None else row.time)
+            values: dict[str, Any] = {}
+            if new != old:
+                # A fixed order of counter updates: two changes crossing between the same two
+                # slots would otherwise each hold one counter and wait for the other's.
+                for slot in sorted((old, new)):
+                    if slot == new:
+                        took = conn.execute(
+                            update(slots)
+                            .where(slots.c.date == new[0], slots.c.time == new[1], slots.c.taken < capacity)
+                            .values(taken=slots.c.taken + 1)
+                        )
+                        if took.rowcount == 0:
+                            exists = conn.execute(
+                                select(slots.c.taken).where(slots.c.date == new[0], slots.c.time == new[1])
+                            ).first()
+                            if exists is None:
+                                raise _SlotMissing(*new)
+                            raise FullyBooked(*new)
+                    else:
+                        conn.execute(
+                            update(slots)
+                            .where(slots.c.date == old[0], slots.c.time == old[1], slots.c.taken > 0)
+                            .values(taken=slots.c.taken - 1)
+                        )
+                values.update(date=new[0], time=new[1])
+            if party_size is not None:
+                values["party_size"] = party_size
+            if name is not None:
+                values["name"] = name
+            if note is not ...:
+                values["note"] = note
+            if values:
+                conn.execute(update(reservations).where(reservations.c.id == rid).values(**values))
+            changed = conn.execute(select(reservations).where(reservations.c.id == rid)).one()
+        if values:
+            log.info("changed %s: %s", rid, ", ".join(sorted(values)))
+        return _row_to_reservation(changed)
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -411,6 +588,13 @@ class ReservationStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _SlotMissing(Exception):
+    def __init__(self, date: dt.date, time: dt.time):
+        super().__init__(f"no counter row for {date} {time}")
+        self.date = date
+        self.time = time
 
 
 def _reason(e: SQLAlchemyError) -> str:

@@ -9,5 +9,10 @@ if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) \
     || echo "warning: could not install espeak-ng; tests that need caller speech will say so" >&2
 fi
+# The store tests also run on PostgreSQL: a local cluster (installed and started as root when missing).
+if [ "${VOICEBOT_TEST_POSTGRES:-}" != "0" ] && [ -z "${VOICEBOT_TEST_PG_URL:-}" ]; then
+  VOICEBOT_TEST_PG_URL=$(bash scripts/test_postgres.sh) && export VOICEBOT_TEST_PG_URL \
+    || echo "error: could not start a local PostgreSQL; the store's PostgreSQL tests will fail (VOICEBOT_TEST_POSTGRES=0 skips them)" >&2
+fi
 uv sync --quiet --group dev
 exec uv run --no-sync pytest -q "$@"
