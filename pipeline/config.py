@@ -132,6 +132,55 @@ def _default_faq() -> list[FAQEntry]:
             answer={"ja": "キャンセルやご変更は、前日までにお電話でご連絡ください。当日のキャンセルはキャンセル料を頂く場合がございます。",
                     "en": "Please call us by the day before to cancel or change a booking; a same-day cancellation may be charged."},
         ),
+        FAQEntry(
+            id="private_room",
+            keywords={"ja": ["個室", "半個室", "貸切", "貸し切り"],
+                      "en": ["private room", "private dining", "private", "exclusive"]},
+            answer={"ja": "個室はございませんが、4名様までの半個室をご用意できます。ご希望の際はご予約時にお申し付けください。",
+                    "en": "We have no private rooms, but we have semi-private booths for up to four; just ask when you book."},
+        ),
+        FAQEntry(
+            id="courses",
+            keywords={"ja": ["コース", "料金", "値段", "いくら", "予算", "価格", "メニュー", "料理"],
+                      "en": ["course", "courses", "price", "prices", "how much", "cost", "menu", "set menu", "tasting"]},
+            answer={"ja": "コースはお一人様5,000円と8,000円の2種類で、アラカルトもございます。",
+                    "en": "We have two set courses, at 5,000 and 8,000 yen per person, and an à la carte menu."},
+        ),
+        FAQEntry(
+            id="children",
+            keywords={"ja": ["子供", "子ども", "こども", "お子様", "キッズ", "赤ちゃん", "ベビーカー", "子連れ", "お子さん"],
+                      "en": ["kids", "kid", "children", "child", "baby", "high chair", "stroller", "kids menu", "children's menu"]},
+            answer={"ja": "お子様連れも歓迎です。お子様メニューとお子様用の椅子をご用意しております。",
+                    "en": "Children are welcome: we have a children's menu and high chairs."},
+        ),
+        FAQEntry(
+            id="corkage",
+            keywords={"ja": ["持ち込み", "持込", "持ちこみ", "ワインを持って", "持参"],
+                      "en": ["corkage", "bring our own", "bring my own", "byo", "own wine", "own bottle"]},
+            answer={"ja": "お飲み物のお持ち込みは、1本につき2,000円の持ち込み料で承っております。",
+                    "en": "You may bring your own wine for a corkage fee of 2,000 yen a bottle."},
+        ),
+        FAQEntry(
+            id="dress_code",
+            keywords={"ja": ["ドレスコード", "服装", "格好", "カジュアル"],
+                      "en": ["dress code", "dress", "wear", "casual", "formal"]},
+            answer={"ja": "ドレスコードは特にございません。普段着でお気軽にお越しください。",
+                    "en": "There is no dress code: come as you are."},
+        ),
+        FAQEntry(
+            id="smoking",
+            keywords={"ja": ["喫煙", "禁煙", "たばこ", "タバコ", "煙草"],
+                      "en": ["smoking", "smoke", "cigarette"]},
+            answer={"ja": "店内は全席禁煙です。",
+                    "en": "The whole restaurant is non-smoking."},
+        ),
+        FAQEntry(
+            id="accessibility",
+            keywords={"ja": ["車椅子", "車いす", "車イス", "バリアフリー", "段差", "エレベーター"],
+                      "en": ["wheelchair", "accessible", "accessibility", "step-free", "elevator", "lift"]},
+            answer={"ja": "店内はバリアフリーで、車椅子のままお席までお越しいただけます。",
+                    "en": "The restaurant is step-free and wheelchair accessible."},
+        ),
     ]
 
 

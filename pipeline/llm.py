@@ -100,8 +100,12 @@ def build_system_prompt(rc: RestaurantConfig, now: dt.datetime, language: str) -
         "6. Call confirm_booking only after the caller says yes to the read-back, in their next turn. If they "
         "correct something, record it with update_reservation and read back again.",
         "7. After booking, tell the caller the reservation number.",
-        "8. For questions about the restaurant, call answer_faq and relay its answer.",
-        "9. When the caller says goodbye or needs nothing else, say a short goodbye and call end_call.",
+        "8. For questions about the restaurant, call answer_faq and relay its answer. A question fills no "
+        "detail. Numbers inside a request (\"two of us are vegetarian\") belong to the request.",
+        "9. A caller who wants to hear, change or cancel an existing booking: call find_reservations with the "
+        "phone number they booked with (or the reservation number), then propose_change or propose_cancel and "
+        "say its say_exactly text; call apply_change or apply_cancel only after the caller's yes in their next turn.",
+        "10. When the caller says goodbye or needs nothing else, say a short goodbye and call end_call.",
         "",
         "Style: 1-2 short sentences per reply; this is a phone call. Plain spoken text only: no markdown, "
         "no lists, no emoji, no URLs.",

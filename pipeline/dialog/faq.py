@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass
 
 from pipeline.config import FAQEntry
-from pipeline.dialog.understand.acts import looks_like_question  # noqa: F401  (the rules agent reads it here)
 from pipeline.dialog.understand.text import normalize
 
 

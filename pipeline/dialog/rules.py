@@ -1,8 +1,12 @@
 """The LLM-free agent: a deterministic policy over the same tools the LLM calls.
 
-It asks for one missing item at a time, takes every slot an utterance offers, answers FAQ
-questions and returns to the booking, reads the whole reservation back, books only on a clear yes,
-and after repeated failures on one item says what to do instead and ends the call.
+It asks for one missing item at a time and takes what an utterance offers by what was asked: a value
+for an empty slot is taken, a different value for a filled one only when the caller corrects it
+(otherwise it asks), a choice or a contradiction is asked about, a number inside a request stays in
+the request. Questions are answered and fill nothing; "wait" and "say that again" are honoured and
+never count as failed answers; ending the call is confirmed first. It reads the whole reservation
+back and books only on a clear yes; callers can also hear, change or cancel an existing booking.
+After repeated failures on one item it says what to do instead and ends the call.
 """
 
 from __future__ import annotations
@@ -13,123 +17,30 @@ import re
 from collections.abc import Iterator
 
 from pipeline.dialog import parse, speech
-from pipeline.dialog.faq import looks_like_question
+from pipeline.dialog.phrases import HINTS, PHRASES, QUESTIONS, stock_phrases
+from pipeline.dialog.state import Manage
 from pipeline.dialog.tools import BookingTools, UpdateResult
+from pipeline.dialog.understand import Understanding, understand
+from pipeline.dialog.understand.acts import looks_like_question
+from pipeline.store import FullyBooked, ReservationNotFound, StoreError
 
 log = logging.getLogger(__name__)
 
-QUESTIONS = {
-    "ja": {
-        "date": "ご来店のご希望日をお聞かせください。",
-        "time": "何時ごろのご来店をご希望でしょうか。",
-        "party_size": "何名様でいらっしゃいますか。",
-        "name": "ご予約のお名前をお伺いできますか。",
-        "phone": "ご連絡先のお電話番号をお願いいたします。",
-        "note": "アレルギーやお祝いなど、何かご要望はございますか。",
-    },
-    "en": {
-        "date": "What date would you like to come?",
-        "time": "What time would you like?",
-        "party_size": "How many people will be in your party?",
-        "name": "May I have the name for the booking?",
-        "phone": "What phone number can we reach you at?",
-        "note": "Do you have any special requests, such as allergies or a birthday?",
-    },
-}
+__all__ = ["HINTS", "PHRASES", "QUESTIONS", "RulesAgent", "stock_phrases"]
 
-HINTS = {
-    "ja": {
-        "date": "「12月24日」や「来週の金曜日」のようにおっしゃってください。",
-        "time": "「19時」や「午後7時半」のようにおっしゃってください。",
-        "party_size": "「2名」のように人数をおっしゃってください。",
-        "name": "「田中です」のようにお名前をおっしゃってください。",
-        "phone": "「090、1234、5678」のように、数字をひとつずつおっしゃってください。",
-        "note": "ご要望がなければ「特にありません」とおっしゃってください。",
-        "confirm": "よろしければ「はい」、訂正がある場合は訂正内容をおっしゃってください。",
-    },
-    "en": {
-        "date": "You can say a date like \"December 24th\" or \"next Friday\".",
-        "time": "You can say a time like \"7 pm\" or \"half past seven\".",
-        "party_size": "Please tell me the number of people, like \"two people\".",
-        "name": "Please tell me your name, like \"My name is Smith\".",
-        "phone": "Please say the digits one by one, like \"zero nine zero, one two three four, five six seven eight\".",
-        "note": "If you have none, just say \"no requests\".",
-        "confirm": "Please say \"yes\" if it is correct, or tell me what to change.",
-    },
-}
-
-PHRASES = {
-    "ja": {
-        "greeting": "お電話ありがとうございます。{name}でございます。ご予約を承ります。ご来店のご希望日をお聞かせください。",
-        "sorry_again": "恐れ入ります、もう一度お願いできますか。",
-        "give_up": "申し訳ございません、うまくお伺いできませんでした。お手数ですが、お店の電話番号{phone}まで直接おかけいただくか、"
-                   "時間をおいておかけ直しください。お電話ありがとうございました。",
-        "booked": "ありがとうございます。ご予約を承りました。予約番号は{id}です。{when}、{name}様のご来店を心よりお待ちしております。"
-                  "ほかに何かございますか。",
-        "which_fix": "失礼いたしました。どちらを訂正いたしましょうか。",
-        "ask_new_value": "{label}をどのように変更いたしましょうか。",
-        "changed": "{label}を{value}に変更いたしました。",
-        "declined_end": "承知いたしました。今回のご予約はお取りしておりません。またのお電話をお待ちしております。失礼いたします。",
-        "goodbye_booked": "お電話ありがとうございました。ご来店をお待ちしております。失礼いたします。",
-        "goodbye": "お電話ありがとうございました。失礼いたします。",
-        "goodbye_unbooked": "承知いたしました。ご予約はお取りしておりません。またのお電話をお待ちしております。失礼いたします。",
-        "anything_else": "ほかに何かございますか。",
-        "after_booking_change": "ご予約はすでに確定しております。変更やキャンセルは、お店の電話番号{phone}までお願いいたします。",
-        "back_to_booking": "",
-        "ack_note": "ご要望を承りました。",
-        "ack_no_note": "かしこまりました。",
-        "ack_phone": "お電話番号を承りました。",
-        "ack_name": "{name}様ですね。",
-        "ack_when": "{when}ですね。",
-        "available_dates": "ご予約可能な日は、{dates}です。",
-        "free_times": "{date}は、{times}にお席をご用意できます。",
-        "no_free": "申し訳ございません、しばらく空きがございません。",
-    },
-    "en": {
-        "greeting": "Thank you for calling {name}. I can take your reservation. What date would you like to come?",
-        "sorry_again": "I'm sorry, could you say that again?",
-        "give_up": "I'm sorry, I couldn't get that. Please call the restaurant directly at {phone}, or try again later. "
-                   "Thank you for calling.",
-        "booked": "Thank you, your table is booked. Your reservation number is {id}. We look forward to seeing you, "
-                  "{name}, {when}. Is there anything else?",
-        "which_fix": "I'm sorry. What would you like to change?",
-        "ask_new_value": "What should the {label} be?",
-        "changed": "I've changed the {label} to {value}.",
-        "declined_end": "All right, I haven't made a booking. Thank you for calling, goodbye.",
-        "goodbye_booked": "Thank you for calling. We look forward to seeing you. Goodbye.",
-        "goodbye": "Thank you for calling. Goodbye.",
-        "goodbye_unbooked": "All right, no booking has been made. Thank you for calling, goodbye.",
-        "anything_else": "Is there anything else?",
-        "after_booking_change": "Your booking is already confirmed. To change or cancel it, please call the restaurant at {phone}.",
-        "back_to_booking": "",
-        "ack_note": "Noted.",
-        "ack_no_note": "All right.",
-        "ack_phone": "Thank you, I have your phone number.",
-        "ack_name": "Thank you, {name}.",
-        "ack_when": "{when}, got it.",
-        "available_dates": "We have tables on {dates}.",
-        "free_times": "On {date} we have tables at {times}.",
-        "no_free": "I'm sorry, there are no free tables for a while.",
-    },
-}
-
-def stock_phrases(lang: str) -> list[str]:
-    """Every question, hint and phrase the rules agent says in ``lang``, placeholders and all."""
-    return [text for table in (QUESTIONS, HINTS, PHRASES) for text in table.get(lang, {}).values() if text]
-
-
-_END_WORDS = re.compile(
-    r"(さようなら|さよなら|失礼します|失礼いたします|切ります|やめます|やめておきます|やめとき|やめる|もういいです|結構です|"
-    r"予約はいいです|予約しません|予約は大丈夫|\bbye\b|goodbye|never ?mind|forget it|cancel (?:it|this|that)|"
-    r"don'?t want to book|no longer|hang up)",
-    re.IGNORECASE,
-)
 _NOTHING_ELSE = re.compile(
     r"(以上です|ないです|ありません|大丈夫です|大丈夫|特にない|結構です|けっこうです|それだけ|ありがとう|"
     r"\bno\b|nothing|that'?s all|that'?s it|i'?m good|all good|thank)",
     re.IGNORECASE,
 )
-_AVAILABILITY = re.compile(r"(空いて|空き|あいて|予約できる日|いつなら|available|free|open slots|any tables)", re.IGNORECASE)
+_AVAILABILITY = re.compile(
+    r"(空いて|空き|あいて|予約できる日|いつなら|予約でき|取れ(?:ます|る)|いけますか|大丈夫ですか|可能ですか"
+    r"|available|free|open slots|any tables|can (?:i|we) (?:book|get|reserve|come)|is there a table|do you have a table)",
+    re.IGNORECASE,
+)
+_NEW_BOOKING = re.compile(r"(新しく|別の|もう一件|もう1件|追加で)?.{0,6}予約(?:を)?(?:したい|お願い|取りたい|入れたい)|\b(?:new|another) (?:reservation|booking)\b|\bmake a (?:reservation|booking)\b", re.IGNORECASE)
+_FIRST = re.compile(r"前者|最初|初め|はじめ|早い方|早いほう|前の方|\bfirst\b|\bearlier\b|\bformer\b", re.IGNORECASE)
+_SECOND = re.compile(r"後者|後の方|あとの方|遅い方|遅いほう|後ろ|\bsecond\b|\blater\b|\blatter\b", re.IGNORECASE)
 _SLOT_WORDS = {
     "date": r"(日にち|日付|日程|来店日|何日|\bdate\b|\bday\b)",
     "time": r"(時間|時刻|\btime\b)",
@@ -138,6 +49,9 @@ _SLOT_WORDS = {
     "phone": r"(電話|番号|\bphone\b|\bnumber\b)",
     "note": r"(要望|リクエスト|備考|\brequests?\b|\bnote\b)",
 }
+_SLOTS = tuple(QUESTIONS["ja"])
+#: what the bot asks while handling an existing booking, and the slot an answer to it fills
+_MANAGE_ASKS = {"manage_phone": "phone", "manage_date": "date", "manage_change": None, "manage_confirm": None}
 
 
 class RulesAgent:
@@ -161,7 +75,9 @@ class RulesAgent:
 
     def greeting(self) -> str:
         self.state.asking = "date"
-        return self.p("greeting", name=self.tools.restaurant.name)
+        text = self.p("greeting", name=self.tools.restaurant.name)
+        self.state.last_prompt = text
+        return text
 
     def respond(self, text: str) -> Iterator[str]:
         """The Agent interface: the reply as text chunks (one here)."""
@@ -186,25 +102,73 @@ class RulesAgent:
             return ""
         norm = parse.normalize(text or "")
         self.tools.follow_language(norm)
-        if not re.search(r"[0-9A-Za-z\u3040-\u30ff\u3400-\u9fff\u3005\u3007]", norm):
-            return self._fail(st.asking, self.p("sorry_again"))
-        if st.reservation is not None:
-            return self._after_booking(norm)
-        if st.awaiting_confirmation or st.asking == "correction":
-            return self._confirming(norm)
-        return self._collecting(norm)
+        self._keep_prompt = False
+        reply = self._turn(norm)
+        if reply and not self._keep_prompt:
+            st.last_prompt = reply
+        return reply
 
-    def _faq_answer(self, norm: str, extracted: bool) -> str | None:
-        match = self.tools.faq.match(norm, self.lang)
-        if match is None:
-            return None
-        if extracted and not looks_like_question(norm):
-            return None
-        return match.answer
+    def _turn(self, norm: str) -> str:
+        st = self.state
+        if not re.search(r"[0-9A-Za-z\u00c0-\u024f\u3040-\u30ff\u3400-\u9fff\u3005\u3007]", norm):
+            return self._fail(st.asking, self.p("sorry_again"))
+        u = self._understand(norm)
+        if u.has("repeat") and not u.values and not u.analysis.ambiguous:
+            return self._repeat()
+        if u.has("wait") and not u.values:
+            self._keep_prompt = True
+            return self.p("wait_ok")
+        if u.has("person"):
+            self._keep_prompt = True
+            return self._join(self.p("person", phone=self.tools.restaurant.cfg.phone), self._current_question())
+        if st.pending is not None:
+            settled = self._settle_pending(u, norm)
+            if settled is not None:
+                return settled
+        m = st.manage
+        if m is not None and not m.done:
+            return self._managing(u, norm)
+        wants = self._existing_booking_intent(u)
+        if wants is not None:
+            return self._start_manage(wants, u)
+        if st.reservation is not None or (m is not None and m.done):
+            return self._after_booking(u, norm)
+        if st.awaiting_confirmation or st.asking == "correction":
+            return self._confirming(u, norm)
+        return self._collecting(u, norm)
+
+    def _understand(self, norm: str) -> Understanding:
+        st = self.state
+        asking = st.asking if st.asking in _SLOTS else _MANAGE_ASKS.get(st.asking or "")
+        if st.pending and st.pending.get("kind") == "choose":
+            asking = st.pending["slot"]
+        filled = [s for s in _SLOTS if st.slots.is_filled(s)]
+        return understand(norm, self.tools.today(), asking=asking, filled=filled,
+                          is_open=lambda t: self.tools.restaurant.is_open_at(t, st.slots.date))
+
+    def _current_question(self) -> str:
+        st = self.state
+        if st.asking in _SLOTS:
+            return self.question(st.asking)
+        if st.asking == "confirm":
+            return HINTS[self.lang]["confirm"]
+        if st.asking == "anything_else":
+            return self.p("anything_else")
+        return st.last_prompt
+
+    def _repeat(self) -> str:
+        st = self.state
+        if st.awaiting_confirmation and st.pending is None:
+            readback = self.tools.read_back()  # re-armed: the "yes" may come in the next turn
+            if readback:
+                return self._join(self.p("repeat_lead"), readback)
+        self._keep_prompt = True
+        return self._join(self.p("repeat_lead"), st.last_prompt or self._current_question())
 
     def _end(self, key: str, **kw) -> str:
         self.tools.end_call()
         self.state.asking = None
+        self.state.pending = None
         return self.p(key, **kw)
 
     def _fail(self, slot: str | None, lead: str) -> str:
@@ -284,44 +248,201 @@ class RulesAgent:
             return "なし" if self.lang == "ja" else "none"
         return f"{value}様" if slot == "name" and self.lang == "ja" else str(value)
 
-    def _extract(self, norm: str, expecting: str | None) -> dict:
-        return parse.extract_slots(
-            norm, self.tools.today(), expecting=expecting,
-            is_open=lambda t: self.tools.restaurant.is_open_at(t, self.state.slots.date),
-        )
+    def _faq_answer(self, norm: str, extracted: bool) -> str | None:
+        match = self.tools.faq.match(norm, self.lang)
+        if match is None:
+            return None
+        if extracted and not looks_like_question(norm):
+            return None
+        return match.answer
 
-    # ------------------------------------------------------------------ states
-    def _collecting(self, norm: str) -> str:
+    def _slot_named(self, norm: str) -> str | None:
+        for slot, pattern in _SLOT_WORDS.items():
+            if re.search(pattern, norm, re.IGNORECASE):
+                return slot
+        return None
+
+    # ------------------------------------------------------------------ questions the next answer settles
+    def _ask_choice(self, slot: str, options: list, lead: str = "") -> str:
+        self.state.pending = {"kind": "choose", "slot": slot, "options": options}
+        a, b = (self._say_value(slot, o) for o in options[:2])
+        key = "which_date" if slot == "date" else "choose"
+        return self._join(lead, self.p(key, a=a, b=b))
+
+    def _settle_pending(self, u: Understanding, norm: str) -> str | None:
+        """Answer to the bot's own yes/no or either/or question; None hands the turn to the normal path."""
+        st = self.state
+        pend = st.pending or {}
+        kind = pend.get("kind")
+        values = u.values
+        if kind == "end":
+            if (u.has("affirm") or u.has("end")) and not values:
+                return self._end("goodbye_unbooked")
+            st.pending = None
+            if u.has("deny") and not values:
+                return self._join(self.p("ack_no_note"), self._current_question())
+            return None
+        if kind == "change":
+            slot, value = pend["slot"], pend["value"]
+            if u.has("affirm") and not u.has("deny") and not values:
+                st.pending = None
+                r = self.tools.update({slot: value}, decided=True)
+                lead = self._join(self._ack(r), *(i.message for i in r.issues))
+                return self._resume(lead)
+            if u.has("deny") and not values:
+                st.pending = None
+                kept = self._say_value(slot, getattr(st.slots, slot))
+                return self._resume(self.p("keep_value", label=self.tools.label(slot), value=kept))
+            st.pending = None
+            return None
+        if kind == "name":
+            if u.has("affirm") and not u.has("deny"):
+                st.pending = None
+                r = self.tools.update({"name": pend["value"]}, decided=True)
+                return self._resume(self._ack(r))
+            st.pending = None
+            if u.has("deny") and "name" not in values:
+                st.asking = "name"
+                return self._fail("name", self.p("sorry_again"))
+            if "name" in values and values["name"] == pend["value"]:
+                # said again the same way: never lose a booking over a name (it is read back in full)
+                r = self.tools.update({"name": values["name"]}, decided=True)
+                return self._resume(self._ack(r))
+            return None
+        if kind == "choose":
+            slot, options = pend["slot"], pend["options"]
+            v = values.get(slot)
+            pick = None
+            if v in options:
+                pick = v
+            elif slot == "date" and v is not None:
+                same_wd = [o for o in options if o.weekday() == v.weekday()]
+                pick = same_wd[0] if len(same_wd) == 1 else None
+            if pick is None and v is None and not u.analysis.ambiguous.get(slot):
+                if _FIRST.search(norm):
+                    pick = options[0]
+                elif _SECOND.search(norm):
+                    pick = options[1]
+            if pick is not None:
+                st.pending = None
+                rest = {k: x for k, x in values.items() if k != slot and k != "note"}
+                r = self.tools.update({slot: pick, **rest}, decided=True)
+                lead = self._join(self._ack(r), *(i.message for i in r.issues))
+                return self._after_update(r, lead, slot)
+            if v is not None or u.analysis.ambiguous:
+                st.pending = None
+                return None  # a new value, or a new choice: the normal path takes it
+            st.failures[slot] = st.failures.get(slot, 0) + 1
+            if st.failures[slot] >= self.max_failures:
+                return self._fail(slot, "")
+            return self._ask_choice(slot, options, self.p("sorry_again"))
+        st.pending = None
+        return None
+
+    def _resume(self, lead: str) -> str:
+        """Back to where the call was: the read-back if everything is there, else the next question."""
+        return self._next(lead)
+
+    def _after_update(self, r: UpdateResult, lead: str, asked: str | None) -> str:
+        st = self.state
+        for issue in r.issues:
+            if issue.slot in QUESTIONS[self.lang] and not st.slots.is_filled(issue.slot):
+                return self._refused(issue.slot, lead, count=issue.slot == asked)
+        return self._next(lead)
+
+    # ------------------------------------------------------------------ taking a new booking
+    def _collecting(self, u: Understanding, norm: str) -> str:
         st = self.state
         asking = st.asking
-        if _END_WORDS.search(norm) and not looks_like_question(norm):
-            return self._end("goodbye_unbooked")
-        values = self._extract(norm, asking if asking in QUESTIONS["ja"] else None)
+        if u.has("end") and not u.has("question") and not u.values:
+            st.pending = {"kind": "end"}
+            return self.p("confirm_end")
+        values = dict(u.values)
         if asking != "note" and "note" in values and not parse.parse_note(norm):
             values.pop("note")
-        if asking == "note" and "note" not in values:
-            if parse.is_no_request(norm) or _NOTHING_ELSE.fullmatch(norm.strip("。.! ")):
-                values["note"] = "none"
-            elif not values and not looks_like_question(norm) and len(norm) >= 4:
-                values["note"] = norm  # whatever they asked for, in their words
-        faq = self._faq_answer(norm, bool(values))
-        if faq is None and not values and _AVAILABILITY.search(norm):
+        if asking == "note":
+            if "note" not in values:
+                if u.has("none") or (u.has("deny") and not values):
+                    values["note"] = "none"
+                elif u.has("affirm") and not values:
+                    return self.p("note_what")  # "はい" to "any requests?": which one?
+                elif not values and not u.has("question") and len(norm) >= 4:
+                    values["note"] = norm  # whatever they asked for, in their words
+            else:
+                # the request is the caller's words; its numbers stay in it
+                for slot in ("date", "time", "party_size"):
+                    if slot in values and st.slots.is_filled(slot) and not u.has("correct"):
+                        values.pop(slot)
+        faq = None
+        if u.has("question"):
+            match = self.tools.faq.match(norm, self.lang)
+            if match is not None:
+                # a question about the restaurant fills nothing ("土曜日は何時までですか")
+                return self._join(match.answer, self._current_question())
+            if not _AVAILABILITY.search(norm) and not any(k != "note" for k in values):
+                if values.get("note") and asking == "note":
+                    pass  # "窓際の席でもいいですか": a request put as a question
+                else:
+                    return self._join(self.p("no_answer", phone=self.tools.restaurant.cfg.phone),
+                                      self._current_question())
+        elif not values and _AVAILABILITY.search(norm):
             return self._join(self._availability_answer(), self.question(asking or "date"))
-        r = self.tools.update(values) if values else UpdateResult()
-        lead = self._join(faq or "", self._ack(r), *(i.message for i in r.issues))
+        elif not values:
+            faq = self._faq_answer(norm, False)
+            if faq is not None:
+                return self._join(faq, self._current_question())
+        lead_parts: list[str] = []
+        # a phone number given in groups over several turns
+        if asking == "phone" and "phone" in values:
+            digits = values["phone"]
+            if len(digits) < 10 and len(st.phone_partial + digits) <= 11:
+                st.phone_partial += digits
+                if len(st.phone_partial) < 10 or not parse.is_valid_phone(st.phone_partial):
+                    if len(st.phone_partial) < 11 and st.phone_partial.startswith("0"):
+                        return self.p("phone_more", digits=speech.say_phone(digits, self.lang))
+                values["phone"] = st.phone_partial
+            st.phone_partial = ""
+        # values offered as a choice are asked about; the rest is taken
+        choice = next(iter(u.analysis.ambiguous.items()), None)
+        # a filled slot changes only when the caller corrects it; otherwise ask
+        change_q = None
+        for slot in list(values):
+            if slot in ("note", "phone") or not st.slots.is_filled(slot):
+                continue
+            if values[slot] == getattr(st.slots, slot):
+                values.pop(slot)
+                continue
+            explicit = u.has("correct") or slot == asking or self._slot_named(norm) == slot
+            if not explicit:
+                value = values.pop(slot)
+                if change_q is None:
+                    change_q = (slot, value)
+        doubtful = None
+        if "name" in values and u.analysis.doubtful_name and not st.slots.name:
+            doubtful = values.pop("name")
+        r = self.tools.update(values, decided=True) if values else UpdateResult()
+        lead = self._join(*lead_parts, self._ack(r), *(i.message for i in r.issues))
+        if choice is not None:
+            return self._ask_choice(choice[0], choice[1], lead)
+        if change_q is not None:
+            slot, value = change_q
+            st.pending = {"kind": "change", "slot": slot, "value": value}
+            return self._join(lead, self.p("confirm_change", label=self.tools.label(slot),
+                                           value=self._say_value(slot, value)))
+        if doubtful is not None:
+            st.pending = {"kind": "name", "value": doubtful}
+            return self._join(lead, self.p("confirm_name", name=doubtful))
         asked_issues = [i for i in r.issues if i.slot == asking]
-        if not r.applied and not faq:
+        if not r.applied:
             if r.issues and not asked_issues:
                 return self._next(lead)
             if not asked_issues or any(i.code == "unparsed" for i in asked_issues):
+                if asking == "phone":
+                    st.phone_partial = ""
                 return self._fail(asking, lead or self.p("sorry_again"))
         if asked_issues and asking:
             return self._refused(asking, lead)
-        # a problem with a slot is answered by asking for that slot again, alternatives included
-        for issue in r.issues:
-            if issue.slot in QUESTIONS[self.lang] and not st.slots.is_filled(issue.slot):
-                return self._refused(issue.slot, lead, count=False)
-        return self._next(lead)
+        return self._after_update(r, lead, None)
 
     def _refused(self, slot: str, lead: str, *, count: bool = True) -> str:
         """The caller was understood but the value cannot be booked; the message offers alternatives."""
@@ -348,17 +469,25 @@ class RulesAgent:
         return self.p("available_dates", dates=speech.say_list(
             [speech.say_date(dt.date.fromisoformat(x), self.lang) for x in dates[:3]], self.lang))
 
-    def _confirming(self, norm: str) -> str:
+    # ------------------------------------------------------------------ the read-back
+    def _confirming(self, u: Understanding, norm: str) -> str:
         st = self.state
-        values = self._extract(norm, None)
+        values = dict(u.values)
         if "note" in values and not parse.parse_note(norm):
             values.pop("note")
-        yes_no = parse.parse_yes_no(norm)
-        if values:
-            r = self.tools.update(values)
+        yes_no = True if u.has("affirm") else False if u.has("deny") else None
+        if u.has("end") and not values and yes_no is not True:
+            st.pending = {"kind": "end"}
+            return self.p("confirm_end")
+        choice = next(iter(u.analysis.ambiguous.items()), None)
+        if values or choice:
+            r = self.tools.update(values, decided=True) if values else UpdateResult()
             lead = self._join(self._ack(r), *(i.message for i in r.issues))
             if r.applied:
                 st.failures.pop("confirm", None)
+            if choice is not None:
+                st.awaiting_confirmation = False
+                return self._ask_choice(choice[0], choice[1], lead)
             for issue in r.issues:
                 if not st.slots.is_filled(issue.slot):
                     st.asking = issue.slot
@@ -372,11 +501,10 @@ class RulesAgent:
                 st.awaiting_confirmation = False
                 return self.p("ask_new_value", label=self.tools.label(slot))
             if yes_no is True:  # "no, it's fine after all"
-                self.tools.read_back()
-                st.asking = "confirm"
                 return self._next()
-            if _END_WORDS.search(norm) or yes_no is False:
-                return self._end("declined_end")
+            if u.has("end") or yes_no is False:
+                st.pending = {"kind": "end"}
+                return self.p("confirm_end")
             return self._fail("confirm", self.p("which_fix"))
         if yes_no is True:
             result = self.tools.book()
@@ -386,8 +514,6 @@ class RulesAgent:
                 return self._join(result.message, self._end("goodbye"))
             st.asking = "time" if not st.slots.time else st.asking
             return self._join(result.message, self._next() if st.slots.missing() else "")
-        if _END_WORDS.search(norm):
-            return self._end("declined_end")
         if yes_no is False:
             slot = self._slot_named(norm)
             st.awaiting_confirmation = False
@@ -410,18 +536,201 @@ class RulesAgent:
         self.state.asking = "anything_else"
         return self.p("booked", id=res["id"], when=when, name=res["name"])
 
-    def _slot_named(self, norm: str) -> str | None:
-        for slot, pattern in _SLOT_WORDS.items():
-            if re.search(pattern, norm, re.IGNORECASE):
-                return slot
-        return None
-
-    def _after_booking(self, norm: str) -> str:
+    def _after_booking(self, u: Understanding, norm: str) -> str:
+        st = self.state
         faq = self._faq_answer(norm, False)
+        if faq and u.has("question"):
+            return self._join(faq, self.p("anything_else"))
+        if _NEW_BOOKING.search(norm) and not u.has("none"):
+            # another booking in the same call
+            st.manage, st.reservation = None, None
+            st.slots.__init__()
+            st.failures.clear()
+            st.awaiting_confirmation, st.readback_turn = False, None
+            return self._next()
+        if u.has("end") or u.has("none") or u.has("deny") or _NOTHING_ELSE.search(norm):
+            return self._end("goodbye_booked" if st.reservation is not None else "goodbye")
+        if st.reservation is not None and any(k != "note" for k in u.values):
+            # "actually, make it 8": a change to what was just booked
+            m = st.manage = Manage(intent="change", booking=dict(st.reservation))
+            m.wanted = {k: v for k, v in u.values.items() if k in ("date", "time", "party_size", "name")}
+            return self._propose(m)
         if faq:
             return self._join(faq, self.p("anything_else"))
-        if _END_WORDS.search(norm) or _NOTHING_ELSE.search(norm) or parse.parse_yes_no(norm) is False:
-            return self._end("goodbye_booked")
-        if self._extract(norm, None):
-            return self._join(self.p("after_booking_change", phone=self.tools.restaurant.cfg.phone), self.p("anything_else"))
-        return self._end("goodbye_booked")
+        return self._end("goodbye_booked" if st.reservation is not None else "goodbye")
+
+    # ------------------------------------------------------------------ existing bookings
+    def _existing_booking_intent(self, u: Understanding) -> str | None:
+        st = self.state
+        intent = ("cancel" if u.has("cancel_booking") else "change" if u.has("change_booking")
+                  else "check" if u.has("check_booking") else None)
+        if intent is None and u.reservation_id:
+            intent = "check"
+        if intent is None:
+            return None
+        started = any(st.slots.is_filled(s) for s in _SLOTS) and st.reservation is None
+        if started and intent == "change":
+            return None  # "予約を8時に変更して" while booking: a correction of this booking
+        if started and intent == "cancel":
+            return None  # stopping this booking: confirmed as an end
+        return intent
+
+    def _start_manage(self, intent: str, u: Understanding) -> str:
+        st = self.state
+        st.pending = None
+        before = st.manage
+        m = st.manage = Manage(intent=intent)  # type: ignore[arg-type]
+        m.wanted = {k: v for k, v in u.values.items() if k in ("date", "time", "party_size", "name")}
+        if not u.reservation_id and "phone" not in u.values:
+            # the booking this call already made or found
+            known = st.reservation or (before.booking if before is not None and before.intent != "cancel" else None)
+            if known is not None:
+                m.booking = dict(known)
+                return self._found(m)
+        if u.reservation_id or "phone" in u.values:
+            if "phone" in u.values:
+                m.wanted.pop("date", None)
+            return self._identify(m, u)
+        st.asking = "manage_phone"
+        return self.p("manage_phone")
+
+    def _managing(self, u: Understanding, norm: str) -> str:
+        st = self.state
+        m = st.manage
+        assert m is not None
+        if u.has("end") and not u.values:
+            m.done = True
+            return self._end("goodbye")
+        if m.booking is None:
+            return self._identify(m, u)
+        if m.proposal_kind == "cancel":
+            if u.has("affirm") and not u.has("deny"):
+                try:
+                    self.tools.apply_cancel()
+                except (ReservationNotFound, StoreError, ValueError) as e:
+                    log.warning("call %s: cancelling failed: %s", self.tools.call_id, e)
+                    m.done = True
+                    st.asking = "anything_else"
+                    return self._join(self.p("manage_store_error"), self.p("anything_else"))
+                st.asking = "anything_else"
+                return self.p("cancelled")
+            if u.has("deny"):
+                m.done, m.proposal_kind = True, None
+                st.asking = "anything_else"
+                return self.p("cancel_kept")
+            return self._fail("manage_confirm", self._join(self.p("sorry_again"), self.p("cancel_confirm")))
+        if m.proposal_kind == "change":
+            if u.has("affirm") and not u.has("deny") and not u.values:
+                return self._apply_change(m)
+            m.proposal, m.proposal_kind = None, None
+            if not u.values:
+                if u.has("deny") or u.has("none"):
+                    st.asking = "manage_change"
+                    return self.p("change_what")
+                return self._fail("manage_confirm", self.p("change_what"))
+        if m.intent == "check":
+            m.done = True
+            return self._after_booking(u, norm)
+        # what to change
+        values = {k: v for k, v in u.values.items() if k in ("date", "time", "party_size", "name", "note")}
+        if "note" in values and not parse.parse_note(norm):
+            values.pop("note")
+        choice = next(iter(u.analysis.ambiguous.items()), None)
+        if choice is not None:
+            return self._ask_choice(choice[0], choice[1])
+        if not values:
+            if u.has("none") or u.has("deny"):
+                m.done = True
+                st.asking = "anything_else"
+                return self.p("cancel_kept")
+            if u.has("cancel_booking"):
+                m.intent = "cancel"
+                return self._found(m)
+            return self._fail("manage_change", self.p("change_what"))
+        m.wanted = values
+        return self._propose(m)
+
+    def _identify(self, m: Manage, u: Understanding) -> str:
+        st = self.state
+        try:
+            if u.reservation_id:
+                found = self.tools.find_bookings(reservation_id=u.reservation_id)
+                if not found:
+                    st.asking = "manage_phone"
+                    return self._fail("manage", self._join(self.p("manage_id_not_found", id=u.reservation_id),
+                                                           self.p("manage_phone")))
+            elif m.phone and "date" in u.values:
+                found = self.tools.find_bookings(phone=m.phone, date=u.values["date"])
+            else:
+                digits = u.values.get("phone", "")
+                if digits and len(digits) < 10:
+                    st.phone_partial += digits
+                    if len(st.phone_partial) < 10:
+                        return self.p("phone_more", digits=speech.say_phone(digits, self.lang))
+                    digits, st.phone_partial = st.phone_partial, ""
+                if not digits:
+                    st.asking = "manage_phone"
+                    return self._fail("manage", self.p("manage_phone"))
+                m.phone = parse.repair_phone(digits)
+                found = self.tools.find_bookings(phone=m.phone)
+        except StoreError as e:
+            log.warning("call %s: looking up bookings failed: %s", self.tools.call_id, e)
+            return self._join(self.p("manage_store_error"), self._end("goodbye"))
+        if not found:
+            said = speech.say_phone(m.phone, self.lang) if m.phone else ""
+            m.phone = None
+            st.asking = "manage_phone"
+            return self._fail("manage", self._join(self.p("manage_not_found", phone=said), self.p("manage_phone")))
+        if len(found) > 1:
+            st.asking = "manage_date"
+            return self.p("manage_which_date", n=len(found))
+        m.booking = found[0]
+        return self._found(m)
+
+    def _found(self, m: Manage) -> str:
+        st = self.state
+        assert m.booking is not None
+        said = self.p("manage_found", **self.tools.describe_booking(m.booking))
+        if m.intent == "check":
+            m.done = True
+            st.asking = "anything_else"
+            return self._join(said, self.p("check_done"))
+        if m.intent == "cancel":
+            self.tools.propose_cancel()
+            st.asking = "manage_confirm"
+            return self._join(said, self.p("cancel_confirm"))
+        if m.wanted:
+            return self._join(said, self._propose(m))
+        st.asking = "manage_change"
+        return self._join(said, self.p("change_what"))
+
+    def _propose(self, m: Manage) -> str:
+        st = self.state
+        assert m.booking is not None
+        changes, issues = self.tools.propose_change(m.booking, m.wanted)
+        m.wanted = {}
+        lead = self._join(*(i.message for i in issues))
+        if issues or not changes:
+            st.asking = "manage_change"
+            return self._join(lead, self.p("change_what"))
+        st.asking = "manage_confirm"
+        return self._join(lead, self.p("change_confirm", **self.tools.describe_booking(m.booking, changes)))
+
+    def _apply_change(self, m: Manage) -> str:
+        st = self.state
+        try:
+            booking = self.tools.apply_change()
+        except FullyBooked as e:
+            problem = self.tools.restaurant.fully_booked(e.date, e.time, self.tools.now(), self.tools._free)
+            m.proposal, m.proposal_kind = None, None
+            st.asking = "manage_change"
+            return self._join(problem.message.get(self.lang, ""), self.p("change_what"))
+        except (ReservationNotFound, StoreError, ValueError) as e:
+            log.warning("call %s: changing a booking failed: %s", self.tools.call_id, e)
+            m.done = True
+            st.asking = "anything_else"
+            return self._join(self.p("manage_store_error"), self.p("anything_else"))
+        st.reservation = booking  # the call's outcome: this booking, as it now stands
+        st.asking = "anything_else"
+        parts = self.tools.describe_booking(booking)
+        return self.p("changed_booking", when=parts["when"], party=parts["party"])

@@ -41,6 +41,24 @@ class Slots:
 
 
 @dataclass
+class Manage:
+    """A call about an existing booking: what the caller wants and how far it got."""
+
+    intent: Literal["check", "change", "cancel"]
+    #: the booking found (``Reservation.to_json()``), once found
+    booking: dict[str, Any] | None = None
+    #: several bookings under one number: the date narrows them down
+    phone: str | None = None
+    #: a change checked and read back (typed values, only what changes), or a cancellation, waiting for the yes
+    proposal: dict[str, Any] | None = None
+    proposal_kind: Literal["change", "cancel"] | None = None
+    proposed_turn: int | None = None
+    #: what the caller asked to change before the booking was found ("予約を20時に変更したい")
+    wanted: dict[str, Any] = field(default_factory=dict)
+    done: bool = False
+
+
+@dataclass
 class DialogState:
     """Everything about the call that the tools and agents share."""
 
@@ -60,6 +78,15 @@ class DialogState:
     readback_turn: int | None = None
     #: the caller's latest utterance, as transcribed: booking checks the "yes" in it itself
     last_user_text: str = ""
+    #: what the bot said last (repeated on request)
+    last_prompt: str = ""
+    #: a question the rules agent asked that the next answer settles: {"kind": "change"|"end"|"choose"|
+    #: "name"|"note_what", ...}
+    pending: dict[str, Any] | None = None
+    #: phone digits given so far in groups across turns ("090の", "1234の", "5678です")
+    phone_partial: str = ""
+    #: an existing booking the caller is hearing, changing or cancelling
+    manage: Manage | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return self.slots.to_json()

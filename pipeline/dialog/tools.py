@@ -10,6 +10,7 @@ caller's own latest words, so a model cannot book on its own say-so.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import logging
 import re
@@ -19,17 +20,18 @@ from typing import Any
 
 from pipeline.dialog import parse, speech
 from pipeline.dialog.faq import FAQ
+from pipeline.dialog.phrases import LABELS, MESSAGES, PHRASES
 from pipeline.dialog.restaurant import Problem, Restaurant
-from pipeline.dialog.state import SLOT_ORDER, DialogState
+from pipeline.dialog.slots import SLOTS, UNREAD
+from pipeline.dialog.state import SLOT_ORDER, DialogState, Manage
 from pipeline.privacy import register_pii
-from pipeline.store import FullyBooked, ReservationStore, StoreError
+from pipeline.store import FullyBooked, ReservationNotFound, ReservationStore, StoreError
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
 
-MAX_TEXT = 200
-_WORD_RE = re.compile(r"[A-Za-z']*[aeiouyAEIOUY][A-Za-z']*")  # longest name / note we keep; anything longer is a transcription accident
+_WORD_RE = re.compile(r"[A-Za-z']*[aeiouyAEIOUY][A-Za-z']*")  # a latin word that could be English
 
 
 @dataclass
@@ -60,33 +62,6 @@ class BookResult:
     code: str = ""
     message: str = ""
     alternatives: list[str] = field(default_factory=list)
-
-
-_LABELS = {
-    "ja": {"date": "ご来店日", "time": "お時間", "party_size": "人数", "name": "お名前", "phone": "お電話番号",
-           "note": "ご要望"},
-    "en": {"date": "date", "time": "time", "party_size": "party size", "name": "name", "phone": "phone number",
-           "note": "special requests"},
-}
-
-_SIMPLE_MSG = {
-    "unparsed": {
-        "ja": "{label}をうまく聞き取れませんでした。",
-        "en": "I couldn't catch the {label}.",
-    },
-    "invalid_phone": {
-        "ja": "お電話番号は市外局番から10桁か11桁でお願いいたします。{heard}",
-        "en": "Please give a Japanese phone number of 10 or 11 digits, starting with the area code. {heard}",
-    },
-    "already_booked": {
-        "ja": "ご予約はすでに確定しております。変更はお店まで直接お電話ください。",
-        "en": "The booking is already confirmed; to change it, please call the restaurant.",
-    },
-    "bad_name": {
-        "ja": "お名前をもう一度お願いできますか。",
-        "en": "Could you give me the name once more?",
-    },
-}
 
 
 def _heard_phone(digits: str, lang: str) -> str:
@@ -128,20 +103,29 @@ class BookingTools:
         return self.state.language
 
     def label(self, slot: str) -> str:
-        return _LABELS[self.lang][slot]
+        return LABELS[self.lang][slot]
 
-    def _msg(self, key: str, **kw: Any) -> str:
-        return _SIMPLE_MSG[key][self.lang].format(**kw).strip()
+    def msg(self, key: str, **kw: Any) -> str:
+        return MESSAGES[self.lang][key].format(**kw).strip()
 
-    def _issue(self, slot: str, problem: Problem) -> SlotIssue:
+    def issue(self, slot: str, problem: Problem) -> SlotIssue:
         return SlotIssue(slot, problem.code, problem.message.get(self.lang, ""), list(problem.alternatives))
 
     def _free(self, d: dt.date, t: dt.time) -> bool:
         return self.store.free_tables(d, t, self.restaurant.cfg.tables_per_slot) > 0
 
-    def _check_slot_time(self, d: dt.date, t: dt.time) -> Problem | None:
+    def check_slot_time(self, d: dt.date, t: dt.time) -> Problem | None:
         """Date-and-time rules plus capacity: the one check both update and book use."""
         return self.restaurant.check_time(d, t, self.now(), free=self._free)
+
+    def unread(self, slot: str) -> SlotIssue:
+        """Nothing in the words was a value for ``slot``."""
+        if slot == "name":
+            return SlotIssue("name", "unparsed", self.msg("bad_name"))
+        return SlotIssue(slot, "unparsed", self.msg("unparsed", label=self.label(slot)))
+
+    def invalid_phone(self, digits: str) -> SlotIssue:
+        return SlotIssue("phone", "invalid_phone", self.msg("invalid_phone", heard=_heard_phone(digits, self.lang)))
 
     def begin_turn(self, text: str) -> None:
         """A new caller utterance: the read-back/yes ordering and the booking's "yes" check use it."""
@@ -160,111 +144,48 @@ class BookingTools:
             self.state.language = lang  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ slots
-    def update(self, values: dict[str, Any]) -> UpdateResult:
-        """Apply any subset of slots. Values may be typed (date, time, int) or raw phrases."""
+    def update(self, values: dict[str, Any], *, decided: bool = False) -> UpdateResult:
+        """Apply any subset of slots. Values may be typed (date, time, int) or raw phrases.
+
+        ``decided`` says the caller's intent was already settled (the rules agent's own policy). Without
+        it (an LLM's proposal) a filled date, time or party size is changed only when the caller's latest
+        words give that value outside a request, or correct it; otherwise the change comes back as a
+        question to ask (``confirm_change``), and a "yes" to it lets the same change through."""
         result = UpdateResult()
         slots = self.state.slots
         if self.state.reservation is not None:
             if any(v not in (None, "") for v in values.values()):
-                result.issues.append(SlotIssue("reservation", "already_booked", self._msg("already_booked")))
+                result.issues.append(SlotIssue("reservation", "already_booked", self.msg("already_booked")))
             return result
-        today, now = self.today(), self.now()
+        if not decided:
+            values = self._unasked_changes(values, result)
         order = [s for s in SLOT_ORDER if s in values and values[s] not in (None, "")]
-        # a date given alongside a time must be judged before the time is
+        # in slot order: a date given alongside a time is judged before the time is
         for slot in order:
-            raw = values[slot]
+            spec = SLOTS[slot]
             before = getattr(slots, slot)
-            if slot == "date":
-                d = raw if isinstance(raw, dt.date) else parse.parse_date(str(raw), today)
-                if d is None:
-                    result.issues.append(SlotIssue("date", "unparsed", self._msg("unparsed", label=self.label("date"))))
-                    continue
-                problem = self.restaurant.check_date(d, now)
-                if problem is not None:
-                    result.issues.append(self._issue("date", problem))
-                    continue
-                slots.date = d
-                result.applied["date"] = d
+            value = spec.read(values[slot], self)
+            if value is UNREAD:
+                result.issues.append(self.unread(slot))
+                continue
+            issue = spec.check(value, self)
+            if issue is not None:
+                result.issues.append(issue)
+                continue
+            setattr(slots, slot, value)
+            result.applied[slot] = value
+            if slot == "note":
+                slots.note_done = True
+            elif slot in ("name", "phone"):
+                register_pii(value)  # masked in every log line from now on (pipeline.privacy)
+            elif slot == "date" and slots.time is not None and "time" not in order:
                 # a time chosen for another day may not hold on this one
-                if slots.time is not None and "time" not in order:
-                    tp = self._check_slot_time(d, slots.time)
-                    if tp is not None:
-                        result.issues.append(self._issue("time", tp))
-                        slots.time = None
-                        result.cleared.append("time")
-            elif slot == "time":
-                d = slots.date
-                if isinstance(raw, dt.time):
-                    t = raw
-                else:
-                    t = parse.parse_time(str(raw), is_open=lambda x, d=d: self.restaurant.is_open_at(x, d))
-                if t is None:
-                    result.issues.append(SlotIssue("time", "unparsed", self._msg("unparsed", label=self.label("time"))))
-                    continue
-                if d is not None:
-                    problem = self._check_slot_time(d, t)
-                    if problem is not None:
-                        result.issues.append(self._issue("time", problem))
-                        continue
-                elif not self.restaurant.is_open_at(t, None):
-                    # no date yet: still refuse a time the restaurant is never open
-                    problem = self.restaurant.check_time(self.restaurant.next_open_dates(today, 1)[0], t, now)
-                    if problem is not None and problem.code in ("outside_hours", "off_grid"):
-                        result.issues.append(self._issue("time", problem))
-                        continue
-                slots.time = t
-                result.applied["time"] = t
-            elif slot == "party_size":
-                n: int | None
-                if isinstance(raw, bool):
-                    n = None
-                elif isinstance(raw, int):
-                    n = raw
-                elif isinstance(raw, float) and raw.is_integer():
-                    n = int(raw)
-                else:
-                    n = parse.parse_party_size(str(raw))
-                    if n is None and str(raw).strip().isdigit():
-                        n = int(str(raw).strip())
-                if n is None:
-                    result.issues.append(
-                        SlotIssue("party_size", "unparsed", self._msg("unparsed", label=self.label("party_size")))
-                    )
-                    continue
-                problem = self.restaurant.check_party(n)
-                if problem is not None:
-                    result.issues.append(self._issue("party_size", problem))
-                    continue
-                slots.party_size = n
-                result.applied["party_size"] = n
-            elif slot == "name":
-                name = self._clean_name(str(raw))
-                if name is None:
-                    result.issues.append(SlotIssue("name", "unparsed", self._msg("bad_name")))
-                    continue
-                slots.name = name
-                register_pii(name)  # masked in every log line from now on (pipeline.privacy)
-                result.applied["name"] = name
-            elif slot == "phone":
-                text = str(raw)
-                digits = parse.parse_phone(text) or "".join(ch for ch in parse.normalize(text) if ch.isdigit())
-                if not digits or self.restaurant.check_phone(digits) is not None:
-                    result.issues.append(
-                        SlotIssue("phone", "invalid_phone", self._msg("invalid_phone", heard=_heard_phone(digits, self.lang)))
-                    )
-                    continue
-                slots.phone = digits
-                register_pii(digits)  # masked in every log line from now on (pipeline.privacy)
-                result.applied["phone"] = digits
-            elif slot == "note":
-                text = parse.normalize(str(raw))[:MAX_TEXT]
-                if parse.is_no_request(text) and parse.parse_note(text) is None:
-                    slots.note, slots.note_done = None, True
-                    result.applied["note"] = None
-                else:
-                    slots.note, slots.note_done = text, True
-                    result.applied["note"] = text
-            if slot in result.applied and before is not None and before != getattr(slots, slot):
+                tp = self.check_slot_time(value, slots.time)
+                if tp is not None:
+                    result.issues.append(self.issue("time", tp))
+                    slots.time = None
+                    result.cleared.append("time")
+            if before is not None and before != value:
                 result.changed.append(slot)
         if (result.applied or result.cleared) and self.state.awaiting_confirmation:
             # anything new must be read back again before a "yes" can book it
@@ -272,18 +193,45 @@ class BookingTools:
             self.state.readback_turn = None
         return result
 
-    @staticmethod
-    def _clean_name(raw: str) -> str | None:
-        text = parse.normalize(raw).strip(" 。、.,!！?？")
-        parsed = parse.parse_name(text) or parse.parse_name_answer(text)
-        name = parsed or text
-        for suffix in ("様", "さん", "さま"):
-            if name.endswith(suffix) and len(name) > len(suffix):
-                name = name[: -len(suffix)]
-        name = name.strip()
-        if not name or len(name) > 40 or any(ch.isdigit() for ch in name):
-            return None
-        return name
+    def _unasked_changes(self, values: dict[str, Any], result: UpdateResult) -> dict[str, Any]:
+        """Hold back changes to filled slots that the caller's own words do not ask for."""
+        st, slots = self.state, self.state.slots
+        said = st.last_user_text
+        heard = None
+        kept = dict(values)
+        for slot in ("date", "time", "party_size"):
+            raw = values.get(slot)
+            if raw in (None, "") or getattr(slots, slot) is None:
+                continue
+            new = self._typed(slot, raw)
+            if new is None or new == getattr(slots, slot):
+                continue
+            if heard is None:
+                heard = parse.analyze(said, self.today(), filled=[s for s in SLOT_ORDER if slots.is_filled(s)],
+                                      is_open=lambda x: self.restaurant.is_open_at(x, slots.date))
+            pend = st.pending or {}
+            agreed = (pend.get("kind") == "change" and pend.get("slot") == slot and pend.get("value") == new
+                      and parse.parse_yes_no(said) is True)
+            if heard.values.get(slot) == new or parse.is_correction(said) or agreed:
+                if agreed:
+                    st.pending = None
+                continue
+            kept.pop(slot)
+            st.pending = {"kind": "change", "slot": slot, "value": new}
+            question = PHRASES[self.lang]["confirm_change"].format(
+                label=self.label(slot), value=_say(slot, new, self.lang, self.today()))
+            result.issues.append(SlotIssue(slot, "confirm_change", question))
+        return kept
+
+    def _typed(self, slot: str, raw: Any) -> Any:
+        if slot == "date":
+            return raw if isinstance(raw, dt.date) else parse.parse_date(str(raw), self.today())
+        if slot == "time":
+            return raw if isinstance(raw, dt.time) else parse.parse_time(
+                str(raw), is_open=lambda x: self.restaurant.is_open_at(x, self.state.slots.date))
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        return parse.parse_party_size(str(raw))
 
     def missing(self) -> list[str]:
         return self.state.slots.missing()
@@ -315,7 +263,7 @@ class BookingTools:
         if date not in (None, ""):
             d = date if isinstance(date, dt.date) else parse.parse_date(str(date), today)
             if d is None:
-                out["error"] = self._msg("unparsed", label=self.label("date"))
+                out["error"] = self.msg("unparsed", label=self.label("date"))
         d = d or self.state.slots.date
         if party_size not in (None, ""):
             n = party_size if isinstance(party_size, int) else parse.parse_party_size(str(party_size))
@@ -345,9 +293,9 @@ class BookingTools:
     def answer_faq(self, question: str) -> dict[str, Any]:
         match = self.faq.match(str(question), self.lang)
         if match is None:
+            # never promise a call back: the caller is told where the answer can be had
             return {"found": False, "topics": self.faq.topics(),
-                    "message": "該当する情報が見つかりませんでした。" if self.lang == "ja"
-                    else "No answer found for that question."}
+                    "message": PHRASES[self.lang]["no_answer"].format(phone=self.restaurant.cfg.phone)}
         return {"found": True, "topic": match.id, "answer": match.answer}
 
     # ------------------------------------------------------------------ confirmation and booking
@@ -417,6 +365,111 @@ class BookingTools:
         log.info("call %s booked %s", self.call_id, res.id)
         return BookResult(True, st.reservation)
 
+    # ------------------------------------------------------------------ existing bookings
+    def find_bookings(self, phone: Any = None, date: Any = None, reservation_id: Any = None) -> list[dict[str, Any]]:
+        """The caller's active bookings, by reservation number or by phone (and date). Raises StoreError."""
+        if reservation_id not in (None, ""):
+            res = self.store.get(str(reservation_id))
+            return [res.to_json()] if res is not None and res.active else []
+        digits = parse.repair_phone(parse.parse_phone(str(phone or "")) or "")
+        if not digits:
+            return []
+        d = None
+        if date not in (None, ""):
+            d = date if isinstance(date, dt.date) else parse.parse_date(str(date), self.today())
+        today = self.today()
+        return [r.to_json() for r in self.store.find(digits, d) if r.date >= today]
+
+    def propose_change(self, booking: dict[str, Any], values: dict[str, Any]) -> tuple[dict[str, Any], list[SlotIssue]]:
+        """Check a change to an existing booking by the same slot readers and rules as a new one; arms
+        the yes check. Returns the typed values that change and the problems (with alternatives) of
+        those that cannot."""
+        old = {"date": dt.date.fromisoformat(booking["date"]), "time": dt.time.fromisoformat(booking["time"]),
+               "party_size": booking["party_size"], "name": booking["name"], "note": booking.get("note")}
+        new = dict(old)
+        issues: list[SlotIssue] = []
+        for slot in ("date", "time", "party_size", "name", "note"):
+            raw = values.get(slot)
+            if raw in (None, ""):
+                continue
+            if slot == "time":
+                d = new["date"]
+                value = raw if isinstance(raw, dt.time) else parse.parse_time(
+                    str(raw), is_open=lambda x, d=d: self.restaurant.is_open_at(x, d)) or UNREAD
+            else:
+                value = SLOTS[slot].read(raw, self)
+            if value is UNREAD:
+                issues.append(self.unread(slot))
+            elif slot in ("date", "party_size") and (issue := SLOTS[slot].check(value, self)) is not None:
+                issues.append(issue)
+            else:
+                new[slot] = value
+        if (new["date"], new["time"]) != (old["date"], old["time"]):
+            # the booking's own table is free for itself: only a move to another slot needs a free table
+            problem = self.restaurant.check_time(new["date"], new["time"], self.now(), free=self._free)
+            if problem is not None:
+                issues.append(self.issue("time" if values.get("time") not in (None, "") else "date", problem))
+                new["date"], new["time"] = old["date"], old["time"]
+        changes = {k: v for k, v in new.items() if v != old[k]}
+        if "name" in changes:
+            register_pii(changes["name"])
+        m = self.state.manage
+        if m is not None and changes and not issues:
+            m.proposal, m.proposal_kind, m.proposed_turn = changes, "change", self.state.turn
+        return changes, issues
+
+    def propose_cancel(self) -> None:
+        m = self.state.manage
+        if m is not None and m.booking is not None:
+            m.proposal, m.proposal_kind, m.proposed_turn = {}, "cancel", self.state.turn
+
+    def _caller_said_yes_to(self, kind: str) -> str | None:
+        """None when the proposal of ``kind`` may be carried out now, else why not (for the model)."""
+        m = self.state.manage
+        if m is None or m.booking is None or m.proposal_kind != kind or m.proposed_turn is None:
+            return f"nothing to {kind}: use propose_{kind} first"
+        if m.proposed_turn >= self.state.turn:
+            return "read the proposal to the caller and wait for their answer in their next turn"
+        if parse.parse_yes_no(self.state.last_user_text) is not True:
+            return "the caller has not clearly said yes; ask them to confirm"
+        return None
+
+    def apply_change(self) -> dict[str, Any]:
+        """Make the proposed change in one transaction with the capacity check. Raises FullyBooked,
+        ReservationNotFound or StoreError; ValueError when the caller has not said yes to it."""
+        why = self._caller_said_yes_to("change")
+        if why is not None:
+            raise ValueError(why)
+        m = self.state.manage
+        assert m is not None and m.booking is not None and m.proposal is not None
+        res = self.store.change(m.booking["id"], capacity=self.restaurant.cfg.tables_per_slot, **m.proposal)
+        log.info("call %s changed %s", self.call_id, res.id)
+        m.booking, m.proposal, m.proposal_kind, m.proposed_turn, m.done = res.to_json(), None, None, None, True
+        return m.booking
+
+    def apply_cancel(self) -> dict[str, Any]:
+        why = self._caller_said_yes_to("cancel")
+        if why is not None:
+            raise ValueError(why)
+        m = self.state.manage
+        assert m is not None and m.booking is not None
+        if not self.store.cancel(m.booking["id"]):
+            raise ReservationNotFound(m.booking["id"])
+        log.info("call %s cancelled %s", self.call_id, m.booking["id"])
+        cancelled = m.booking
+        if self.state.reservation is not None and self.state.reservation.get("id") == cancelled["id"]:
+            self.state.reservation = None
+        m.proposal, m.proposal_kind, m.proposed_turn, m.done = None, None, None, True
+        return cancelled
+
+    def describe_booking(self, booking: dict[str, Any], changes: dict[str, Any] | None = None) -> dict[str, str]:
+        """The spoken parts of a booking (with ``changes`` applied): when, party, name."""
+        b = {**booking, **{k: _jsonable(v) for k, v in (changes or {}).items()}}
+        d, t = dt.date.fromisoformat(b["date"]), dt.time.fromisoformat(b["time"])
+        day, at = speech.say_date(d, self.lang, self.today()), speech.say_time(t, self.lang)
+        return {"when": f"{day}の{at}" if self.lang == "ja" else f"{day} at {at}",
+                "party": speech.say_party(b["party_size"], self.lang), "name": b["name"]}
+
     def end_call(self) -> None:
         self.state.ended = True
 
@@ -430,14 +483,17 @@ class BookingTools:
             args = _load_args(arguments)
         except ValueError as e:
             return _dump({"ok": False, "error": str(e)})
-        handler = getattr(self, f"_tool_{name}", None)
-        if handler is None:
-            return _dump({"ok": False, "error": f"unknown tool {name!r}; available: {', '.join(t['function']['name'] for t in TOOL_SCHEMAS)}"})
+        spec = TOOLS.get(name)
+        if spec is None:
+            return _dump({"ok": False, "error": f"unknown tool {name!r}; available: {', '.join(TOOLS)}"})
+        handler = getattr(self, spec.method)
         try:
-            return _dump(handler(**args))
+            inspect.signature(handler).bind(**args)
         except TypeError as e:
             return _dump({"ok": False, "error": f"bad arguments for {name}: {e}"})
-        except Exception as e:  # a tool must never take the call down
+        try:
+            return _dump(handler(**args))
+        except Exception as e:  # a tool must never take the call down; a TypeError in here is our bug
             log.exception("tool %s failed in call %s", name, self.call_id)
             return _dump({"ok": False, "error": f"{name} failed: {type(e).__name__}"})
 
@@ -479,9 +535,83 @@ class BookingTools:
             return {"ok": True, "reservation": r.reservation}
         return {"ok": False, "code": r.code, "message": r.message, "alternatives": r.alternatives}
 
+    def _manage(self, intent: str) -> Any:
+        if self.state.manage is None or self.state.manage.intent != intent:
+            self.state.manage = Manage(intent=intent)  # type: ignore[arg-type]
+        return self.state.manage
+
+    def _tool_find_reservations(self, phone: Any = None, date: Any = None, reservation_id: Any = None) -> dict[str, Any]:
+        if phone in (None, "") and reservation_id in (None, ""):
+            return {"ok": False, "error": "give the phone number the booking was made with, or the reservation number"}
+        found = self.find_bookings(phone, date, reservation_id)
+        m = self.state.manage
+        if len(found) == 1:
+            m = self._manage(m.intent if m else "check")
+            m.booking = found[0]
+        return {"ok": True, "reservations": found, "count": len(found),
+                **({"hint": "several bookings: ask the caller for the date"} if len(found) > 1 else {})}
+
+    def _select(self, reservation_id: Any, intent: str) -> dict[str, Any] | None:
+        m = self._manage(intent)
+        if reservation_id not in (None, ""):
+            found = self.find_bookings(reservation_id=reservation_id)
+            if found:
+                m.booking = found[0]
+        return m.booking
+
+    def _tool_propose_change(self, reservation_id: Any = None, **values: Any) -> dict[str, Any]:
+        booking = self._select(reservation_id, "change")
+        if booking is None:
+            return {"ok": False, "error": "no booking selected: use find_reservations first"}
+        changes, issues = self.propose_change(booking, values)
+        if issues:
+            return {"ok": False, "problems": [i.to_json() for i in issues]}
+        if not changes:
+            return {"ok": False, "error": "nothing would change"}
+        parts = self.describe_booking(booking, changes)
+        return {"ok": True, "changes": {k: _jsonable(v) for k, v in changes.items()},
+                "say_exactly": PHRASES[self.lang]["change_confirm"].format(**parts)}
+
+    def _tool_apply_change(self) -> dict[str, Any]:
+        try:
+            return {"ok": True, "reservation": self.apply_change()}
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        except FullyBooked as e:
+            problem = self.restaurant.fully_booked(e.date, e.time, self.now(), self._free)
+            return {"ok": False, "code": "fully_booked", "message": problem.message.get(self.lang, ""),
+                    "alternatives": list(problem.alternatives)}
+        except ReservationNotFound:
+            return {"ok": False, "code": "not_found", "error": "the booking no longer exists"}
+
+    def _tool_propose_cancel(self, reservation_id: Any = None) -> dict[str, Any]:
+        booking = self._select(reservation_id, "cancel")
+        if booking is None:
+            return {"ok": False, "error": "no booking selected: use find_reservations first"}
+        self.propose_cancel()
+        parts = self.describe_booking(booking)
+        return {"ok": True, "say_exactly": PHRASES[self.lang]["manage_found"].format(**parts)
+                + ("" if self.lang == "ja" else " ") + PHRASES[self.lang]["cancel_confirm"]}
+
+    def _tool_apply_cancel(self) -> dict[str, Any]:
+        try:
+            return {"ok": True, "cancelled": self.apply_cancel()}
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        except ReservationNotFound:
+            return {"ok": False, "code": "not_found", "error": "the booking no longer exists"}
+
     def _tool_end_call(self, reason: str = "") -> dict[str, Any]:
         self.end_call()
         return {"ok": True, "ended": True}
+
+
+def _say(slot: str, value: Any, lang: str, today: dt.date) -> str:
+    if slot == "date":
+        return speech.say_date(value, lang, today)
+    if slot == "time":
+        return speech.say_time(value, lang)
+    return speech.say_party(value, lang)
 
 
 def _jsonable(v: Any) -> Any:
@@ -512,15 +642,31 @@ def _load_args(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
     return args
 
 
-def _fn(name: str, description: str, properties: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": description,
-            "parameters": {"type": "object", "properties": properties or {}, "additionalProperties": False},
-        },
-    }
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool: its name and description for the model, its arguments' schema, and the method that runs it."""
+
+    name: str
+    description: str
+    properties: dict[str, Any]
+    method: str
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": {"type": "object", "properties": self.properties, "additionalProperties": False},
+            },
+        }
+
+
+TOOLS: dict[str, ToolSpec] = {}
+
+
+def _register(name: str, description: str, properties: dict[str, Any] | None = None) -> None:
+    TOOLS[name] = ToolSpec(name, description, properties or {}, f"_tool_{name}")
 
 
 _SLOT_PROPS = {
@@ -531,21 +677,34 @@ _SLOT_PROPS = {
     "phone": {"type": "string", "description": "callback phone number exactly as the caller said it; digits with any separators"},
     "note": {"type": "string", "description": "special requests (allergies, birthday cake, ...); the caller's words, or 'none' if they have none"},
 }
+_ID_PROP = {"reservation_id": {"type": "string", "description": "the reservation number (R-XXXXXX) from find_reservations"}}
 
-TOOL_SCHEMAS: list[dict[str, Any]] = [
-    _fn("update_reservation",
-        "Record any reservation details the caller just gave (any subset). Pass raw phrases; they are parsed and "
-        "validated here. Problems come back with alternatives to offer the caller.", _SLOT_PROPS),
-    _fn("get_reservation_status", "What is filled, what is missing and what to ask next."),
-    _fn("find_availability", "Free times on a date and the next dates with free tables.",
-        {k: _SLOT_PROPS[k] for k in ("date", "time", "party_size")}),
-    _fn("answer_faq", "Answer a question about the restaurant (hours, access, parking, payment, allergies, cancellation).",
-        {"question": {"type": "string", "description": "the caller's question"}}),
-    _fn("read_back_reservation",
-        "When every detail is filled: returns the full read-back (phone number digit by digit) to say word for word. "
-        "Booking is only possible after this and the caller's explicit yes in their next turn."),
-    _fn("confirm_booking",
-        "Book the reservation after the caller said yes to the read-back. Fails (with the reason) otherwise."),
-    _fn("end_call", "End the call after saying goodbye.",
-        {"reason": {"type": "string", "description": "why the call ends"}}),
-]
+_register("update_reservation",
+          "Record any reservation details the caller just gave (any subset). Pass raw phrases; they are parsed and "
+          "validated here. Problems come back with alternatives to offer the caller.", _SLOT_PROPS)
+_register("get_reservation_status", "What is filled, what is missing and what to ask next.")
+_register("find_availability", "Free times on a date and the next dates with free tables.",
+          {k: _SLOT_PROPS[k] for k in ("date", "time", "party_size")})
+_register("answer_faq", "Answer a question about the restaurant (hours, access, parking, payment, allergies, private "
+          "rooms, courses, children, ...). If nothing is found, say so and give the restaurant's phone number.",
+          {"question": {"type": "string", "description": "the caller's question"}})
+_register("read_back_reservation",
+          "When every detail is filled: returns the full read-back (phone number digit by digit) to say word for word. "
+          "Booking is only possible after this and the caller's explicit yes in their next turn.")
+_register("confirm_booking", "Book the reservation after the caller said yes to the read-back. Fails (with the reason) otherwise.")
+_register("find_reservations",
+          "Find the caller's existing bookings, for hearing, changing or cancelling one: by the phone number they booked "
+          "with (plus the date when there are several) or by the reservation number.",
+          {"phone": _SLOT_PROPS["phone"], "date": _SLOT_PROPS["date"],
+           "reservation_id": _ID_PROP["reservation_id"]})
+_register("propose_change",
+          "Check a change to an existing booking (only the fields that change) and get the sentence to read back. "
+          "The change is made only by apply_change after the caller's yes in their next turn.",
+          {**_ID_PROP, **{k: _SLOT_PROPS[k] for k in ("date", "time", "party_size", "name", "note")}})
+_register("apply_change", "Make the change proposed with propose_change, after the caller said yes to it.")
+_register("propose_cancel", "Get the sentence that asks the caller to confirm cancelling an existing booking.", _ID_PROP)
+_register("apply_cancel", "Cancel the booking proposed with propose_cancel, after the caller said yes to it.")
+_register("end_call", "End the call after saying goodbye.",
+          {"reason": {"type": "string", "description": "why the call ends"}})
+
+TOOL_SCHEMAS: list[dict[str, Any]] = [spec.schema() for spec in TOOLS.values()]

@@ -1,0 +1,114 @@
+"""The booking tools as a model calls them: one registry, the guard on changing what the caller gave,
+and hearing, changing and cancelling an existing booking only after the caller's own yes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.dialog.faq import FAQ
+from pipeline.dialog.restaurant import Restaurant
+from pipeline.dialog.state import DialogState
+from pipeline.dialog.tools import TOOL_SCHEMAS, TOOLS, BookingTools
+from pipeline.store import ReservationStore
+
+NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return load_config(None, environ={"VOICEBOT__STORE__URL": f"sqlite:///{tmp_path}/r.db"})
+
+
+def desk(cfg, store=None, language="ja") -> BookingTools:
+    store = store or ReservationStore(cfg.store_url())
+    return BookingTools(Restaurant(cfg.restaurant), store, DialogState(language=language), lambda: NOW,
+                        call_id="t", faq=FAQ(cfg.restaurant.faq))
+
+
+def call(tools: BookingTools, name: str, said: str | None = None, **args) -> dict:
+    if said is not None:
+        tools.begin_turn(said)
+    return json.loads(tools.call(name, args))
+
+
+def test_every_tool_is_defined_once_with_its_schema_and_handler(cfg):
+    tools = desk(cfg)
+    assert [s["function"]["name"] for s in TOOL_SCHEMAS] == list(TOOLS)
+    for name in TOOLS:
+        assert "unknown tool" not in json.dumps(call(tools, name))
+    assert "unknown tool" in call(tools, "book_everything")["error"]
+    assert "bad arguments" in call(tools, "get_reservation_status", nonsense=1)["error"]
+
+
+class BrokenStore(ReservationStore):
+    def free_tables(self, d, t, capacity):
+        raise TypeError("a bug in the store")
+
+
+def test_a_type_error_inside_a_tool_is_a_logged_bug_not_bad_arguments(cfg, caplog):
+    tools = desk(cfg, BrokenStore(cfg.store_url()))
+    with caplog.at_level(logging.ERROR):
+        got = call(tools, "find_availability", date="12月24日")
+    assert got["ok"] is False and "bad arguments" not in got["error"] and "failed" in got["error"]
+    assert any(r.levelno == logging.ERROR and "find_availability" in r.getMessage() for r in caplog.records)
+
+
+def test_a_filled_slot_is_not_changed_by_a_number_inside_a_request(cfg):
+    tools = desk(cfg)
+    assert call(tools, "update_reservation", "12月24日の19時に3名で", date="12月24日", time="19時", party_size=3)["ok"]
+    got = call(tools, "update_reservation", "卵アレルギーの者が1名おります", party_size=1, note="卵アレルギーの者が1名おります")
+    assert got["slots"]["party_size"] == 3 and got["slots"]["note"] == "卵アレルギーの者が1名おります"
+    assert [p["code"] for p in got["problems"]] == ["confirm_change"]
+    assert "1名様に変更" in got["problems"][0]["message"]
+    # the caller's yes to that question lets the same change through
+    assert call(tools, "update_reservation", "はい", party_size=1)["slots"]["party_size"] == 1
+
+
+def test_a_correction_in_the_callers_words_changes_the_slot(cfg):
+    tools = desk(cfg)
+    call(tools, "update_reservation", "12月24日の19時に3名で", date="12月24日", time="19時", party_size=3)
+    got = call(tools, "update_reservation", "やっぱり4名でお願いします", party_size=4)
+    assert got["ok"] and got["slots"]["party_size"] == 4
+
+
+def _book(cfg) -> str:
+    store = ReservationStore(cfg.store_url())
+    res = store.book(date=dt.date(2026, 12, 24), time=dt.time(19), party_size=3, name="田中", phone="09012345678",
+                     note=None, capacity=3, idempotency_key="k")
+    store.close()
+    return res.id
+
+
+def test_cancel_needs_the_callers_yes_in_the_next_turn(cfg):
+    rid = _book(cfg)
+    tools = desk(cfg)
+    found = call(tools, "find_reservations", "予約をキャンセルしたいです。090-1234-5678です", phone="090-1234-5678")
+    assert found["count"] == 1 and found["reservations"][0]["id"] == rid
+    proposal = call(tools, "propose_cancel", reservation_id=rid)
+    assert "キャンセルしてよろしいでしょうか" in proposal["say_exactly"]
+    assert call(tools, "apply_cancel")["ok"] is False  # no answer yet
+    assert call(tools, "apply_cancel", "いいえ")["ok"] is False
+    call(tools, "propose_cancel", reservation_id=rid)
+    assert call(tools, "apply_cancel", "はい、お願いします")["ok"] is True
+    assert ReservationStore(cfg.store_url()).find("09012345678") == []
+
+
+def test_change_is_checked_like_a_booking_and_made_after_yes(cfg):
+    rid = _book(cfg)
+    tools = desk(cfg)
+    call(tools, "find_reservations", "090-1234-5678です", phone="090-1234-5678")
+    closed = call(tools, "propose_change", "12月30日にしたい", reservation_id=rid, date="12月30日")
+    assert closed["ok"] is False and closed["problems"][0]["alternatives"]
+    proposal = call(tools, "propose_change", "20時に4名で", reservation_id=rid, time="20時", party_size="4名")
+    assert proposal["changes"] == {"time": "20:00", "party_size": 4}
+    assert call(tools, "apply_change")["ok"] is False
+    done = call(tools, "apply_change", "はい")
+    assert done["ok"] and done["reservation"]["time"] == "20:00" and done["reservation"]["party_size"] == 4
+    [res] = ReservationStore(cfg.store_url()).find("09012345678")
+    assert (res.time, res.party_size, res.id) == (dt.time(20), 4, rid)
