@@ -34,8 +34,9 @@ import gradio as gr
 from fastapi import FastAPI, Request, WebSocket
 from fastrtc import Stream, WebRTC
 from fastrtc.utils import Context, DataChannel, current_context
-from fastrtc.websocket import WebSocketHandler, convert_to_mulaw
+from fastrtc.websocket import WebSocketHandler
 
+from pipeline.audio import PHONE_RATE, mulaw_encode, resample, to_mono_float32
 from pipeline.dialog.state import SLOT_ORDER
 from pipeline.phone_socket import POLICY_VIOLATION, PhoneSocket
 from pipeline.twilio_auth import (
@@ -60,8 +61,6 @@ SLOT_LABELS = {
 LATENCY_HEADERS = ["turn", "gap (ms)", "stages (ms)"]
 SLOT_HEADERS = ["slot", "value"]
 _ROLES = {"user": "user", "caller": "user", "assistant": "assistant", "bot": "assistant"}
-#: Twilio's audio rate, both ways
-PHONE_RATE = 8000
 #: how long past its length the busy message may take to play before the line is closed anyway
 BUSY_GRACE_S = 1.0
 
@@ -301,7 +300,7 @@ class VoiceStream(Stream):
                 self._busy_cache = ([], 0.0)
             else:
                 sr, audio = message
-                mulaw = await anyio.to_thread.run_sync(convert_to_mulaw, audio, sr, PHONE_RATE)
+                mulaw = await anyio.to_thread.run_sync(_to_phone_line, audio, sr)
                 step = PHONE_RATE * 20 // 1000  # 20 ms, as Twilio sends its own
                 self._busy_cache = ([base64.b64encode(mulaw[i : i + step]).decode() for i in range(0, len(mulaw), step)],
                                     len(mulaw) / PHONE_RATE)
@@ -310,6 +309,11 @@ class VoiceStream(Stream):
     async def _serve_call(self, phone: PhoneSocket) -> None:
         handler = self.event_handler.copy()  # type: ignore[union-attr]
         handler.phone_mode = True
+        # Twilio's 8 kHz frames go to the handler as they come: at any other rate FastRTC would
+        # resample each 20 ms frame on its own, with a filter edge at every frame boundary. The
+        # handler resamples the call's audio as one stream, and on the phone its replies leave
+        # at 8 kHz, leaving FastRTC only the mu-law encoding.
+        handler.input_sample_rate = PHONE_RATE
         # FastRTC's status messages ({"type": "log", ...}) are for its own browser client; Twilio's
         # protocol has no such message, so on the phone they are dropped instead of sent.
         set_channel = handler.set_channel
@@ -344,6 +348,11 @@ class VoiceStream(Stream):
             self.runtime.end_call(stream_id, "hangup")
         except Exception:
             log.exception("call %s: ending it failed", stream_id)
+
+
+def _to_phone_line(audio, sample_rate: int) -> bytes:
+    """A whole message as Twilio plays it: 8 kHz mu-law."""
+    return mulaw_encode(resample(to_mono_float32(audio), sample_rate, PHONE_RATE))
 
 
 def build_stream(runtime) -> Stream:

@@ -25,6 +25,12 @@ What it changes in FastRTC 0.0.34's ``ReplyOnPause``, and why:
   failing), queue audio produced after a barge-in, or wipe the caller's new utterance when an old
   generator ends (``reset()``). Here a reply abandoned mid-``next()`` is closed by the emit thread
   and its last piece dropped.
+- **Phone audio resampled as one stream**: FastRTC's phone path resamples each 20 ms frame
+  coming in, and each piece of a reply going out, on its own, with a filter edge at every
+  boundary. The phone route hands this handler Twilio's 8 kHz audio as it is
+  (``input_sample_rate`` 8000), resampled to 16 kHz here by one :class:`~pipeline.audio.Resampler`
+  per call; on the phone the bot's audio leaves at 8 kHz, resampled by one per reply, so FastRTC
+  has only the mu-law encoding left to do.
 - **A spoken greeting** on connect (``start_up`` runs on both paths), a turn timeline stamped
   from the audio side, ``CloseStream`` after the goodbye, and the call ended in the runtime when
   the connection goes (``shutdown()`` on WebRTC; the phone path never calls it, so the websocket
@@ -47,10 +53,10 @@ import numpy as np
 from fastrtc import AdditionalOutputs, CloseStream, ReplyOnPause, get_current_context
 from fastrtc.utils import create_message, split_output
 
+from pipeline.audio import PHONE_RATE, Resampler, to_int16, to_mono_float32
 from pipeline.call import CHUNK_S, DueLine, TurnTimeline, VoiceCall, VoiceRuntime
 from pipeline.config import VADConfig
 from pipeline.dialog.parse import is_valid_phone, parse_phone
-from pipeline.stt import resample, to_mono_float32
 from pipeline.vad import WINDOW as VAD_WINDOW
 from pipeline.vad import algo_options as vad_algo_options
 from pipeline.vad import silero_options
@@ -249,8 +255,8 @@ class CallHandler(ReplyOnPause):
             algo_options=vad_algo_options(vad_cfg),
             model_options=silero_options(vad_cfg),
             can_interrupt=True,
-            # 16 kHz in: what silero and Whisper take, and the phone path resamples 8 kHz to this
-            # once per frame instead of to FastRTC's default 48 kHz
+            # 16 kHz in: what silero and Whisper take (the phone route sets 8 kHz on its copy and
+            # this handler resamples the call as one stream)
             input_sample_rate=input_sample_rate,
             output_sample_rate=int(runtime.tts.sample_rate),
             model=SharedVAD(runtime.vad),
@@ -275,6 +281,7 @@ class CallHandler(ReplyOnPause):
         self._spec: _Speculation | None = None
         self._spec_running: Future | None = None
         self._bad_frames = 0
+        self._resampler: Resampler | None = None  # the caller's audio to VAD_RATE, when it comes at another rate
 
     def copy(self) -> CallHandler:
         return CallHandler(self.runtime, input_sample_rate=self.input_sample_rate, idle_wait_s=self.idle_wait_s)
@@ -306,11 +313,11 @@ class CallHandler(ReplyOnPause):
         with self._lock:
             if self.generator is None and not self._ended and self.startup_fn is not None:
                 if self._claim_line():
-                    self.generator = self.startup_fn()
+                    self.generator = self._for_line(self.startup_fn())
                 else:
                     # Every line is taken: the busy message and hang up, with no call and no agent.
                     # Ended at once, so nothing the caller says is listened to.
-                    self.generator = self._busy()
+                    self.generator = self._for_line(self._busy())
                     self._ended = True
                 self._gen_timeline = None
                 self._gen_sent_audio = False
@@ -349,15 +356,22 @@ class CallHandler(ReplyOnPause):
                 self.event.set()
 
     def _pcm16(self, frame: tuple[int, np.ndarray]) -> np.ndarray | None:
-        """A frame as int16 mono at 16 kHz (what FastRTC gives with ``input_sample_rate=16000``)."""
+        """A frame as int16 mono at 16 kHz: as it comes from WebRTC (FastRTC resamples to
+        ``input_sample_rate``), else through this call's resampler, which carries the filter's
+        history from frame to frame (the phone's 8 kHz frames are 20 ms each)."""
         try:
             sr, array = frame
             array = np.asarray(array)
             if sr == VAD_RATE and array.dtype == np.int16:
                 return array.reshape(-1) if array.ndim == 1 or 1 in array.shape else array.mean(
                     axis=0 if array.shape[0] <= array.shape[1] else 1).astype(np.int16)
-            x = resample(to_mono_float32(array), int(sr), VAD_RATE)
-            return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
+            x = to_mono_float32(array)
+            rate = int(sr)
+            if rate == VAD_RATE:
+                return to_int16(x)
+            if self._resampler is None or self._resampler.rate_in != rate:
+                self._resampler = Resampler(rate, VAD_RATE)  # a new stream: the old one's tail is moot
+            return to_int16(self._resampler.process(x))
         except Exception as e:  # whatever a transport hands over, receive() must not raise
             # a malformed frame must not end the call; say so once in a while, not 50 times a second,
             # and without a traceback: it is bad input, not a bug here
@@ -498,6 +512,7 @@ class CallHandler(ReplyOnPause):
             self._detector.reset()
             spec, self._spec = self._spec, None
             self._pending = None
+            self._resampler = None
         if spec is not None:
             spec.future.cancel()
 
@@ -510,7 +525,7 @@ class CallHandler(ReplyOnPause):
             now = time.monotonic()
             tl, audio, transcript = TurnTimeline(speech_end=now, turn_detected=now), self._utterance(), None
             self.state = self.state.new()
-        gen = self._run_turn(audio, tl, transcript)
+        gen = self._for_line(self._run_turn(audio, tl, transcript))
         self.generator = gen
         self._gen_timeline = tl
         self._gen_sent_audio = False
@@ -630,12 +645,13 @@ class CallHandler(ReplyOnPause):
             if talking and patient:
                 return False
             again = self._farewell if patient and self._farewell_tries < FAREWELL_TRIES else None
-            gen = self._say_line(again, "completed" if call.agent.state.ended else (call.closed or "ended"))
+            reason = "completed" if call.agent.state.ended else (call.closed or "ended")
+            gen = self._for_line(self._say_line(again, reason))
         else:
             line = call.due_line(now, caller_talking=talking)
             if line is None:
                 return False
-            gen = self._say_line(line)
+            gen = self._for_line(self._say_line(line))
         with self._lock:
             if self.generator is not None or self._pending is not None or self.event.is_set() or self._ended:
                 return False  # a turn got in first; the line is looked at again when idle
@@ -664,6 +680,10 @@ class CallHandler(ReplyOnPause):
         yield CloseStream(f"call ended ({reason})")
 
     # ------------------------------------------------------------------ phone specifics
+    def _for_line(self, gen: Iterator[Any]) -> Iterator[Any]:
+        """The reply as this connection plays it: on the phone, its audio at Twilio's 8 kHz."""
+        return _at_phone_rate(gen) if self.phone_mode else gen
+
     def _websocket_now(self) -> Any:
         try:
             ws = get_current_context().websocket
@@ -725,6 +745,50 @@ class CallHandler(ReplyOnPause):
             asyncio.run_coroutine_threadsafe(coro, loop)
         except RuntimeError:  # the loop is closed: the connection is going anyway
             coro.close()
+
+
+def _at_phone_rate(reply: Iterator[Any]) -> Generator[Any, None, None]:
+    """``reply``'s audio resampled to 8 kHz as one stream, the rest passed on as it is.
+
+    FastRTC would resample each piece on its own (``convert_to_mulaw``), with a filter edge at
+    both ends of every piece; given 8 kHz audio it only encodes it. The filter's last few
+    milliseconds come out when the reply ends, or before its ``CloseStream`` (after which FastRTC
+    sends nothing).
+    """
+    resampler: Resampler | None = None
+    try:
+        for item in reply:
+            audio, extra = split_output(item)
+            pcm = np.zeros(0, np.float32)
+            if audio is not None:
+                sr, samples = int(audio[0]), to_mono_float32(np.asarray(audio[1]))
+                if resampler is None or resampler.rate_in != sr:
+                    resampler = Resampler(sr, PHONE_RATE)
+                pcm = resampler.process(samples)
+            if isinstance(extra, CloseStream) and resampler is not None:
+                pcm = np.concatenate([pcm, resampler.flush()])
+            if audio is None and not pcm.size:
+                yield item
+                continue
+            # clipped: FastRTC scales floats to int16 without clipping, and a filter overshoots
+            frame = (PHONE_RATE, np.clip(pcm, -1.0, 1.0))
+            if isinstance(extra, CloseStream):
+                if pcm.size:
+                    yield frame
+                yield extra
+            elif not pcm.size:  # the filter's first milliseconds: nothing to send yet
+                if extra is not None:
+                    yield extra
+            else:
+                yield frame if extra is None else (frame, extra)
+        if resampler is not None:
+            tail = resampler.flush()
+            if tail.size:
+                yield PHONE_RATE, np.clip(tail, -1.0, 1.0)
+    finally:
+        close = getattr(reply, "close", None)
+        if close is not None:
+            close()  # a barge-in closes this one: the reply's own clean-up must run too
 
 
 def make_handler(runtime: VoiceRuntime, **kwargs: Any) -> CallHandler:

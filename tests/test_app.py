@@ -1,7 +1,8 @@
 """The surfaces: a Twilio-protocol call over a real websocket, the TwiML route, the Gradio page, the CLI.
 
 Everything runs the real stack on the test models (random-weight whisper, fake kokoro, bundled
-silero) on loopback; caller speech is espeak-ng.
+silero) on loopback; caller speech is espeak-ng. The phone's audio path, both ways, is measured
+on steady tones: a bot that speaks in tones, and a VAD that keeps what it is given.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -169,6 +171,10 @@ class TwilioCall:
             await self.audio(silence(0.1))
         raise AssertionError(f"the bot kept sending audio for {timeout} s")
 
+    async def wait_closed(self, timeout: float) -> None:
+        """Until the server has closed the socket."""
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+
     async def close(self):
         self._reader.cancel()
         await self.ws.close()
@@ -209,7 +215,7 @@ def test_twilio_call_greets_answers_is_interrupted_and_stops_cleanly(server, run
             await tw.audio(silence(1.5))
 
             await tw.send("stop", streamSid=STREAM_SID, stop={"accountSid": "AC0", "callSid": CALL_SID})
-            await asyncio.wait_for(tw._reader, timeout=10)  # the server closes the socket after stop
+            await tw.wait_closed(timeout=10)  # the server closes the socket after stop
             return tw, greeting, reply, clear, (t_start, t_spoke, t_stopped, t_barge)
 
     with caplog.at_level(logging.WARNING):
@@ -239,6 +245,133 @@ def test_twilio_call_greets_answers_is_interrupted_and_stops_cleanly(server, run
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
     assert "Traceback" not in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------------------- the phone's audio path
+BOT_TONE_HZ = 1000  # 24 samples a cycle at kokoro's 24 kHz, 8 at the phone's 8 kHz
+CALLER_TONE_HZ = 500  # 16 samples a cycle at 8 kHz, 32 at the VAD's 16 kHz
+TONE_LEVEL = 0.3
+
+
+class ToneTTS:
+    """Says every sentence as a steady tone a whole number of cycles long, so that the pieces of a
+    reply join into one unbroken tone: whatever breaks it is the audio path's doing."""
+
+    sample_rate = 24000
+
+    def synthesize(self, text: str, language: str) -> np.ndarray:
+        cycles = 60 * max(1, len(text))  # 60 ms a character
+        n = np.arange(cycles * self.sample_rate // BOT_TONE_HZ)
+        return (TONE_LEVEL * np.sin(2 * np.pi * BOT_TONE_HZ * n / self.sample_rate)).astype(np.float32)
+
+    def stream(self, text: str, language: str):
+        yield self.sample_rate, self.synthesize(text, language)
+
+    def warmup(self) -> None:
+        pass
+
+
+class ListeningVAD:
+    """The real silero model, keeping every window it is given: the caller's audio exactly as the
+    handler heard it, at 16 kHz."""
+
+    def __init__(self, vad):
+        self.silero = vad
+        self.heard: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, window, state, sample_rate):
+        with self._lock:
+            self.heard.append(np.array(window, dtype=np.float32))
+        return self.silero(window, state, sample_rate)
+
+    def audio(self) -> np.ndarray:
+        with self._lock:
+            return np.concatenate(self.heard) if self.heard else np.zeros(0, np.float32)
+
+    def __getattr__(self, name):
+        return getattr(self.silero, name)
+
+
+def aperiodic_db(x: np.ndarray, period: int, skip: int) -> float:
+    """Energy of ``x`` not periodic with ``period`` samples, relative to its whole energy (dB),
+    leaving out ``skip`` samples at each end. A tone resampled as one stream is periodic; a seam at
+    every frame or chunk is not."""
+    x = np.asarray(x, np.float64)[skip : len(x) - skip]
+    rows = x[: len(x) // period * period].reshape(-1, period)
+    rest = rows - rows.mean(axis=0)
+    return 10 * math.log10(max(float((rest**2).sum()), 1e-30) / float((rows**2).sum()))
+
+
+@pytest.fixture
+def tone_server(test_config, tmp_path):
+    from pipeline.app import build_app
+    from pipeline.call import VoiceRuntime
+    from pipeline.models import model_resolver
+    from pipeline.stt import make_stt
+    from pipeline.vad import make_vad
+
+    cfg = test_config.model_copy(deep=True)
+    cfg.store.url = f"sqlite:///{tmp_path}/r.db"
+    cfg.logging.call_log = None
+    ears = ListeningVAD(make_vad(cfg.vad))
+    rt = VoiceRuntime(cfg, stt=make_stt(cfg.stt, model_resolver(cfg)), tts=ToneTTS(), vad=ears)
+    try:
+        with _Server(build_app(rt, validate_twilio=False)) as srv:
+            yield srv, ears
+    finally:
+        rt.close()
+
+
+def test_phone_audio_is_resampled_as_one_stream_each_way_with_no_seam_at_every_frame(tone_server):
+    """Over a real websocket in Twilio's format: the bot's greeting (a 1 kHz tone at 24 kHz, handed
+    out in 0.5 s chunks) arrives as 8 kHz mu-law that is still one steady tone, and the caller's
+    500 Hz tone in 20 ms mu-law frames reaches the handler at 16 kHz as the whole signal resampled
+    at once would. FastRTC's own path resamples every chunk and every frame on its own and fails
+    both (tests/test_audio.py measures it)."""
+    import websockets
+
+    from pipeline.audio import mulaw_decode, mulaw_encode, resample, to_float32
+
+    srv, ears = tone_server
+    n = np.arange(2 * 8000)  # two seconds of the caller
+    caller = mulaw_encode(TONE_LEVEL * np.sin(2 * np.pi * CALLER_TONE_HZ * n / 8000))
+
+    async def call():
+        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/telephone/handler",
+                                      open_timeout=10, close_timeout=5) as ws:
+            tw = TwilioCall(ws)
+            await tw.start()
+            await tw.wait_for("media", 0.0, timeout=20, keep_talking=False)
+            while time.monotonic() - max(t for t, m in tw.received if m.get("event") == "media") < 1.0:
+                await asyncio.sleep(0.05)  # until the greeting has all been sent
+            greeting = tw.events("media")
+            for i in range(0, len(caller), FRAME):
+                await tw.send("media", streamSid=STREAM_SID, media={
+                    "track": "inbound", "payload": base64.b64encode(caller[i : i + FRAME]).decode()})
+            deadline = time.monotonic() + 20
+            while ears.audio().size < 2 * 16000 - 512 - 64 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await tw.send("stop", streamSid=STREAM_SID)
+            await tw.wait_closed(timeout=10)
+            return greeting
+
+    greeting = asyncio.run(asyncio.wait_for(call(), 90))
+
+    # the bot: one steady 1 kHz tone at the level it was synthesised at, no seam at any chunk
+    bot = np.concatenate([mulaw_decode(base64.b64decode(m["media"]["payload"])) for m in greeting])
+    assert bot.size > 8000 * 1.5, "the greeting is too short to span several chunks"
+    assert aperiodic_db(bot, 8, 80) < -80
+    cycles = bot[80:-80][: (bot.size - 160) // 8 * 8].astype(np.float64) / 32768
+    level = np.abs(np.dot(cycles, np.exp(-2j * np.pi * BOT_TONE_HZ * np.arange(cycles.size) / 8000))) * 2 / cycles.size
+    assert abs(20 * math.log10(level / TONE_LEVEL)) < 0.2
+
+    # the caller: what the handler heard is the one-shot resampling of what Twilio sent
+    heard = ears.audio()
+    assert heard.size >= 2 * 16000 - 512 - 64
+    reference = resample(to_float32(mulaw_decode(caller)), 8000, 16000)[: heard.size]
+    assert np.abs(heard - reference).max() <= 1.5 / 32768  # int16 rounding, nothing else
+    assert aperiodic_db(heard, 32, 320) < -80
 
 
 # ------------------------------------------------------------------------------------------ HTTP routes
