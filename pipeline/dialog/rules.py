@@ -50,6 +50,8 @@ _SLOT_WORDS = {
     "note": r"(要望|リクエスト|備考|\brequests?\b|\bnote\b)",
 }
 _SLOTS = tuple(QUESTIONS["ja"])
+_FILLERS = re.compile(r"(?:えーっと|えっと|えーと|ええと|えー|あのー|あの|うーん|うーんと|んー|まあ|\b(?:um+|uh+|er+|erm|well|hmm+)\b)[、,。.\s]*",
+                      re.IGNORECASE)
 #: what the bot asks while handling an existing booking, and the slot an answer to it fills
 _MANAGE_ASKS = {"manage_phone": "phone", "manage_date": "date", "manage_change": None, "manage_confirm": None}
 
@@ -179,6 +181,11 @@ class RulesAgent:
             if slot == "note":
                 st.slots.note_done = True
                 return self._next(self.p("ack_no_note"))
+            if slot == "name" and st.name_heard:
+                # never lose a booking over a name: file it as heard; the read-back says it in full
+                r = self.tools.update({"name": st.name_heard}, decided=True)
+                if r.applied:
+                    return self._next(self._ack(r))
             log.info("giving up on %s after %d failures", key, st.failures[key])
             return self._end("give_up", phone=self.tools.restaurant.cfg.phone)
         hint = HINTS[self.lang].get(slot or "", "")
@@ -228,7 +235,7 @@ class RulesAgent:
                 when = when[0].upper() + when[1:]
             parts.append(self.p("ack_when", when=when))
         if "name" in a and "name" not in r.changed:
-            parts.append(self.p("ack_name", name=a["name"]))
+            parts.append(self.p("ack_name", name=speech.say_name(a["name"], self.lang)))
         if "phone" in a and "phone" not in r.changed:
             parts.append(self.p("ack_phone"))
         if "note" in a and "note" not in r.changed:
@@ -246,7 +253,7 @@ class RulesAgent:
             return speech.say_phone(value, self.lang)
         if slot == "note" and not value:
             return "なし" if self.lang == "ja" else "none"
-        return f"{value}様" if slot == "name" and self.lang == "ja" else str(value)
+        return f"{speech.say_name(value, 'ja')}様" if slot == "name" and self.lang == "ja" else str(value)
 
     def _faq_answer(self, norm: str, extracted: bool) -> str | None:
         match = self.tools.faq.match(norm, self.lang)
@@ -360,6 +367,10 @@ class RulesAgent:
         values = dict(u.values)
         if asking != "note" and "note" in values and not parse.parse_note(norm):
             values.pop("note")
+        if asking == "name" and not u.acts & {"wait", "repeat", "none", "deny", "question"}:
+            heard = _FILLERS.sub("", parse.normalize(norm)).strip(" 。、.,!！?？ー")
+            if len(heard) >= 2 and not any(ch.isdigit() for ch in heard) and len(heard) <= 40:
+                st.name_heard = heard
         if asking == "note":
             if "note" not in values:
                 if u.has("none") or (u.has("deny") and not values):
@@ -431,7 +442,7 @@ class RulesAgent:
                                            value=self._say_value(slot, value)))
         if doubtful is not None:
             st.pending = {"kind": "name", "value": doubtful}
-            return self._join(lead, self.p("confirm_name", name=doubtful))
+            return self._join(lead, self.p("confirm_name", name=speech.say_name(doubtful, self.lang)))
         asked_issues = [i for i in r.issues if i.slot == asking]
         if not r.applied:
             if r.issues and not asked_issues:
@@ -534,7 +545,7 @@ class RulesAgent:
         at = speech.say_time(dt.time.fromisoformat(res["time"]), self.lang)
         when = f"{day}の{at}" if self.lang == "ja" else f"{day} at {at}"
         self.state.asking = "anything_else"
-        return self.p("booked", id=res["id"], when=when, name=res["name"])
+        return self.p("booked", id=res["id"], when=when, name=speech.say_name(res["name"], self.lang))
 
     def _after_booking(self, u: Understanding, norm: str) -> str:
         st = self.state

@@ -134,6 +134,23 @@ def say_phone(digits: str, lang: str) -> str:
     return ", ".join(" ".join(_EN_DIGITS[int(c)] for c in g) for g in groups)
 
 
+def say_name(name: str, lang: str) -> str:
+    """A Japanese name as it sounds, in katakana (「田中」 -> 「タナカ」): Whisper often writes the right
+    sound with the wrong kanji, and kanji names have several readings, so the bot says back the
+    reading it would file the booking under and the caller can correct it. Latin names as written."""
+    if lang != "ja" or not any("\u3041" <= c <= "\u3096" or "\u3400" <= c <= "\u9fff" or c == "\u3005" for c in name):
+        return name
+    try:
+        import pyopenjtalk
+
+        reading = pyopenjtalk.g2p(name, kana=True)
+    except Exception:  # a missing or failing dictionary must not cost the call its read-back
+        return name
+    reading = "".join(c for c in reading if c not in "、。 ")
+    katakana = all("\u30a0" <= c <= "\u30ff" for c in reading)
+    return reading if reading and katakana else name
+
+
 def say_list(items: list[str], lang: str) -> str:
     """``A、B、C`` / ``A, B or C`` (the items are offered as alternatives)."""
     items = [i for i in items if i]

@@ -83,6 +83,8 @@ class DialogState:
     #: a question the rules agent asked that the next answer settles: {"kind": "change"|"end"|"choose"|
     #: "name"|"note_what", ...}
     pending: dict[str, Any] | None = None
+    #: what the caller said when asked for their name, in case no try reads as one
+    name_heard: str = ""
     #: phone digits given so far in groups across turns ("090の", "1234の", "5678です")
     phone_partial: str = ""
     #: an existing booking the caller is hearing, changing or cancelling

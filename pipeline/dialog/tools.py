@@ -178,6 +178,8 @@ class BookingTools:
                 slots.note_done = True
             elif slot in ("name", "phone"):
                 register_pii(value)  # masked in every log line from now on (pipeline.privacy)
+                if slot == "name":
+                    register_pii(speech.say_name(value, "ja"))  # and as the bot reads it back
             elif slot == "date" and slots.time is not None and "time" not in order:
                 # a time chosen for another day may not hold on this one
                 tp = self.check_slot_time(value, slots.time)
@@ -309,7 +311,7 @@ class BookingTools:
         if self.lang == "ja":
             note = f"ご要望は「{s.note}」、" if s.note else ""
             text = (f"ご予約内容を確認いたします。{speech.say_date(s.date, 'ja', today)}、{speech.say_time(s.time, 'ja')}から、"
-                    f"{speech.say_party(s.party_size, 'ja')}、お名前は{s.name}様、"
+                    f"{speech.say_party(s.party_size, 'ja')}、お名前は{speech.say_name(s.name, 'ja')}様、"
                     f"お電話番号は{speech.say_phone(s.phone, 'ja')}、{note}"
                     "以上でよろしいでしょうか。")
         else:
@@ -468,7 +470,7 @@ class BookingTools:
         d, t = dt.date.fromisoformat(b["date"]), dt.time.fromisoformat(b["time"])
         day, at = speech.say_date(d, self.lang, self.today()), speech.say_time(t, self.lang)
         return {"when": f"{day}の{at}" if self.lang == "ja" else f"{day} at {at}",
-                "party": speech.say_party(b["party_size"], self.lang), "name": b["name"]}
+                "party": speech.say_party(b["party_size"], self.lang), "name": speech.say_name(b["name"], self.lang)}
 
     def end_call(self) -> None:
         self.state.ended = True

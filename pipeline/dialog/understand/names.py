@@ -573,7 +573,23 @@ def name_is_plausible(name: str) -> bool:
     return True
 
 
+# "S-M-I-T-H", "s m i t h", "Smith, S. M. I. T. H.": a name spelled letter by letter
+_SPELLED_RE = re.compile(r"(?<![A-Za-z])((?:[A-Za-z][\s.\-,]+){1,19}[A-Za-z])(?![A-Za-z])")
+
+
+def _spelled(text: str) -> str | None:
+    runs = [m.group(1) for m in _SPELLED_RE.finditer(normalize(text))]
+    letters = [re.sub(r"[^A-Za-z]", "", r) for r in runs]
+    letters = [x for x in letters if len(x) >= 2]
+    if not letters:
+        return None
+    return " ".join(x.capitalize() for x in letters)
+
+
 def parse_name_answer(text: str) -> str | None:
+    spelled = _spelled(text)
+    if spelled is not None:
+        return spelled
     name = _parse_name(text, bare=True)
     # "はい" / "Sure" / "お願いします" answer the question, they are not a name
     if name is None or parse_yes_no(name) is not None or is_no_request(name):
