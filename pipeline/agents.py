@@ -12,10 +12,12 @@ from zoneinfo import ZoneInfo
 
 from pipeline.config import Config
 from pipeline.dialog.faq import FAQ
+from pipeline.dialog.parse import caller_number
 from pipeline.dialog.restaurant import Restaurant
 from pipeline.dialog.rules import RulesAgent
 from pipeline.dialog.state import DialogState
 from pipeline.dialog.tools import BookingTools
+from pipeline.privacy import register_pii
 from pipeline.store import ReservationStore
 
 log = logging.getLogger(__name__)
@@ -94,9 +96,16 @@ def new_agent(
     language: str | None = None,
     clock: Callable[[], dt.datetime] | None = None,
     call_id: str | None = None,
+    caller_id: str | None = None,
 ) -> Agent:
+    """One call's agent. ``caller_id`` is the number the phone network gave for the caller (withheld,
+    foreign or malformed numbers are dropped here): the bot offers it as the booking's number and
+    finds the caller's bookings by it."""
     cfg = services.cfg
     state = DialogState(language=(language or cfg.agent.language))  # type: ignore[arg-type]
+    state.caller_id = caller_number(caller_id)
+    if state.caller_id:
+        register_pii(state.caller_id)
     call_id = call_id or uuid.uuid4().hex[:12]
     tools = BookingTools(services.restaurant, services.store, state, clock or make_clock(), call_id=call_id,
                          faq=services.faq)

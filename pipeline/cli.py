@@ -42,6 +42,7 @@ def run_chat(
     language: str | None = None,
     as_json: bool = False,
     interactive: bool = False,
+    caller_id: str | None = None,
 ) -> int:
     """The text chat: one caller utterance per line until EOF or the call ends. Returns the exit code."""
     from pipeline.agents import AgentUnavailable, make_clock, new_agent, open_services, parse_now
@@ -54,7 +55,8 @@ def run_chat(
     services = open_services(cfg)
     try:
         try:
-            agent = new_agent(services, kind=kind, language=language, clock=make_clock(fixed))  # type: ignore[arg-type]
+            agent = new_agent(services, kind=kind, language=language, clock=make_clock(fixed),  # type: ignore[arg-type]
+                              caller_id=caller_id)
         except AgentUnavailable as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -102,7 +104,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     _setup_logging(cfg.logging.level if args.verbose else "WARNING")
     interactive = sys.stdin.isatty() and not args.json
     return run_chat(cfg, _stdin_lines(interactive, sys.stdout), sys.stdout, kind=args.agent, now=args.now,
-                    language=args.language, as_json=args.json, interactive=interactive)
+                    language=args.language, as_json=args.json, interactive=interactive, caller_id=args.caller_id)
 
 
 def cmd_reservations(args: argparse.Namespace) -> int:
@@ -416,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_now_arg(chat)
     chat.add_argument("--language", choices=["ja", "en"], default=None)
     chat.add_argument("--json", action="store_true", help="one JSON object per bot turn")
+    chat.add_argument("--caller-id", metavar="NUMBER", default=None,
+                      help="behave as a phone call from this number (e.g. +819012345678)")
     chat.set_defaults(func=cmd_chat)
 
     res = sub.add_parser("reservations", help="list the reservations in the database")

@@ -34,6 +34,7 @@ class Case:
     bot_says: list[str] = field(default_factory=list)
     never_says: list[str] = field(default_factory=list)
     ended: bool | None = None  # how the last call ended
+    caller_id: str | None = None  # every call comes from this number (as Twilio gives `From`)
 
 
 JA_TAIL = ["田中です", "090-1234-5678", "特にありません", "はい"]
@@ -278,6 +279,22 @@ CASES = [
     Case("en-check", "en", [EN_BOOK, ["I want to check my reservation", "090-1234-5678", "that's all"]], [EN_BOOKED],
          bot_says=["I have your booking"]),
     Case("en-cancel-by-number", "en", [EN_BOOK, ["my reservation number is {id}, I need to cancel", "yes", "that's all"]], []),
+    # ------------------------------------------------------------ the caller's own number
+    Case("ja-caller-id-yes", "ja", [["12月24日の19時に3名で", "田中です", "はい", "特にありません", "はい"]], [JA_BOOKED],
+         caller_id="+819012345678", bot_says=["末尾ゴー、ロク、ナナ、ハチの番号でよろしいでしょうか"]),
+    Case("ja-caller-id-no", "ja", [["12月24日の19時に3名で", "田中です", "いいえ", "080-1111-2222", "特にありません", "はい"]],
+         [R("2026-12-24", "19:00", 3, "田中", "08011112222")], caller_id="+819012345678"),
+    Case("ja-caller-id-other-number-said", "ja", [["12月24日の19時に3名で", "田中です", "いいえ、080-1111-2222でお願いします",
+                                                   "特にありません", "はい"]],
+         [R("2026-12-24", "19:00", 3, "田中", "08011112222")], caller_id="+819012345678"),
+    Case("ja-caller-id-withheld", "ja", [["12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません", "はい"]],
+         [JA_BOOKED], caller_id="anonymous", never_says=["今おかけ"]),
+    Case("ja-caller-id-foreign", "ja", [["12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません", "はい"]],
+         [JA_BOOKED], caller_id="+14155550100", never_says=["今おかけ"]),
+    Case("en-caller-id-yes", "en", [["December 24th at 7 pm for three", "My name is John Smith", "yes", "no requests", "yes"]],
+         [EN_BOOKED], caller_id="+81 90-1234-5678", bot_says=["ending in five six seven eight"]),
+    Case("ja-cancel-by-caller-id", "ja", [JA_BOOK, ["予約をキャンセルしたいです", "はい", "以上です"]], [],
+         caller_id="+819012345678", never_says=["お電話番号をお願い"]),
     # ------------------------------------------------------------ a person, please
     ja("ja-person", ["お店の人と話したいです", "12月24日", "19時", "2名", *JA_TAIL], R("2026-12-24", "19:00", 2, "田中"),
        bot_says=["03-1234-5678"]),
@@ -292,9 +309,10 @@ def cfg(tmp_path):
                                       "VOICEBOT__AGENT__KIND": "rules"})
 
 
-def _chat(cfg, lines, lang):
+def _chat(cfg, lines, lang, caller_id=None):
     out = io.StringIO()
-    code = run_chat(cfg, [line + "\n" for line in lines], out, kind="rules", now=NOW, language=lang, as_json=True)
+    code = run_chat(cfg, [line + "\n" for line in lines], out, kind="rules", now=NOW, language=lang, as_json=True,
+                    caller_id=caller_id)
     assert code == 0
     return [json.loads(x) for x in out.getvalue().splitlines()]
 
@@ -318,7 +336,7 @@ def test_call_as_callers_talk(cfg, case: Case):
     for lines in case.calls:
         booked = _active(cfg)
         lines = [line.format(id=booked[-1]["id"]) if "{id}" in line and booked else line for line in lines]
-        turns = _chat(cfg, lines, case.lang)
+        turns = _chat(cfg, lines, case.lang, case.caller_id)
         transcript.extend(f"  caller: {t['user']}\n  bot:    {t['bot']}" for t in turns)
         transcript.append("  ---- hang up")
         for t in turns:

@@ -121,6 +121,8 @@ class RulesAgent:
             self._keep_prompt = True
             return self.p("wait_ok")
         if u.has("person"):
+            if st.can_transfer:
+                return self._transfer("transferring")
             self._keep_prompt = True
             return self._join(self.p("person", phone=self.tools.restaurant.cfg.phone), self._current_question())
         if st.pending is not None:
@@ -167,6 +169,12 @@ class RulesAgent:
         self._keep_prompt = True
         return self._join(self.p("repeat_lead"), st.last_prompt or self._current_question())
 
+    def _transfer(self, key: str) -> str:
+        """Say so and hand the call to a person: the transport makes the transfer once this is said."""
+        self.state.transfer_requested = True
+        log.info("call %s: transferring to the restaurant", self.tools.call_id)
+        return self._end(key)
+
     def _end(self, key: str, **kw) -> str:
         self.tools.end_call()
         self.state.asking = None
@@ -187,17 +195,27 @@ class RulesAgent:
                 if r.applied:
                     return self._next(self._ack(r))
             log.info("giving up on %s after %d failures", key, st.failures[key])
+            if st.can_transfer:
+                return self._transfer("give_up_transfer")
             return self._end("give_up", phone=self.tools.restaurant.cfg.phone)
         hint = HINTS[self.lang].get(slot or "", "")
+        if st.keypad and slot in ("phone", "manage"):
+            hint = self._join(hint, self.p("keypad_phone"))
+        elif st.keypad and slot in ("confirm", "manage_confirm"):
+            hint = self._join(hint, self.p("keypad_yes_no"))
         if slot in QUESTIONS[self.lang] or slot == "confirm":
             return self._join(lead, hint or self.question(slot))
-        return lead
+        return self._join(lead, hint) if slot == "manage_confirm" else lead
 
     def _next(self, lead: str = "") -> str:
         """Ask for the next missing item, or read the reservation back when nothing is missing."""
+        st = self.state
         missing = self.tools.missing()
         if missing:
-            self.state.asking = missing[0]
+            st.asking = missing[0]
+            if missing[0] == "phone" and st.caller_id and not st.caller_id_declined and st.pending is None:
+                st.pending = {"kind": "caller_id"}
+                return self._join(lead, self.p("caller_id_offer", last4=speech.say_digits(st.caller_id[-4:], self.lang)))
             return self._join(lead, self.question(missing[0]))
         readback = self.tools.read_back()
         self.state.asking = "confirm"
@@ -288,6 +306,16 @@ class RulesAgent:
             st.pending = None
             if u.has("deny") and not values:
                 return self._join(self.p("ack_no_note"), self._current_question())
+            return None
+        if kind == "caller_id":
+            st.pending = None
+            if u.has("affirm") and not u.has("deny") and "phone" not in values:
+                r = self.tools.update({"phone": st.caller_id}, decided=True)
+                return self._resume(self._ack(r))
+            st.caller_id_declined = True
+            if "phone" not in values:
+                st.asking = "phone"
+                return self.question("phone")
             return None
         if kind == "change":
             slot, value = pend["slot"], pend["value"]
@@ -602,6 +630,20 @@ class RulesAgent:
             if "phone" in u.values:
                 m.wanted.pop("date", None)
             return self._identify(m, u)
+        if st.caller_id:
+            # the number they are calling from finds their booking without a question
+            try:
+                found = self.tools.find_bookings(phone=st.caller_id)
+            except StoreError as e:
+                log.warning("call %s: looking up bookings failed: %s", self.tools.call_id, e)
+                found = []
+            if len(found) == 1:
+                m.booking, m.phone = found[0], st.caller_id
+                return self._found(m)
+            if len(found) > 1:
+                m.phone = st.caller_id
+                st.asking = "manage_date"
+                return self.p("manage_which_date", n=len(found))
         st.asking = "manage_phone"
         return self.p("manage_phone")
 

@@ -126,12 +126,16 @@ def group_phone(digits: str) -> str:
     return "-".join(out)
 
 
+def say_digits(digits: str, lang: str) -> str:
+    """Digits one by one, as in a phone number: 「ゴー、ロク、ナナ、ハチ」 / "five six seven eight"."""
+    table = _JA_DIGITS if lang == "ja" else _EN_DIGITS
+    return ("、" if lang == "ja" else " ").join(table[int(c)] for c in _digits(digits))
+
+
 def say_phone(digits: str, lang: str) -> str:
     """Digit by digit in the groups of :func:`group_phone`; Japanese groups are joined by 「の」."""
     groups = [g for g in group_phone(digits).split("-") if g]
-    if lang == "ja":
-        return "、の、".join("、".join(_JA_DIGITS[int(c)] for c in g) for g in groups)
-    return ", ".join(" ".join(_EN_DIGITS[int(c)] for c in g) for g in groups)
+    return ("、の、" if lang == "ja" else ", ").join(say_digits(g, lang) for g in groups)
 
 
 def say_name(name: str, lang: str) -> str:

@@ -83,6 +83,16 @@ class DialogState:
     #: a question the rules agent asked that the next answer settles: {"kind": "change"|"end"|"choose"|
     #: "name"|"note_what", ...}
     pending: dict[str, Any] | None = None
+    #: the caller's own number as the phone network gave it (digits, a Japanese number), None when withheld
+    caller_id: str | None = None
+    #: the caller said the number they are calling from is not the one to book with
+    caller_id_declined: bool = False
+    #: the caller has a keypad (a phone call): the bot may offer it
+    keypad: bool = False
+    #: the call can be handed to a person (a phone call with `restaurant.transfer_number` set)
+    can_transfer: bool = False
+    #: the bot told the caller it is putting them through: the transport transfers the call
+    transfer_requested: bool = False
     #: what the caller said when asked for their name, in case no try reads as one
     name_heard: str = ""
     #: phone digits given so far in groups across turns ("090の", "1234の", "5678です")

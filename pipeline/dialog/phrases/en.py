@@ -73,6 +73,11 @@ PHRASES = {
     "change_confirm": "Shall I change it to {when}, {party}, under the name {name}?",
     "changed_booking": "Done: your booking is now {when}, {party}. Is there anything else?",
     "manage_store_error": "I'm sorry, the booking system is unavailable right now. Please call the restaurant directly.",
+    "caller_id_offer": "Shall I use the number you are calling from, the one ending in {last4}?",
+    "transferring": "Of course. I'll put you through to the restaurant now. Please hold.",
+    "give_up_transfer": "I'm sorry, I couldn't get that. I'll put you through to the restaurant now. Please hold.",
+    "keypad_phone": "You can also type the number on your keypad, followed by the hash key.",
+    "keypad_yes_no": "You can also press 1 for yes or 2 for no.",
 }
 
 # what each slot is called in a sentence

@@ -73,6 +73,11 @@ PHRASES = {
     "change_confirm": "{when}、{party}、{name}様に変更してよろしいでしょうか。",
     "changed_booking": "ご予約を変更いたしました。{when}、{party}でお待ちしております。ほかに何かございますか。",
     "manage_store_error": "申し訳ございません、ただいま予約システムに接続できません。お手数ですがお店まで直接お電話ください。",
+    "caller_id_offer": "お電話番号は、今おかけの末尾{last4}の番号でよろしいでしょうか。",
+    "transferring": "かしこまりました。お店の者におつなぎいたします。少々お待ちください。",
+    "give_up_transfer": "申し訳ございません、うまくお伺いできませんでした。お店の者におつなぎいたします。少々お待ちください。",
+    "keypad_phone": "お電話のボタンで番号を押していただくこともできます。最後にシャープを押してください。",
+    "keypad_yes_no": "「はい」は1、「いいえ」は2のボタンでもお答えいただけます。",
 }
 
 # what each slot is called in a sentence

@@ -227,3 +227,17 @@ def is_valid_phone(digits: str) -> bool:
     return len(digits) == 11 and (digits[:3] in _ELEVEN_DIGIT_PREFIXES or digits.startswith("0800"))
 
 
+
+
+def caller_number(raw: str | None) -> str | None:
+    """The caller's own number from the phone network ("+819012345678", "0312345678") as a Japanese
+    number in digits, or None when it is withheld ("anonymous", "+266696687"), foreign or malformed."""
+    if not isinstance(raw, str):
+        return None
+    t = normalize(raw)[:32]
+    digits = "".join(c for c in t if c.isdigit())
+    if t.startswith("+"):
+        if not digits.startswith("81"):
+            return None
+        digits = "0" + digits[2:].lstrip("0")
+    return digits if is_valid_phone(digits) else None
