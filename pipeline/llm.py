@@ -105,7 +105,8 @@ def build_system_prompt(rc: RestaurantConfig, now: dt.datetime, language: str) -
         "9. A caller who wants to hear, change or cancel an existing booking: call find_reservations with the "
         "phone number they booked with (or the reservation number), then propose_change or propose_cancel and "
         "say its say_exactly text; call apply_change or apply_cancel only after the caller's yes in their next turn.",
-        "10. When the caller says goodbye or needs nothing else, say a short goodbye and call end_call.",
+        "10. When the caller asks for a person (staff, a human), call transfer_to_person and say its say_exactly text.",
+        "11. When the caller says goodbye or needs nothing else, say a short goodbye and call end_call.",
         "",
         "Style: 1-2 short sentences per reply; this is a phone call. Plain spoken text only: no markdown, "
         "no lists, no emoji, no URLs.",

@@ -112,3 +112,12 @@ def test_change_is_checked_like_a_booking_and_made_after_yes(cfg):
     assert done["ok"] and done["reservation"]["time"] == "20:00" and done["reservation"]["party_size"] == 4
     [res] = ReservationStore(cfg.store_url()).find("09012345678")
     assert (res.time, res.party_size, res.id) == (dt.time(20), 4, rid)
+
+
+def test_a_person_is_a_transfer_only_where_the_call_can_be_transferred(cfg):
+    tools = desk(cfg)
+    got = call(tools, "transfer_to_person", "お店の人と話したい")
+    assert got["transferring"] is False and "03-1234-5678" in got["say_exactly"] and not tools.state.ended
+    tools.state.can_transfer = True
+    got = call(tools, "transfer_to_person", "お店の人と話したい")
+    assert got["transferring"] is True and tools.state.transfer_requested and tools.state.ended

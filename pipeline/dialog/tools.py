@@ -603,6 +603,14 @@ class BookingTools:
         except ReservationNotFound:
             return {"ok": False, "code": "not_found", "error": "the booking no longer exists"}
 
+    def _tool_transfer_to_person(self) -> dict[str, Any]:
+        if self.state.can_transfer:
+            self.state.transfer_requested = True
+            self.end_call()
+            return {"ok": True, "transferring": True, "say_exactly": PHRASES[self.lang]["transferring"]}
+        return {"ok": True, "transferring": False,
+                "say_exactly": PHRASES[self.lang]["person"].format(phone=self.restaurant.cfg.phone)}
+
     def _tool_end_call(self, reason: str = "") -> dict[str, Any]:
         self.end_call()
         return {"ok": True, "ended": True}
@@ -706,6 +714,10 @@ _register("propose_change",
 _register("apply_change", "Make the change proposed with propose_change, after the caller said yes to it.")
 _register("propose_cancel", "Get the sentence that asks the caller to confirm cancelling an existing booking.", _ID_PROP)
 _register("apply_cancel", "Cancel the booking proposed with propose_cancel, after the caller said yes to it.")
+_register("transfer_to_person",
+          "The caller asks for a person, or you cannot help them: hands the call to the restaurant's staff when the "
+          "call can be transferred (say the returned sentence; the call is then put through), otherwise returns the "
+          "restaurant's phone number to give the caller.")
 _register("end_call", "End the call after saying goodbye.",
           {"reason": {"type": "string", "description": "why the call ends"}})
 
