@@ -9,6 +9,12 @@ if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) \
     || echo "warning: could not install espeak-ng; tests that need caller speech will say so" >&2
 fi
+# The browser call (tests/test_browser.py) drives Debian's Chromium, installed as root when missing.
+if [ "${VOICEBOT_TEST_BROWSER:-}" != "0" ] && [ -z "${VOICEBOT_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
+    && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "error: could not install chromium; the browser call test will fail (VOICEBOT_TEST_BROWSER=0 skips it)" >&2
+fi
 # The store tests also run on PostgreSQL: a local cluster (installed and started as root when missing).
 if [ "${VOICEBOT_TEST_POSTGRES:-}" != "0" ] && [ -z "${VOICEBOT_TEST_PG_URL:-}" ]; then
   VOICEBOT_TEST_PG_URL=$(bash scripts/test_postgres.sh) && export VOICEBOT_TEST_PG_URL \
