@@ -23,6 +23,7 @@ lost from the record; they are invisible to the listings, to :meth:`ReservationS
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import secrets
@@ -47,6 +48,7 @@ from sqlalchemy import (
     Text,
     Time,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -95,6 +97,43 @@ slots = Table(
     Column("time", Time, primary_key=True),
     Column("taken", Integer, nullable=False, default=0),
 )
+
+
+# ---- shared call state: what several `voicebot serve` workers on one database must agree on ------
+stream_tokens = Table(
+    "stream_tokens",
+    metadata,
+    Column("token", String(128), primary_key=True),
+    Column("data", Text, nullable=False),  # JSON: what the webhook bound to the token
+    Column("expires_at", DateTime, nullable=False),  # UTC, naive
+    Column("used_at", DateTime),
+)
+webhooks_seen = Table(
+    "webhooks_seen",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("seen_at", DateTime, nullable=False, index=True),
+)
+# One row to lock: taking a line counts the lines in use while holding it, so the cap holds across
+# workers without a counter that a crashed worker would leave wrong.
+line_lock = Table("line_lock", metadata, Column("id", Integer, primary_key=True))
+call_lines = Table(
+    "call_lines",
+    metadata,
+    Column("call_id", String(128), primary_key=True),
+    Column("worker", String(128), nullable=False),
+    Column("heartbeat_at", DateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class TokenRedemption:
+    """A stream token presented by a media websocket: the data bound to it, or why it is refused."""
+
+    ok: bool
+    data: dict[str, Any] | None = None
+    #: "unknown" (never issued here), "used" (presented before), "expired"
+    reason: str = ""
 
 
 class StoreError(RuntimeError):
@@ -220,6 +259,8 @@ class ReservationStore:
             with self._write() as conn:
                 metadata.create_all(conn)
                 _phone_index.create(conn, checkfirst=True)
+                if conn.execute(select(line_lock.c.id)).first() is None:
+                    conn.execute(insert(line_lock).values(id=1))
         except SQLAlchemyError as e:
             self.engine.dispose()
             raise StoreError(f"cannot open the reservations database {self._shown_url}: {_reason(e)}") from e
@@ -580,6 +621,97 @@ class ReservationStore:
             log.info("changed %s: %s", rid, ", ".join(sorted(values)))
         return _row_to_reservation(changed)
 
+    # ---- shared call state ----------------------------------------------------------------------
+    def issue_token(self, token: str, data: dict[str, Any], ttl_s: float, *, now: dt.datetime | None = None) -> None:
+        """Remember a one-time stream token and what it stands for (the call's SID, the caller's number)."""
+        t = _utc_naive(now)
+        try:
+            with self._write() as conn:
+                conn.execute(delete(stream_tokens).where(stream_tokens.c.expires_at < t - dt.timedelta(hours=1)))
+                conn.execute(insert(stream_tokens).values(
+                    token=token, data=json.dumps(data, ensure_ascii=False),
+                    expires_at=t + dt.timedelta(seconds=ttl_s)))
+        except SQLAlchemyError as e:
+            raise self._wrap("issuing a stream token", e) from e
+
+    def redeem_token(self, token: str, *, now: dt.datetime | None = None) -> TokenRedemption:
+        """Accept a token once, in whichever worker it is presented; later or late presentations are refused."""
+        if not isinstance(token, str) or not token or len(token) > 128:
+            return TokenRedemption(False, reason="unknown")
+        t = _utc_naive(now)
+        try:
+            with self._write() as conn:
+                took = conn.execute(
+                    update(stream_tokens)
+                    .where(stream_tokens.c.token == token, stream_tokens.c.used_at.is_(None),
+                           stream_tokens.c.expires_at > t)
+                    .values(used_at=t)
+                )
+                row = conn.execute(select(stream_tokens).where(stream_tokens.c.token == token)).first()
+        except SQLAlchemyError as e:
+            raise self._wrap("redeeming a stream token", e) from e
+        if took.rowcount == 1 and row is not None:
+            return TokenRedemption(True, json.loads(row.data))
+        if row is None:
+            return TokenRedemption(False, reason="unknown")
+        return TokenRedemption(False, reason="used" if row.used_at is not None else "expired")
+
+    def first_sighting(self, key: str, *, keep_s: float = 3600.0, now: dt.datetime | None = None) -> bool:
+        """True the first time ``key`` (a webhook's signature) is seen by any worker, False on a replay."""
+        t = _utc_naive(now)
+        try:
+            with self._write() as conn:
+                conn.execute(delete(webhooks_seen).where(webhooks_seen.c.seen_at < t - dt.timedelta(seconds=keep_s)))
+                if conn.execute(select(webhooks_seen.c.key).where(webhooks_seen.c.key == key[:255])).first():
+                    return False
+                conn.execute(insert(webhooks_seen).values(key=key[:255], seen_at=t))
+                return True
+        except IntegrityError:
+            return False  # another worker recorded it between our SELECT and INSERT
+        except SQLAlchemyError as e:
+            raise self._wrap("checking a webhook for replay", e) from e
+
+    def take_line(self, call_id: str, cap: int, *, worker: str = "", stale_s: float = 120.0,
+                  now: dt.datetime | None = None) -> bool:
+        """Take one of ``cap`` lines shared by every worker on this database; False when all are busy.
+
+        Lines whose worker stopped sending heartbeats (:meth:`touch_line`) for ``stale_s`` are freed."""
+        t = _utc_naive(now)
+        try:
+            with self._write() as conn:
+                conn.execute(select(line_lock.c.id).where(line_lock.c.id == 1).with_for_update()).first()
+                conn.execute(delete(call_lines).where(call_lines.c.heartbeat_at < t - dt.timedelta(seconds=stale_s)))
+                if conn.execute(select(call_lines.c.call_id).where(call_lines.c.call_id == call_id)).first():
+                    return True
+                used = conn.execute(select(func.count()).select_from(call_lines)).scalar_one()
+                if used >= cap:
+                    return False
+                conn.execute(insert(call_lines).values(call_id=call_id, worker=worker[:128], heartbeat_at=t))
+                return True
+        except SQLAlchemyError as e:
+            raise self._wrap("taking a line", e) from e
+
+    def touch_line(self, call_id: str, *, now: dt.datetime | None = None) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute(update(call_lines).where(call_lines.c.call_id == call_id)
+                             .values(heartbeat_at=_utc_naive(now)))
+        except SQLAlchemyError as e:
+            raise self._wrap("keeping a line", e) from e
+
+    def release_line(self, call_id: str) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute(delete(call_lines).where(call_lines.c.call_id == call_id))
+        except SQLAlchemyError as e:
+            raise self._wrap("releasing a line", e) from e
+
+    def lines_in_use(self, *, stale_s: float = 120.0, now: dt.datetime | None = None) -> int:
+        t = _utc_naive(now)
+        with self._read() as conn:
+            return conn.execute(select(func.count()).select_from(call_lines)
+                                .where(call_lines.c.heartbeat_at >= t - dt.timedelta(seconds=stale_s))).scalar_one()
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -595,6 +727,14 @@ class _SlotMissing(Exception):
         super().__init__(f"no counter row for {date} {time}")
         self.date = date
         self.time = time
+
+
+def _utc_naive(t: dt.datetime | None) -> dt.datetime:
+    """UTC without an offset, as the tables store it (SQLite keeps none)."""
+    t = t or dt.datetime.now(dt.UTC)
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.UTC).replace(tzinfo=None)
+    return t
 
 
 def _reason(e: SQLAlchemyError) -> str:
