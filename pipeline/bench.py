@@ -30,12 +30,10 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +43,14 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.sim.phone import phone_line
+from pipeline.sim.testmodels import build_fake_kokoro, build_voices, build_whisper
+from pipeline.sim.voices import espeak, speech_end
 
 log = logging.getLogger(__name__)
 
 SR = 16000  # what the handler takes (the phone path resamples Twilio's 8 kHz to this)
 FRAME = SR // 50  # 20 ms, a WebRTC / Twilio frame
-PHONE_SR = 8000
 #: the clock the calls run at, so that the scripted date is always bookable
 NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
 #: Whisper emits about one token per 0.1 s of Japanese speech
@@ -100,53 +100,6 @@ class Clip:
         return self.speech_end_s - LEAD_S
 
 
-def espeak(text: str, voice: str = "ja", speed: int | None = None) -> tuple[int, np.ndarray]:
-    """espeak-ng's ``(rate, int16 mono)`` for ``text``; ``speed`` in words a minute (its default 175).
-    Raises RuntimeError when espeak-ng is missing or fails."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng): there is no caller voice")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "line.wav"
-        command = [exe, "-v", voice, *(["-s", str(speed)] if speed else []), "-w", str(path), text]
-        try:
-            subprocess.run(command, check=True, capture_output=True, timeout=60)
-        except subprocess.CalledProcessError as e:
-            raise RuntimeError(f"espeak-ng -v {voice} failed: {e.stderr.decode(errors='replace').strip()}") from None
-        with wave.open(str(path)) as w:
-            rate = w.getframerate()
-            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-            if w.getnchannels() > 1:
-                pcm = pcm.reshape(-1, w.getnchannels())[:, 0]
-    return rate, pcm
-
-
-def mulaw_roundtrip(x: np.ndarray, mu: float = 255.0) -> np.ndarray:
-    """What G.711 mu-law does to float audio in [-1, 1]: 8-bit companding."""
-    y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
-    y = np.round(y * 127.0) / 127.0
-    return np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu
-
-
-def phone_line(rate: int, pcm: np.ndarray) -> np.ndarray:
-    """espeak's audio as a phone call delivers it to the handler: 8 kHz mu-law, up to 16 kHz int16."""
-    from pipeline.stt import resample
-
-    x = pcm.astype(np.float32) / 32768.0
-    x = mulaw_roundtrip(resample(x, rate, PHONE_SR))
-    x = resample(x.astype(np.float32), PHONE_SR, SR)
-    return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
-
-
-def speech_end(audio: np.ndarray, window: int = SR // 100, below_peak_db: float = 35.0) -> float:
-    """Seconds to the end of the last 10 ms window within ``below_peak_db`` of the loudest one."""
-    n = audio.size // window
-    frames = audio[: n * window].astype(np.float64).reshape(n, window) / 32768.0
-    rms = np.sqrt(np.mean(frames**2, axis=1))
-    voiced = np.flatnonzero(rms > rms.max() * 10 ** (-below_peak_db / 20))
-    return float((voiced[-1] + 1) * window / SR) if voiced.size else 0.0
-
-
 def make_clips(lines: tuple[Line, ...] | list[Line]) -> list[Clip]:
     clips = []
     for line in lines:
@@ -167,7 +120,7 @@ def build_random_whisper(out_dir: Path, size: str, seed: int = 0) -> Path:
     # Built beside, renamed when complete: an interrupted build never looks like a model.
     tmp = out_dir.with_name(out_dir.name + f".building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _test_model_builder().build_whisper(tmp, d_model=dims["d_model"], layers=dims["layers"], heads=dims["heads"],
+    build_whisper(tmp, d_model=dims["d_model"], layers=dims["layers"], heads=dims["heads"],
                                         eot_bias=None, seed=seed, n_text=WHISPER_TEXT_TOKENS)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
@@ -200,28 +153,11 @@ def kokoro_model(cfg: Config, cache_dir: Path) -> str:
         return "real"
     fake, fake_voices = cache_dir / "kokoro-test-model.onnx", cache_dir / "kokoro-test-voices.bin"
     if not (fake.is_file() and fake_voices.is_file()):
-        builder = _test_model_builder()
-        builder.build_fake_kokoro(fake)
-        builder.build_voices(fake_voices)
+        build_fake_kokoro(fake)
+        build_voices(fake_voices)
     cfg.tts.model, cfg.tts.voices = str(fake), str(fake_voices)
     cfg.tts.voice = {"ja": "jf_alpha", "en": "af_heart"}
     return "test-model"
-
-
-def _test_model_builder():
-    """``scripts/make_test_models.py`` of the source tree (it needs the dev dependency ``onnx``)."""
-    import importlib.util
-
-    from pipeline.config import PROJECT_ROOT
-
-    path = PROJECT_ROOT / "scripts" / "make_test_models.py"
-    spec = importlib.util.spec_from_file_location("voicebot_make_test_models", path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise RuntimeError(f"no model files and no {path} to build stand-ins with: "
-                           "run `voicebot models download` first")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ============================================================================================ STT
@@ -731,7 +667,7 @@ def run_bench(
 
     server = None
     if agent == "llm":
-        from pipeline.testing import ScriptedOpenAI, booking_policy
+        from pipeline.sim.openai_server import ScriptedOpenAI, booking_policy
 
         server = ScriptedOpenAI(responder=booking_policy("ja"), ttft_s=ttft_ms / 1000).start()
         cfg.llm.base_url = server.base_url

@@ -434,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.sttcheck import add_parser as add_stt_check_parser
 
     add_stt_check_parser(sub)
+    from pipeline.sim.eval import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

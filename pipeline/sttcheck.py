@@ -34,12 +34,9 @@ import argparse
 import json
 import logging
 import math
-import re
 import sys
 import time
-import unicodedata
 import wave
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +44,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.bench import LEAD_S, SCRIPT, SR, Line, espeak, phone_line
+from pipeline.bench import LEAD_S, SCRIPT, SR, Line
 from pipeline.config import Config, load_config
+from pipeline.sim.phone import phone_line
+from pipeline.sim.score import edit_distance, units
+from pipeline.sim.voices import espeak
 from pipeline.stt import WHISPER_SAMPLE_RATE, FasterWhisperSTT, degenerate, prepare_audio, token_cap
 
 log = logging.getLogger(__name__)
@@ -115,72 +115,6 @@ class CheckError(Exception):
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
         self.code = code
-
-
-# ============================================================================================ scoring
-_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-          "sixteen seventeen eighteen nineteen").split()
-_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
-         "ninety": 90}
-NUMBER_WORDS = {w: n for n, w in enumerate(_UNITS)}
-
-
-def _english_numbers(words: list[str]) -> list[str]:
-    """Number words as digits: zero..nineteen, the tens, and tens followed by a unit (thirty five)."""
-    out: list[str] = []
-    i = 0
-    while i < len(words):
-        w = words[i]
-        if w in _TENS:
-            n = _TENS[w]
-            nxt = words[i + 1] if i + 1 < len(words) else ""
-            if 1 <= NUMBER_WORDS.get(nxt, 0) <= 9:
-                n += NUMBER_WORDS[nxt]
-                i += 1
-            out.append(str(n))
-        elif w in NUMBER_WORDS:
-            out.append(str(NUMBER_WORDS[w]))
-        else:
-            out.append(w)
-        i += 1
-    return out
-
-
-def normalize_en(text: str) -> list[str]:
-    """Words for English scoring: lowercase, apostrophes and the dots of p.m. dropped, other punctuation a space, number
-    words as digits, and every digit a word of its own (so "7:30", "7.30" and "seven thirty", or
-    "090-1234" and "zero nine zero one two three four", score alike)."""
-    text = unicodedata.normalize("NFKC", text).lower().replace("'", "").replace("\u2019", "")
-    text = re.sub(r"(?<=\b[a-z])\.(?=[a-z]\b)", "", text)  # p.m. -> pm, u.s. -> us
-    text = re.sub(r"[^\w]+|_", " ", text)
-    text = re.sub(r"(?<=\d)(?=[^\W\d])|(?<=[^\W\d])(?=\d)", " ", text)  # 7pm -> 7 pm, 24th -> 24 th
-    out: list[str] = []
-    for w in _english_numbers(text.split()):
-        out.extend(list(w) if w.isdigit() else [w])
-    return out
-
-
-def normalize_ja(text: str) -> list[str]:
-    """Characters for Japanese scoring: NFKC (full-width digits and letters to ASCII, half-width kana
-    to full-width), lowercase, no spaces, punctuation or symbols."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return [c for c in text if unicodedata.category(c)[0] not in "PSZC"]
-
-
-def units(text: str, language: str) -> list[str]:
-    """The units the error rate counts: words in English, characters in Japanese."""
-    return normalize_en(text) if language == "en" else normalize_ja(text)
-
-
-def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance: the substitutions, deletions and insertions that turn ``ref`` into ``hyp``."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i]
-        for j, h in enumerate(hyp, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
-        prev = cur
-    return prev[-1]
 
 
 # ============================================================================================ clips

@@ -1,5 +1,5 @@
 """The fault soak: simulated phone calls over the real websocket while the model, speech recognition
-and synthesis fail at random and callers hang up mid-reply (``pipeline/testing/soak.py``).
+and synthesis fail at random and callers hang up mid-reply (``pipeline/sim/soak.py``).
 
 Nothing may crash, no caller line may go unanswered, and every reservation the bot announced must be
 in the database once, within the slot's tables.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from audio_fixtures import ESPEAK, ESPEAK_MISSING
 
-from pipeline.testing.soak import FAILURE_COUNTERS, FAULT_KINDS, SoakOptions, format_report, run_soak
+from pipeline.sim.soak import FAILURE_COUNTERS, FAULT_KINDS, SoakOptions, format_report, run_soak
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 
@@ -50,7 +50,7 @@ def test_errors_caused_by_injected_faults_are_expected_and_any_other_is_a_crash(
     import sys
     import traceback
 
-    from pipeline.testing.soak import InjectedFault, watching
+    from pipeline.sim.soak import InjectedFault, watching
 
     log = logging.getLogger("pipeline.soak_judge_test")
     with watching() as (records, tee, _threads):
@@ -74,8 +74,8 @@ def test_the_audit_finds_lost_duplicate_and_overbooked_reservations(tmp_path):
     import datetime as dt
     import json
 
+    from pipeline.sim.soak import audit
     from pipeline.store import ReservationStore
-    from pipeline.testing.soak import audit
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     day, seven = dt.date(2026, 12, 24), dt.time(19)

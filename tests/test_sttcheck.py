@@ -13,19 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.sttcheck import (
-    EN_LINES,
-    JA_EXTRA_LINES,
-    VOICES,
-    CheckError,
-    Clip,
-    edit_distance,
-    normalize_en,
-    normalize_ja,
-    parse_windows,
-    run_check,
-    units,
-)
+from pipeline.sim.score import edit_distance, normalize_en, normalize_ja, units
+from pipeline.sttcheck import EN_LINES, JA_EXTRA_LINES, VOICES, CheckError, Clip, parse_windows, run_check
 
 ESPEAK = shutil.which("espeak-ng")
 

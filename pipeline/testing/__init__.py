@@ -1,6 +1,7 @@
-"""Real stand-ins for external services, for the tests and the benchmark (nothing here is mocked)."""
+"""Where the tests have long imported the scripted OpenAI server from; it lives in
+:mod:`pipeline.sim.openai_server` with the other simulated parties."""
 
-from pipeline.testing.openai_server import (
+from pipeline.sim.openai_server import (
     ScriptedOpenAI,
     Step,
     ToolCall,

@@ -2,9 +2,9 @@
 
 One process: real uvicorn on 127.0.0.1 serving ``build_app(runtime, validate_twilio=False)``, whose
 runtime runs the test models (real faster-whisper, kokoro-onnx and silero code) with the LLM agent
-pointed at a :class:`~pipeline.testing.ScriptedOpenAI` on loopback. Callers are Twilio media-stream
-clients (``tests/test_app.py``'s ``TwilioCall``) speaking espeak-ng Japanese in 20 ms mu-law frames
-at real time, several at once, all wanting the same few tables. At random (seeded):
+pointed at a :class:`~pipeline.sim.openai_server.ScriptedOpenAI` on loopback. Callers are Twilio
+media-stream clients (:class:`~pipeline.sim.twilio_client.TwilioCaller`) speaking espeak-ng Japanese
+in 20 ms mu-law frames at real time, several at once, all wanting the same few tables. At random (seeded):
 
 - the model answers 500 or 429, hangs past the silence budget, or streams malformed data;
 - speech recognition raises (after running the real Whisper, so its code path is exercised);
@@ -23,16 +23,15 @@ The random test Whisper hears junk, so the recogniser reports the line the calle
 answers what the bot is waiting for, read from the call's dialog state in this process, as a person
 who understood the question would: the point is the plumbing under faults, not the dialog.
 
-``python -m pipeline.testing.soak --calls 60 --seed 3 [--concurrency 8] [--json]`` runs it from a
-source checkout (it reuses ``tests/`` and ``scripts/``, and needs espeak-ng); the exit status is 1
-when any of the five counters is not zero.
+``python -m pipeline.sim.soak --calls 60 --seed 3 [--concurrency 8] [--json]`` runs it (it needs
+espeak-ng, and the dev dependency ``onnx`` to build the test models); the exit status is 1 when any
+of the five counters is not zero.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -54,19 +53,17 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from pipeline.sim.openai_server import ScriptedOpenAI, Step, booking_policy, error, hang, text, tool
+from pipeline.sim.twilio_client import TwilioCaller
 from pipeline.store import FullyBooked, ReservationStore
-from pipeline.testing.openai_server import ScriptedOpenAI, Step, booking_policy, error, hang, text, tool
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
 #: the restaurant's clock during the soak: bookings are for late December, open weekdays
 NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
 RESERVATION_ID = re.compile(r"R-[A-Z0-9]{6}")
 LLM_FAULTS = ("llm_500", "llm_429", "llm_hang", "llm_malformed")
 FAULT_KINDS = (*LLM_FAULTS, "stt", "tts", "drop")
-#: mu-law is one byte per sample at 8 kHz
-TWILIO_RATE = 8000
 
 
 class InjectedFault(RuntimeError):
@@ -511,110 +508,6 @@ class CallResult:
     timed_out: bool = False
 
 
-def _helpers():
-    """tests/test_app.py's Twilio client and uvicorn runner, tests/audio_fixtures.py's espeak-ng."""
-    tests = ROOT / "tests"
-    if not (tests / "test_app.py").exists():
-        raise RuntimeError(f"the fault soak runs from a source checkout: {tests / 'test_app.py'} is missing")
-    for path in (tests, ROOT / "scripts"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    import audio_fixtures
-    import test_app
-
-    return test_app, audio_fixtures
-
-
-class _Caller:
-    """A Twilio media stream with its own streamSid, that knows how long the bot's audio plays."""
-
-    def __init__(self, twilio_call_cls: type, ws: Any, sid: str, silence: np.ndarray):
-        sid_ = sid
-
-        class _Call(twilio_call_cls):  # type: ignore[misc, valid-type]
-            async def send(self, event: str, **body: Any) -> None:
-                # TwilioCall speaks for one fixed stream; every soak call is its own
-                if "streamSid" in body:
-                    body["streamSid"] = sid_
-                if event == "start":
-                    body["start"] = {**body["start"], "streamSid": sid_, "callSid": "CA" + sid_[2:]}
-                await super().send(event, **body)
-
-        self.tw = _Call(ws)
-        self.ws = ws
-        self.sid = sid
-        self._silence = silence  # 0.1 s: what a line carries between words
-        self._gone = False  # the server closed the socket under a send
-        self._seen = 0
-        self.play_end = 0.0
-        self.last_media = 0.0
-
-    @property
-    def closed(self) -> bool:
-        return self._gone or self.tw._reader.done()
-
-    async def say(self, pcm16k: np.ndarray) -> bool:
-        """Send audio in real time; False once the server has closed the line."""
-        from websockets.exceptions import ConnectionClosed
-
-        if self.closed:
-            return False
-        try:
-            await self.tw.audio(pcm16k)
-        except ConnectionClosed:
-            self._gone = True
-        return not self._gone
-
-    def _advance(self) -> None:
-        received = self.tw.received
-        while self._seen < len(received):
-            t, msg = received[self._seen]
-            self._seen += 1
-            if msg.get("event") == "media":
-                seconds = len(base64.b64decode(msg["media"]["payload"])) / TWILIO_RATE
-                self.play_end = max(self.play_end, t) + seconds
-                self.last_media = t
-            elif msg.get("event") == "clear":
-                self.play_end = min(self.play_end, t)  # Twilio drops what it still held
-
-    def first_media_after(self, since: float) -> float | None:
-        for t, msg in self.tw.received:
-            if t >= since and msg.get("event") == "media":
-                return t
-        return None
-
-    async def wait_answer(self, since: float, bound: float) -> float | None:
-        """The arrival time of the first audio after ``since``, carrying silence meanwhile."""
-        deadline = time.monotonic() + bound
-        while time.monotonic() < deadline and not self.closed:
-            t = self.first_media_after(since)
-            if t is not None:
-                return t
-            await self.say(self._silence)
-        return self.first_media_after(since)
-
-    async def wait_played(self, limit: float) -> bool:
-        """Until the bot's audio has played out here (so speaking next is no barge-in) and no more
-        is coming; False if it was still sending after ``limit`` seconds."""
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline and not self.closed:
-            self._advance()
-            now = time.monotonic()
-            if now >= self.play_end + 0.35 and now >= self.last_media + 0.8:
-                return True
-            await self.say(self._silence)
-        return self.closed
-
-    async def hang_up(self, mode: str) -> None:
-        """Gone without ``stop``: a reset connection, or a bare close frame."""
-        self.tw._reader.cancel()
-        if mode == "abort":
-            self.ws.transport.abort()
-        else:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.ws.close(), 5)
-
-
 class Soak:
     def __init__(self, opts: SoakOptions, config_path: Path, workdir: Path):
         self.opts = opts
@@ -664,11 +557,12 @@ class Soak:
 
     # ---------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
-        test_app, fixtures = _helpers()
         from pipeline.app import build_app
+        from pipeline.sim.loopback import LoopbackServer
+        from pipeline.sim.voices import speech as espeak_speech
 
         start = time.monotonic()
-        speech = {line: fixtures.speech(line.spoken, "ja") for line in self.lines}  # rendered once, cached
+        speech = {line: espeak_speech(line.spoken, "ja") for line in self.lines}  # rendered once, cached
         rng = random.Random(f"soak-calls-{self.opts.seed}")
         plans = [CallPlan.make(i, rng, self.opts.drop_rate) for i in range(self.opts.calls)]
         model = SoakModel(self.lines, self.faults, self.opts.llm_fault_rate, self.opts.hang_s)
@@ -678,8 +572,8 @@ class Soak:
             try:
                 self.faults.armed = True
                 app = build_app(runtime, validate_twilio=False)
-                with test_app._Server(app) as server:
-                    asyncio.run(self._calls(test_app, fixtures, server.port, plans, speech, runtime))
+                with LoopbackServer(app, name="soak") as server:
+                    asyncio.run(self._calls(server.port, plans, speech, runtime))
                     leaked = self._wait_ended(runtime)
                     server_alive = server.thread.is_alive()
                 self.faults.armed = False
@@ -695,16 +589,15 @@ class Soak:
         report = self._report(cfg, incidents, records, leaked, llm_errors, time.monotonic() - start)
         return report
 
-    async def _calls(self, test_app, fixtures, port: int, plans: list[CallPlan], speech: dict, runtime) -> None:
+    async def _calls(self, port: int, plans: list[CallPlan], speech: dict, runtime) -> None:
         gate = asyncio.Semaphore(max(1, self.opts.concurrency))
-        silence = fixtures.silence(0.1)
 
         async def one(plan: CallPlan) -> None:
             async with gate:
                 result = CallResult(plan.sid)
                 self.results.append(result)
                 try:
-                    await asyncio.wait_for(self._call(test_app, port, plan, speech, silence, runtime, result),
+                    await asyncio.wait_for(self._call(port, plan, speech, runtime, result),
                                            self.opts.call_limit_s)
                 except TimeoutError:
                     result.timed_out = True
@@ -716,17 +609,16 @@ class Soak:
 
         await asyncio.gather(*(one(p) for p in plans))
 
-    async def _call(self, test_app, port: int, plan: CallPlan, speech: dict, silence: np.ndarray, runtime,
-                    result: CallResult) -> None:
+    async def _call(self, port: int, plan: CallPlan, speech: dict, runtime, result: CallResult) -> None:
         import websockets
 
         opts = self.opts
         lead = np.zeros(int(0.3 * 16000), np.int16)
         async with websockets.connect(f"ws://127.0.0.1:{port}/telephone/handler", open_timeout=10,
                                       close_timeout=5, max_queue=None) as ws:
-            caller = _Caller(test_app.TwilioCall, ws, plan.sid, silence)
+            caller = TwilioCaller(ws, plan.sid, "CA" + plan.sid[2:])
             t0 = time.monotonic()
-            await caller.tw.start()
+            await caller.start()
             if await caller.wait_answer(t0, opts.silent_s) is None:
                 result.silent_lines.append("(greeting)")
                 return await self._finish(caller, result)
@@ -742,13 +634,13 @@ class Soak:
                 self.ears.lines[plan.sid] = line.heard  # before a word of it reaches the server
                 result.lines.append(line.heard)
                 t_line = time.monotonic()
-                if not await caller.say(np.concatenate([lead, speech[line]])):
+                if not await caller.audio(np.concatenate([lead, speech[line]])):
                     break
                 t_spoken = time.monotonic()
                 drop_here = plan.drop_at == n or (plan.drop_at == "confirm" and line == YES)
                 if drop_here and plan.drop_early:
                     # the turn has just ended on the server: STT, the model and the booking are under way
-                    await caller.say(np.zeros(int(0.5 * 16000), np.int16))
+                    await caller.audio(np.zeros(int(0.5 * 16000), np.int16))
                     return await self._drop(caller, plan, result)
                 answered = await caller.wait_answer(t_line, opts.silent_s)
                 if answered is None:
@@ -767,26 +659,21 @@ class Soak:
                     break
             await self._finish(caller, result)
 
-    async def _drop(self, caller: _Caller, plan: CallPlan, result: CallResult) -> None:
+    async def _drop(self, caller: TwilioCaller, plan: CallPlan, result: CallResult) -> None:
         result.dropped = plan.drop_mode + (" before the answer" if plan.drop_early else " mid-reply")
         self.faults.note("drop")
         await caller.hang_up(plan.drop_mode)
 
-    async def _finish(self, caller: _Caller, result: CallResult) -> None:
+    async def _finish(self, caller: TwilioCaller, result: CallResult) -> None:
         """A call that was not dropped ends with ``stop`` (unless the bot hung up first); the server
         then closes the socket."""
         if not caller.closed:
-            with contextlib.suppress(Exception):
-                await caller.tw.send("stop", streamSid=caller.sid, stop={"accountSid": "AC0",
-                                                                         "callSid": "CA" + caller.sid[2:]})
-                result.stopped = True
+            result.stopped = await caller.stop()
         else:
             result.server_closed = True  # fine if the bot had ended the call: the call log says
-        try:
-            await asyncio.wait_for(asyncio.shield(caller.tw._reader), 10)
-        except TimeoutError:
+        if not await caller.wait_closed(10):
             result.incidents.append(Incident("socket left open", "10 s after stop", result.sid))
-            caller.tw._reader.cancel()
+            await caller.close()
 
     def _wait_ended(self, runtime, limit: float = 15.0) -> list[str]:
         deadline = time.monotonic() + limit
@@ -963,8 +850,7 @@ def run_soak(opts: SoakOptions, *, config_path: str | Path | None = None,
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="voicebot-soak-"))
         workdir = Path(workdir)
         if config_path is None:
-            _helpers()
-            from make_test_models import build_test_models
+            from pipeline.sim.testmodels import build_test_models
 
             config_path = build_test_models(workdir / "models")
         return Soak(opts, Path(config_path), workdir).run()
@@ -996,7 +882,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.testing.soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sim.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=SoakOptions.concurrency)

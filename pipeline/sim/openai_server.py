@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -23,9 +22,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from pipeline.sim.loopback import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,7 @@ class ScriptedOpenAI:
         #: problems on the server side (an exhausted script, a responder that raised)
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackServer | None = None
         self._stopping = threading.Event()
         self.port: int | None = None
         self.app = self._build_app()
@@ -133,31 +132,17 @@ class ScriptedOpenAI:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> ScriptedOpenAI:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", ws="none",
-                                timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"scripted-openai-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the scripted OpenAI server did not start")
-            time.sleep(0.01)
+        self._server = LoopbackServer(self.app, host=self.host, ws="none", name="scripted-openai", start_timeout_s=10,
+                                      timeout_graceful_shutdown=1).start()
+        self.port = self._server.port
         log.debug("scripted OpenAI server on %s", self.base_url)
         return self
 
     def stop(self) -> None:
         self._stopping.set()
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+            self._server.stop(timeout_s=5)
+        self._server = None
 
     def __enter__(self) -> ScriptedOpenAI:
         return self.start()
