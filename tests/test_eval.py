@@ -13,7 +13,8 @@ import json
 import pytest
 
 from pipeline.cli import main
-from pipeline.sim.eval import CallLog, EvalOptions, format_report, judge, run_eval, stalls
+from pipeline.sim.eval import EvalOptions, run_eval
+from pipeline.sim.judge import judge
 from pipeline.sim.personas import (
     SLOTS,
     PersonaError,
@@ -23,6 +24,8 @@ from pipeline.sim.personas import (
     parse_line,
     readback_mismatches,
 )
+from pipeline.sim.report import format_report, stalls
+from pipeline.sim.server import CallLog
 
 TODAY = dt.date(2026, 12, 1)
 

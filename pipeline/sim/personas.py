@@ -49,7 +49,8 @@ DEFAULT_PERSONAS = Path(__file__).with_name("personas.yaml")
 
 SLOTS = ("date", "time", "party", "name", "phone", "note")
 #: what a bot's reply can ask for, in the order ties are broken
-INTENTS = ("ended", "confirm", "anything_else", "change_what", "which_fix", "quit_check", *SLOTS, "repeat")
+INTENTS = ("ended", "confirm", "anything_else", "change_what", "which_fix", "quit_check", "phone_more", *SLOTS,
+           "repeat")
 #: the items of a booking as the store names them
 STORE_FIELDS = {"date": "date", "time": "time", "party": "party_size", "name": "name", "phone": "phone",
                 "note": "note"}
@@ -339,11 +340,15 @@ def spoken_item(item: str, value: Any, language: str, today: dt.date) -> str:
     if item == "name":
         return f"{value}です" if language == "ja" else f"my name is {value}"
     if item == "phone":
-        groups = phone_groups(value)
-        if language == "ja":
-            return "<400>".join("".join(_KANA_DIGITS[int(d)] for d in g) for g in groups) + "です"
-        return ", <300>".join(" ".join(_EN_DIGITS[int(d)] for d in g) for g in groups)
+        return spoken_digits(phone_groups(value), language)
     raise ValueError(f"no default line for {item!r}")
+
+
+def spoken_digits(groups: tuple[str, ...] | list[str], language: str) -> str:
+    """Digits read one by one, a short pause between groups: ゼロキューゼロ<400>イチニーサンヨン...です."""
+    if language == "ja":
+        return "<400>".join("".join(_KANA_DIGITS[int(d)] for d in g) for g in groups) + "です"
+    return ", <300>".join(" ".join(_EN_DIGITS[int(d)] for d in g) for g in groups)
 
 
 def resolve_date(spec: str, today: dt.date) -> dt.date:
@@ -583,6 +588,8 @@ class Caller:
             if p.readback_no:
                 return self._say("readback_no", p.readback_no)
             return self._say("done", self.lines_for("done"))
+        if intent == "phone_more":
+            return self._phone_rest(bot_text)
         if intent == "quit_check":
             if p.wants == "nothing":
                 return self._say("yes", self.lines_for("yes"))
@@ -590,6 +597,19 @@ class Caller:
         if intent == "repeat":
             return self._again(self.said[-1] if self.said else self.opening())
         return self._say("done", self.lines_for("done"))
+
+    def _phone_rest(self, bot_text: str) -> Said:
+        """The bot has part of the number and asks for the rest: the rest, if what it read back is
+        how the number starts; else no, and the whole number."""
+        p = self.persona
+        phone = (self.expected or {}).get("phone") or ""
+        heard = re.split(r"ですね|, got it", unicodedata.normalize("NFKC", bot_text))[0]
+        digits = _phone_digits(heard, p.language)
+        if digits and phone.startswith(digits) and len(digits) < len(phone):
+            rest = phone[len(digits):]
+            groups = [rest[i : i + 4] for i in range(0, len(rest), 4)]
+            return self._say("phone_rest", [spoken_digits(groups, p.language)])
+        return self._say("phone", [self.defaults["no_prefix"] + line for line in self.lines_for("phone")])
 
     def _again(self, last: Said) -> Said:
         if last.kind in SLOTS or last.kind == "change":
