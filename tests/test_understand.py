@@ -120,3 +120,19 @@ def test_long_input_is_capped_and_linear(size):
     parse.parse_phone(text), parse.parse_date(text, TODAY), parse.parse_note(text), parse.parse_name(text)
     assert time.process_time() - start < 1.0
     assert got.truncated and got.values.get("party_size") == 3
+
+
+@pytest.mark.parametrize("text", ["はい", "はい。", "はいはい", "ええ", "うん", "うんうん", "そうですね", "なるほど",
+                                  "はい、はい", "yeah", "uh-huh", "okay", "right", "mm", "mhm", "I see"])
+def test_backchannels(text):
+    from pipeline.dialog.understand import is_backchannel
+
+    assert is_backchannel(text)
+
+
+@pytest.mark.parametrize("text", ["いいえ", "はい、4名です", "ちょっと待ってください", "違います", "no", "wait",
+                                  "yeah but make it three", "田中です", "", "はい" * 30])
+def test_not_backchannels(text):
+    from pipeline.dialog.understand import is_backchannel
+
+    assert not is_backchannel(text)

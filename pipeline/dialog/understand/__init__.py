@@ -13,14 +13,14 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.dialog.understand.acts import RESERVATION_ID, acts_of, reservation_id
+from pipeline.dialog.understand.acts import RESERVATION_ID, acts_of, is_backchannel, reservation_id
 from pipeline.dialog.understand.extract import Analysis, analyze
 from pipeline.dialog.understand.names import parse_name
 from pipeline.dialog.understand.text import MAX_UTTERANCE, IsOpen
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Understanding", "understand", "acts_of", "reservation_id"]
+__all__ = ["Understanding", "acts_of", "is_backchannel", "reservation_id", "understand"]
 
 
 @dataclass

@@ -117,3 +117,19 @@ def acts_of(text: str) -> frozenset[str]:
     if is_correction(t):
         acts.add("correct")
     return frozenset(acts)
+
+
+# What a listener says while the other one talks (aizuchi): it does not take the turn.
+_BACKCHANNEL_WORD = (
+    r"(?:は[いー]+|はいはい|ええ|え[えー]+|うん|うんうん|ふん|ふんふん|はあ|へえ|ほう|なるほど|そうですね|そうですか|そうそう|そう|"
+    r"ですね|確かに|たしかに|了解|わかりました|分かりました|かしこまりました|"
+    r"yeah|yes|yep|yup|uh-?huh|mm+-?hm+|m+|hmm+|okay|ok|right|sure|i see|got it|alright|all right|ah|oh)"
+)
+_BACKCHANNEL = re.compile(rf"^(?:{_BACKCHANNEL_WORD}[、,。.!！\s]*)+$", re.IGNORECASE)
+
+
+def is_backchannel(text: str) -> bool:
+    """「はい」「ええ」「なるほど」, "uh-huh", "okay": a listener's word said over the bot, not a turn.
+    Anything else in the words (a value, a no, a question) makes it a real interruption."""
+    t = normalize(text).lower().strip()
+    return bool(t) and len(t) <= 24 and bool(_BACKCHANNEL.match(t))
