@@ -123,7 +123,7 @@ def acts_of(text: str) -> frozenset[str]:
 _BACKCHANNEL_WORD = (
     r"(?:は[いー]+|はいはい|ええ|え[えー]+|うん|うんうん|ふん|ふんふん|はあ|へえ|ほう|なるほど|そうですね|そうですか|そうそう|そう|"
     r"ですね|確かに|たしかに|了解|わかりました|分かりました|かしこまりました|"
-    r"yeah|yes|yep|yup|uh-?huh|mm+-?hm+|m+|hmm+|okay|ok|right|sure|i see|got it|alright|all right|ah|oh)"
+    r"yeah|yes|yep|yup|uh-?huh|m+-?hm+|m+|hmm+|okay|ok|right|sure|i see|got it|alright|all right|ah|oh)"
 )
 _BACKCHANNEL = re.compile(rf"^(?:{_BACKCHANNEL_WORD}[、,。.!！\s]*)+$", re.IGNORECASE)
 
