@@ -40,8 +40,9 @@ from pipeline.agents import (
 )
 from pipeline.config import Config
 from pipeline.dialog.rules import QUESTIONS, stock_phrases
+from pipeline.dialog.understand.transcript import clean_transcript
 from pipeline.privacy import append_call_log, call_log_record
-from pipeline.stt import STT, Transcript, is_silent
+from pipeline.stt import STT, STTContext, Transcript, is_silent, listening_for
 from pipeline.tts import CACHE_MAX_CHARS, TTS, SentenceSplitter, split_sentences
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ class TurnTimeline:
     speculative: bool = False
     #: whisper looped on its shortened window and the turn was decoded again on 30 s
     stt_retried: bool = False
+    #: what the recogniser wrote, when ``transcript`` (what the agent read) is a cleaned version of it
+    transcript_raw: str | None = None
 
     def stamp(self, name: str, when: float | None = None) -> None:
         """Set a timestamp once; later calls keep the first (``first_*`` mean first)."""
@@ -182,6 +185,7 @@ class TurnTimeline:
             "stt_s": None if self.stt_s is None else round(self.stt_s, 3),
             "speculative": self.speculative,
             "stt_retried": self.stt_retried,
+            "transcript_raw": self.transcript_raw,
         }
 
 
@@ -471,24 +475,30 @@ class VoiceRuntime:
         self.services.close()
 
     # ------------------------------------------------------------------ early transcription
-    def transcribe_soon(self, samples: np.ndarray, sample_rate: int) -> Future:
-        """Transcribe in a worker thread; the future's result is a ``Transcript``.
+    def transcribe_soon(self, samples: np.ndarray, sample_rate: int, context: STTContext | None = None) -> Future:
+        """Transcribe in a worker thread; the future's result is a ``Transcript``. ``context`` is
+        what the call expects of the turn (``VoiceCall.stt_context()``).
 
         The submitter's context variables go with it (FastRTC's call context, a benchmark's
         caller script), as they would with ``asyncio.to_thread``.
         """
         ctx = contextvars.copy_context()
-        return self._stt_pool.submit(ctx.run, self._transcribe_now, samples, sample_rate)
+        return self._stt_pool.submit(ctx.run, self._transcribe_now, samples, sample_rate, context)
 
-    def _transcribe_now(self, samples: np.ndarray, sample_rate: int) -> Transcript:
+    def _transcribe_now(self, samples: np.ndarray, sample_rate: int, context: STTContext | None = None) -> Transcript:
         if samples.size == 0 or is_silent(samples):
             return Transcript("", None, samples.size / max(sample_rate, 1), 0.0)
-        return self.stt.transcribe(samples, sample_rate)
+        if context is None:
+            return self.stt.transcribe(samples, sample_rate)
+        with listening_for(context):  # reaches the engine through wrappers that take two arguments
+            return self.stt.transcribe(samples, sample_rate)
 
     # ------------------------------------------------------------------ call log
     def write_log(self, record: dict[str, Any]) -> None:
         if self.call_log is None:
             return
+        if self.cfg.logging.call_log_retention_days == 0:  # no transcripts: the raw one no more than the clean
+            record = {k: v for k, v in record.items() if k != "transcript_raw"}
         record = call_log_record(self.cfg.logging, record)  # privacy: retention 0 / masking (pipeline.privacy)
         line = json.dumps({"at": _now_iso(), **record}, ensure_ascii=False, default=str)
         try:
@@ -802,8 +812,29 @@ class VoiceCall:
         return _join(lang, _pick(lead, lang), _pick(KEPT if booked else CALL_AGAIN, lang))
 
     # ------------------------------------------------------------------ internals
+    def stt_context(self) -> STTContext:
+        """What the recogniser should expect of the caller's next turn: an answer to what the bot
+        asked, in the call's language, perhaps with the restaurant's name in it."""
+        asking = getattr(self.agent.state, "asking", None)
+        return STTContext(asking=asking if isinstance(asking, str) else None, language=self.language,
+                          words=(self.runtime.cfg.restaurant.name,))
+
     def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
                     ready: str | Future | None = None) -> str | None:
+        """The turn's transcript as the agent reads it: whisper's inventions on silence, its loops
+        and its odd digits cleaned away (``clean_transcript``); the raw text stays in the timeline."""
+        raw = self._transcribe_raw(sr, samples, tl, ready)
+        if raw is None:
+            return None
+        text = clean_transcript(raw, self.language)
+        if text != raw:
+            tl.transcript_raw = raw
+            log.debug("call %s: transcript %r cleaned to %r", self.id, raw, text)
+        tl.transcript = text
+        return text
+
+    def _transcribe_raw(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
+                        ready: str | Future | None = None) -> str | None:
         if isinstance(ready, str):
             tl.stamp("transcript_ready")
             tl.transcript = ready.strip()
@@ -834,7 +865,8 @@ class VoiceCall:
                 tl.stamp("transcript_ready")
                 return ""
             t0 = time.perf_counter()
-            result = self.runtime.stt.transcribe(samples, sr)
+            with listening_for(self.stt_context()):
+                result = self.runtime.stt.transcribe(samples, sr)
             tl.stt_s = time.perf_counter() - t0
             tl.stt_retried = result.retried
             text = (result.text or "").strip()

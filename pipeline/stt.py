@@ -3,6 +3,11 @@
 ``transcribe()`` is synchronous and CPU-bound: callers run it in a worker thread, never on the
 event loop. It consumes faster-whisper's lazy segment generator itself, so all the decoding happens
 in that thread.
+
+A turn is decoded knowing what the bot just asked (:class:`STTContext`): whisper's initial prompt
+is the question with examples of answers (:data:`PROMPTS`), the restaurant's name joins the
+hotwords, and what whisper writes on no speech (segments it gave high no-speech odds, a copy of
+its prompt) is dropped. Measured with ``python -m pipeline.sim.recognition``.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ import contextlib
 import contextvars
 import logging
 import math
+import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +43,107 @@ class Transcript:
     elapsed_s: float  # seconds transcribe() took
     window_s: float | None = None  # the encoder window the text came from; None = whisper's 30 s
     retried: bool = False  # the shortened window decoded degenerately and the 30 s window was used
+    #: what the bot had asked when this was decoded (``STTContext.asking``); None: no dialog context
+    asking: str | None = None
+    #: segments dropped as no speech (whisper's no-speech probability high, its confidence low)
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class STTContext:
+    """What the call knows before the caller speaks, so that the recogniser can expect it.
+
+    ``asking`` is what the bot just asked (the agent's ``state.asking``: a slot name such as
+    ``date``, ``time``, ``party_size``, ``name``, ``phone``, ``note``, or ``confirm``,
+    ``anything_else``, ``manage_phone``, ...); ``language`` the call's language; ``words`` are
+    spelled as given when heard (the restaurant's name). faster-whisper turns it into an initial
+    prompt (:func:`prompt_for`) and hotwords; another provider may use it as it can, or not at all.
+    """
+
+    asking: str | None = None
+    language: str | None = None
+    words: tuple[str, ...] = ()
 
 
 @runtime_checkable
 class STT(Protocol):
-    def transcribe(self, audio: np.ndarray, sample_rate: int) -> Transcript: ...
+    """One verb: ``transcribe``. ``context`` is the turn's dialog context; None means the one set
+    around the call by :func:`listening_for` (the call runtime reaches the provider through
+    wrappers that pass two arguments on), or none."""
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int, context: STTContext | None = None) -> Transcript: ...
 
     def warmup(self) -> None: ...
+
+
+#: the dialog context of the transcription running in this thread or task (see ``listening_for``)
+_CONTEXT: contextvars.ContextVar[STTContext | None] = contextvars.ContextVar("stt_context", default=None)
+
+
+@contextlib.contextmanager
+def listening_for(context: STTContext | None) -> Iterator[None]:
+    """Within this block (this thread or task, and work submitted with a copy of its context), a
+    ``transcribe`` given no ``context`` uses this one."""
+    token = _CONTEXT.set(context)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_context() -> STTContext | None:
+    """The dialog context :func:`listening_for` set here, or None."""
+    return _CONTEXT.get()
+
+
+# ------------------------------------------------------------------------------------------ prompts
+#: Whisper's initial prompt per question: the bot's question, with examples of answers written as
+#: the bot's parsers read best. Whisper takes the prompt for the text said just before the turn and
+#: follows its vocabulary and its digit style (「080-4827-3916」, 「17時」 rather than 「十七時」). The
+#: examples hold no value of the measurement's caller lines (pipeline.sim.recognition), and the
+#: phone number is one nobody has. The bot's question rather than an answer: on silence, whisper
+#: base copies its prompt, and a copied answer (「はい、お願いします。」) would be a caller's yes, a
+#: copied question is no answer (and is dropped, see ``echoes_prompt``). Measured on Japanese;
+#: the English ones follow the same pattern, unmeasured.
+PROMPTS: dict[str, dict[str | None, str]] = {
+    "ja": {
+        None: "お電話ありがとうございます。ご予約でしょうか。",
+        "date": "ご来店の日にち(明日、明後日、3月15日、来週の月曜日など)をお願いします。",
+        "time": "お時間(午前11時、正午、17時、夜9時半など)をお願いします。",
+        "party_size": "人数(1名、ふたり、3名、10人など)をお願いします。",
+        "phone": "お電話番号(080-4827-3916など)をお願いします。",
+        "name": "ご予約のお名前(山本、など)をお願いします。",
+        "confirm": "こちらの内容でよろしいでしょうか。",
+        "anything_else": "ほかにご要望はございますか。",
+        "note": "ご要望(記念日のお祝い、個室など)があればお聞かせください。",
+    },
+    "en": {
+        None: "Thank you for calling. Would you like to make a reservation?",
+        "date": "What date (tomorrow, March 15th, next Monday, for example)?",
+        "time": "What time (11 am, noon, 5 pm, 9:30 pm, for example)?",
+        "party_size": "How many people (one, two, 3, 10, for example)?",
+        "phone": "Your phone number (080-4827-3916, for example), please.",
+        "name": "The name for the booking (Yamamoto, for example), please.",
+        "confirm": "Is everything correct?",
+        "anything_else": "Is there anything else?",
+        "note": "Any requests (an anniversary, a private room, for example)?",
+    },
+}
+#: questions that expect the same kind of answer as a slot's
+_ASKING_LIKE = {"manage_phone": "phone", "manage_date": "date", "manage_confirm": "confirm"}
+
+
+def prompt_for(context: STTContext | None, language: str | None) -> str | None:
+    """Whisper's initial prompt for a turn that answers ``context.asking``, in ``language`` (the
+    decoding language; the context's when that is detected); None without a context, or for a
+    language without prompts."""
+    if context is None:
+        return None
+    table = PROMPTS.get(language or context.language or "")
+    if table is None:
+        return None
+    asking = _ASKING_LIKE.get(context.asking or "", context.asking)
+    return table.get(asking, table[None])
 
 
 # ------------------------------------------------------------------------------------------ audio input
@@ -180,6 +281,44 @@ def degenerate(segments: list, cap: int) -> bool:
     return any(len(s.tokens) >= cap or s.compression_ratio > REPEAT_RATIO for s in segments)
 
 
+#: A segment is dropped as no speech when whisper gives it more than NO_SPEECH odds of holding
+#: none, or more than MAYBE_NO_SPEECH odds and decodes it with a mean token log-probability under
+#: LOW_LOGPROB. Measured on whisper base over a phone line (pipeline.sim.recognition): speech
+#: came out at no_speech_prob 0.16 at most; what it wrote on silence, line noise, hum and breath
+#: at 0.33-0.92, the lower ones with log-probabilities under -1.3 or in loops.
+NO_SPEECH = 0.5
+MAYBE_NO_SPEECH = 0.3
+LOW_LOGPROB = -0.7
+
+
+def speech_segments(segments: list) -> list:
+    """The segments that hold speech: not those whisper took for silence (``no_speech_prob``), where
+    its well-known inventions come from, nor those it half took for silence and barely believed."""
+    return [s for s in segments if not (
+        s.no_speech_prob > NO_SPEECH or (s.no_speech_prob > MAYBE_NO_SPEECH and s.avg_logprob < LOW_LOGPROB))]
+
+
+def echoes_prompt(text: str, prompt: str | None) -> bool:
+    """Whether ``text`` is whisper copying its prompt, as it does when it hears nothing it can read:
+    half the prompt or more, word for word, or a number of six digits or more out of it (the
+    example phone number). A caller's answer that happens to be one of the examples
+    (「来週の月曜日」) is shorter than that, and is kept."""
+    if not prompt or not text:
+        return False
+    said, told = _letters(text), _letters(prompt)
+    if said and said in told and 2 * len(said) >= len(told):
+        return True
+    digits = "".join(c for c in said if c.isdigit())
+    return any(len(run) >= 6 and run in digits for run in _DIGITS.findall(told))
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _letters(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c)[0] in "LN").casefold()
+
+
 # ------------------------------------------------------------------------------------------ backends
 class FasterWhisperSTT:
     """faster-whisper (CTranslate2) on a local model directory, loaded once."""
@@ -210,14 +349,23 @@ class FasterWhisperSTT:
         log.info("loaded faster-whisper from %s (%s, %s) in %.2f s", self.model_path, cfg.device,
                  cfg.compute_type, time.perf_counter() - start)
 
-    def decode(self, x: np.ndarray, *, window_s: float | None, max_new_tokens: int | None = None) -> tuple[list, str]:
+    def hotwords_for(self, context: STTContext | None) -> str | None:
+        """The configured hotwords and the context's words (the restaurant's name), once each."""
+        words = [*(context.words if context is not None else ()), *self.cfg.hotwords]
+        return " ".join(dict.fromkeys(w.strip() for w in words if w.strip())) or None
+
+    def decode(self, x: np.ndarray, *, window_s: float | None, max_new_tokens: int | None = None,
+               prompt: str | None = None, hotwords: str | None = None) -> tuple[list, str]:
         """faster-whisper's segments for 16 kHz mono ``x``, encoded on ``window_s`` (None = 30 s), and
-        the language they were decoded in.
+        the language they were decoded in. ``prompt`` is whisper's initial prompt (the text before
+        the turn); ``hotwords`` default to the configured ones.
 
         The generator does the decoding (and the encoding): it is consumed here, in the caller's
         worker thread, and inside the window.
         """
-        options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        options: dict = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        if prompt:
+            options["initial_prompt"] = prompt
         with encoder_window(window_s):
             segments, info = self.model.transcribe(
                 x,
@@ -227,33 +375,42 @@ class FasterWhisperSTT:
                 # a phone line; a garbled turn is cheaper to ask again.
                 temperature=0.0,
                 vad_filter=False,  # the handler has already cut the turn with silero
+                no_speech_threshold=None,  # speech_segments() decides, after the decode
                 condition_on_previous_text=False,
                 without_timestamps=True,
-                hotwords=self.hotwords,
+                hotwords=hotwords if hotwords is not None else self.hotwords,
                 **options,
             )
             return list(segments), info.language
 
-    def transcribe(self, audio: np.ndarray, sample_rate: int) -> Transcript:
+    def transcribe(self, audio: np.ndarray, sample_rate: int, context: STTContext | None = None) -> Transcript:
         start = time.perf_counter()
         x = prepare_audio(audio, sample_rate)
         duration = x.size / WHISPER_SAMPLE_RATE
         cap = token_cap(duration)
         window = self.cfg.window_s
-        segments, language = self.decode(x, window_s=window, max_new_tokens=cap)
+        context = context if context is not None else current_context()
+        prompt = prompt_for(context, self.language)
+        hotwords = self.hotwords_for(context)
+        segments, language = self.decode(x, window_s=window, max_new_tokens=cap, prompt=prompt, hotwords=hotwords)
         retried = False
         if window and degenerate(segments, cap):
             # the decoder looped on the short window: the 30 s window costs more but is what whisper
             # was trained on
             log.warning("whisper repeated itself on a %g s window (%.1f s of audio): decoding again on 30 s",
                         window, duration)
-            segments, language = self.decode(x, window_s=None, max_new_tokens=cap)
+            segments, language = self.decode(x, window_s=None, max_new_tokens=cap, prompt=prompt, hotwords=hotwords)
             window, retried = None, True
-        text = "".join(seg.text for seg in segments).strip()
+        spoken = speech_segments(segments)
+        text = "".join(seg.text for seg in spoken).strip()
+        if echoes_prompt(text, prompt):
+            log.debug("whisper wrote a piece of its prompt (%r): no speech", text)
+            text, spoken = "", []
         elapsed = time.perf_counter() - start
         log.debug("transcribed %.2f s of audio in %.3f s: %r", duration, elapsed, text)
         return Transcript(text=text, language=language or self.language, duration_s=duration, elapsed_s=elapsed,
-                          window_s=window, retried=retried)
+                          window_s=window, retried=retried, asking=context.asking if context is not None else None,
+                          dropped=len(segments) - len(spoken))
 
     def warmup(self) -> None:
         """A decode on a second of low noise, on the configured window and (when that is shorter) on
