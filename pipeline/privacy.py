@@ -303,7 +303,7 @@ def remove_pii_filter(logger: logging.Logger | None = None) -> None:
 
 # ----------------------------------------------------------------------------------------- call log
 #: what a call-log record holds that the caller said or that identifies them
-_TEXT_KEYS = ("transcript", "reply", "heard")
+_TEXT_KEYS = ("transcript", "transcript_raw", "reply", "heard")
 _PERSONAL_SLOTS = ("name", "phone", "note")
 
 

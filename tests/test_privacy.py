@@ -209,7 +209,7 @@ class _Settings:
 
 
 TURN = {"event": "turn", "call_id": "c1", "turn": 2, "gap_ms": 600.0, "transcript": "佐々木です 090-1234-5678",
-        "reply": "佐々木様ですね", "heard": None}
+        "transcript_raw": "佐々木です 090-1234-5678。ご視聴ありがとうございました", "reply": "佐々木様ですね", "heard": None}
 END = {"event": "call_end", "call_id": "c1", "transcript": [{"role": "user", "text": "佐々木です"}],
        "slots": {"date": "2026-12-02", "name": "佐々木", "phone": "09012345678", "note": "卵アレルギー"},
        "reservation": {"id": "R1", "date": "2026-12-02", "name": "佐々木", "phone": "09012345678", "note": None}}
