@@ -315,13 +315,14 @@ class VoiceRuntime:
         clock: Callable[[], dt.datetime] | None = None,
     ) -> VoiceRuntime:
         """Models ensured (fetched when ``download``; else ``ModelsMissing``), loaded and warmed up."""
-        from pipeline.models import ensure_models, model_resolver
+        from pipeline.models import model_resolver
+        from pipeline.remote_speech import ensure_local_models
         from pipeline.stt import make_stt
         from pipeline.tts import make_tts
         from pipeline.vad import make_vad
 
         start = time.perf_counter()
-        paths = ensure_models(cfg, download, progress=progress)
+        paths = ensure_local_models(cfg, download, progress=progress)  # none for a stage on a speech server
         stt = make_stt(cfg.stt, paths.whisper)
         tts = make_tts(cfg.tts, model_resolver(cfg))
         vad = make_vad(cfg.vad)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -263,8 +264,28 @@ class LLMConfig(_Section):
         return SecretStr(os.environ.get(self.api_key_env, "not-needed"))
 
 
+def _speech_server_url(value: str | None) -> str | None:
+    """An OpenAI-compatible API root (``http://host:8000/v1``), without its trailing slash."""
+    if value is None:
+        return None
+    value = value.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError(f"expected the server's API root, e.g. http://127.0.0.1:8000/v1, got {value!r}")
+    return value
+
+
+def _needs_url(section: str, provider: str, base_url: str | None) -> None:
+    if provider == "openai" and not base_url:
+        raise ValueError(f"{section}.provider openai needs {section}.base_url: the server's API root, "
+                         "e.g. http://127.0.0.1:8000/v1")
+
+
 class STTConfig(_Section):
-    provider: Literal["faster-whisper"] = "faster-whisper"
+    provider: Literal["faster-whisper", "openai"] = Field(
+        default="faster-whisper",
+        description="faster-whisper: in this process (`local` says the same); openai: an OpenAI-compatible "
+                    "server's /v1/audio/transcriptions (speaches, vLLM, ...) at base_url",
+    )
     model: str = Field(default="base", description="a size name (tiny, base, small, ...) or a local directory")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = "int8"
@@ -281,10 +302,40 @@ class STTConfig(_Section):
         description="encode this many seconds (or the utterance, if longer) instead of whisper's 30 s window; "
                     "null = 30 s. Below 6 s real whisper weights loop; a looping decode is redone on 30 s",
     )
+    base_url: str | None = Field(
+        default=None, description="provider openai: the server's API root, e.g. http://127.0.0.1:8000/v1")
+    remote_model: str | None = Field(
+        default=None,
+        description="provider openai: the model the server is asked for; null = stt.model, a size name "
+                    "as its faster-whisper repository (base -> Systran/faster-whisper-base)",
+    )
+    api_key_env: str = Field(
+        default="SPEECH_API_KEY", description="provider openai: the environment variable holding the server's key")
+    timeout_s: float = Field(
+        default=5.0, gt=0, le=120,
+        description="provider openai: longest wait for a transcription; longer is an STT failure (an apology)")
+    remote_hotwords: bool = Field(
+        default=False,
+        description="provider openai: send the hotwords as a `hotwords` field (speaches takes it; the "
+                    "OpenAI API does not)",
+    )
+
+    _local = field_validator("provider", mode="before")(
+        lambda cls, v: "faster-whisper" if v == "local" else v)
+    _url = field_validator("base_url", mode="before")(lambda cls, v: _speech_server_url(v))
+
+    @model_validator(mode="after")
+    def _remote(self) -> STTConfig:
+        _needs_url("stt", self.provider, self.base_url)
+        return self
 
 
 class TTSConfig(_Section):
-    provider: Literal["kokoro"] = "kokoro"
+    provider: Literal["kokoro", "openai"] = Field(
+        default="kokoro",
+        description="kokoro: kokoro-onnx in this process (`local` says the same); openai: an OpenAI-compatible "
+                    "server's /v1/audio/speech (Kokoro-FastAPI, speaches, ...) at base_url",
+    )
     model: str = "models/kokoro-v1.0.onnx"
     voices: str = "models/voices-v1.0.bin"
     voice: dict[str, str] = Field(default_factory=lambda: {"ja": "jf_alpha", "en": "af_heart"})
@@ -303,6 +354,28 @@ class TTSConfig(_Section):
         default_factory=lambda: {"ja": {"AI-SHIFT": "エーアイシフト"}},
         description="language -> {written: spoken}: how to say names the G2P would spell out letter by letter",
     )
+    base_url: str | None = Field(
+        default=None, description="provider openai: the server's API root, e.g. http://127.0.0.1:8880/v1")
+    remote_model: str = Field(default="kokoro", description="provider openai: the model the server is asked for")
+    api_key_env: str = Field(
+        default="SPEECH_API_KEY", description="provider openai: the environment variable holding the server's key")
+    timeout_s: float = Field(
+        default=10.0, gt=0, le=120,
+        description="provider openai: longest wait for one piece's audio; longer is a TTS fault (the apology)")
+    response_format: Literal["pcm", "wav"] = Field(
+        default="pcm", description="provider openai: pcm (16-bit mono at remote_sample_rate) or wav")
+    remote_sample_rate: int = Field(
+        default=24000, ge=8000, le=48000,
+        description="provider openai: the sample rate of the server's pcm (kokoro: 24000); wav says its own",
+    )
+
+    _local = field_validator("provider", mode="before")(lambda cls, v: "kokoro" if v == "local" else v)
+    _url = field_validator("base_url", mode="before")(lambda cls, v: _speech_server_url(v))
+
+    @model_validator(mode="after")
+    def _remote(self) -> TTSConfig:
+        _needs_url("tts", self.provider, self.base_url)
+        return self
 
 
 #: silero v5+ takes 512-sample windows at 16 kHz: every duration below is counted in these

@@ -424,7 +424,15 @@ class FasterWhisperSTT:
 
 # ------------------------------------------------------------------------------------------ factory
 STTFactory = Callable[[STTConfig, Path], STT]
-_PROVIDERS: dict[str, STTFactory] = {"faster-whisper": FasterWhisperSTT}
+
+
+def _remote_stt(cfg: STTConfig, _model_path: Path) -> STT:
+    from pipeline.remote_speech import RemoteSTT  # imports this module
+
+    return RemoteSTT(cfg)
+
+
+_PROVIDERS: dict[str, STTFactory] = {"faster-whisper": FasterWhisperSTT, "openai": _remote_stt}
 
 
 def make_stt(cfg: STTConfig, resolve: Callable[[str], Path] | Path | str) -> STT:

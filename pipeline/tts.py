@@ -778,7 +778,13 @@ class KokoroTTS:
 
 
 # ================================================================================ factory
-_PROVIDERS: dict[str, Callable[[TTSConfig, Path, Path], TTS]] = {"kokoro": KokoroTTS}
+def _remote_tts(cfg: TTSConfig, _model: Path, _voices: Path) -> TTS:
+    from pipeline.remote_speech import RemoteTTS  # imports this module
+
+    return RemoteTTS(cfg)
+
+
+_PROVIDERS: dict[str, Callable[[TTSConfig, Path, Path], TTS]] = {"kokoro": KokoroTTS, "openai": _remote_tts}
 
 
 def make_tts(cfg: TTSConfig, resolve: Callable[[str], Path]) -> TTS:
