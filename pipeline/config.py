@@ -400,6 +400,29 @@ class VADConfig(_Section):
         default=160, ge=0, description="trailing silence that starts transcribing early; 0 = never",
     )
     num_threads: int = Field(default=1, ge=1, le=16, description="onnxruntime threads of the shared silero model")
+    turn_model: str | None = Field(
+        default=None, description="end-of-turn model file (Smart Turn v3.2 ONNX), classified at each short pause; "
+                                  "null = silence alone",
+    )
+    turn_threshold: float = Field(default=0.5, gt=0, lt=1,
+                                  description="the model's probability at and above which the turn is complete")
+    turn_complete_silence_ms: int = Field(default=200, le=5000,
+                                          description="trailing silence that ends a turn the model calls complete")
+    turn_incomplete_silence_ms: int = Field(default=1500, le=10000,
+                                            description="trailing silence that ends a turn it calls incomplete")
+    turn_incomplete_phone_silence_ms: int = Field(
+        default=2000, le=10000, description="the same while a phone number is read out",
+    )
+    backchannels: bool = Field(default=True, description="a short burst while the bot speaks is judged "
+                                                         "(backchannel or barge-in) instead of stopping it at once")
+    backchannel_max_ms: int = Field(default=320, ge=VAD_WINDOW_MS, le=2000,
+                                    description="a burst longer than this from its onset is a barge-in")
+    backchannel_gap_ms: int = Field(default=96, ge=VAD_WINDOW_MS, le=1000,
+                                    description="silence that ends a burst (its words then decide)")
+    backchannel_loud_db: float | None = Field(
+        default=10.0, ge=0, description="a burst this much louder than the caller's usual level is a barge-in; "
+                                        "null = no energy rule",
+    )
     # FastRTC's chunked pause detection: the handler no longer uses it (the naive cascade of
     # `voicebot bench` does, with FastRTC's defaults); kept so that ReplyOnPause is built as before.
     audio_chunk_duration: float = Field(default=0.6, gt=0, description="seconds between pause checks")
@@ -418,6 +441,11 @@ class VADConfig(_Section):
             if value < max(self.min_speech_ms, 4 * VAD_WINDOW_MS):
                 raise ValueError(f"{name} ({value} ms) must be at least min_speech_ms ({self.min_speech_ms} ms) "
                                  f"and {4 * VAD_WINDOW_MS} ms, or turns end between syllables")
+        if self.turn_complete_silence_ms < max(self.min_speech_ms, 4 * VAD_WINDOW_MS):
+            raise ValueError(f"turn_complete_silence_ms ({self.turn_complete_silence_ms} ms) must be at least "
+                             f"min_speech_ms and {4 * VAD_WINDOW_MS} ms, or turns end between syllables")
+        if self.turn_incomplete_silence_ms < self.turn_complete_silence_ms:
+            raise ValueError("turn_incomplete_silence_ms must be at least turn_complete_silence_ms")
         shortest = min(self.end_silence_ms, self.end_silence_short_ms)
         if self.speculative_pause_ms and self.speculative_pause_ms >= shortest:
             raise ValueError(f"speculative_pause_ms ({self.speculative_pause_ms}) must be below the shortest "

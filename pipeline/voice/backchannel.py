@@ -1,0 +1,109 @@
+"""A short burst said while the bot speaks: a backchannel (「はい」「ええ」, "uh-huh") or a barge-in.
+
+Japanese callers say aizuchi over the bot all the time; they are listening, not interrupting, and
+a bot that stops (and, on the phone, clears Twilio's buffer) at every one of them cannot finish a
+read-back. While the bot is audible each burst of caller speech is judged here, window by window:
+
+1. **length**: speech going on past ``vad.backchannel_max_ms`` from its first voiced window is a
+   barge-in at once (a correction, a question: the bot stops within that time of the onset);
+2. **energy**: a burst well above the caller's own speaking level (``vad.backchannel_loud_db``
+   louder) is a barge-in at once (someone raising their voice to stop the bot);
+3. **words**: a burst that ends (``vad.backchannel_gap_ms`` of silence) before that is transcribed
+   (the STT worker), and it is a backchannel when
+   :func:`~pipeline.dialog.understand.is_backchannel` says so, or when nothing was heard; anything
+   else is a barge-in. Speech resuming while the transcript is awaited goes back to the length rule.
+
+Until the verdict the bot goes on talking; nothing is cleared. What a 「はい」 *means* is the
+dialog's: one said while the bot talks is listening; after the read-back has finished it is an
+ordinary turn, the answer (the judge is only asked while the bot is audible).
+
+Pure and synchronous: the handler feeds it windows and hands it the transcript when there is one.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config import VADConfig
+
+
+class Burst(enum.Enum):
+    PENDING = "pending"  # still listening to it
+    TRANSCRIBE = "transcribe"  # it is over and short: its words decide (ask once, then PENDING)
+    BACKCHANNEL = "backchannel"
+    BARGE_IN = "barge_in"
+
+
+def rms_db(window: np.ndarray) -> float:
+    """A window's level in dBFS (int16 or float in [-1, 1])."""
+    x = np.asarray(window, dtype=np.float32)
+    if window.dtype == np.int16:
+        x = x / 32768.0
+    rms = float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
+    return 20 * math.log10(max(rms, 1e-6))
+
+
+@dataclass
+class BurstJudge:
+    """One burst's verdict. ``caller_db``: the caller's usual speaking level (None: unknown, the
+    energy rule is off)."""
+
+    cfg: VADConfig
+    window_ms: float
+    caller_db: float | None = None
+    elapsed_ms: float = 0.0  # since the burst's first voiced window
+    silence_ms: float = 0.0  # trailing silence
+    voiced_ms: float = 0.0
+    peak_db: float = -120.0
+    verdict: Burst = Burst.PENDING
+    asked: bool = False  # a transcript of the burst has been asked for
+
+    @property
+    def decided(self) -> bool:
+        return self.verdict in (Burst.BACKCHANNEL, Burst.BARGE_IN)
+
+    def window(self, voiced: bool, level_db: float) -> Burst:
+        """One more VAD window of the burst (the first call is its first voiced window)."""
+        if self.decided:
+            return self.verdict
+        self.elapsed_ms += self.window_ms
+        if voiced:
+            self.voiced_ms += self.window_ms
+            self.silence_ms = 0.0
+            self.peak_db = max(self.peak_db, level_db)
+            if self.asked:
+                self.asked = False  # it goes on: the transcript asked for is of part of it
+            loud = self.cfg.backchannel_loud_db
+            if loud is not None and self.caller_db is not None and self.peak_db >= self.caller_db + loud:
+                return self._set(Burst.BARGE_IN)
+            if self.elapsed_ms >= self.cfg.backchannel_max_ms:
+                return self._set(Burst.BARGE_IN)
+            return Burst.PENDING
+        self.silence_ms += self.window_ms
+        if not self.asked and self.silence_ms >= self.cfg.backchannel_gap_ms:
+            self.asked = True
+            return Burst.TRANSCRIBE
+        return Burst.PENDING
+
+    def transcript(self, text: str | None) -> Burst:
+        """The words of the burst (None: the transcription failed): backchannel or barge-in."""
+        from pipeline.dialog.understand import is_backchannel
+
+        if self.decided or not self.asked:
+            return self.verdict  # decided meanwhile, or stale (the caller went on)
+        if text is None:
+            return self._set(Burst.BARGE_IN)  # when in doubt, the caller has the floor
+        words = text.strip()
+        return self._set(Burst.BACKCHANNEL if not words or is_backchannel(words) else Burst.BARGE_IN)
+
+    def timed_out(self) -> Burst:
+        """No transcript in time: the caller has the floor."""
+        return self.verdict if self.decided else self._set(Burst.BARGE_IN)
+
+    def _set(self, verdict: Burst) -> Burst:
+        self.verdict = verdict
+        return verdict
