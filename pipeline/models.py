@@ -5,6 +5,8 @@
   local directory holding a CTranslate2 model. Downloads go to ``<models.dir>/faster-whisper-<size>``.
 - Kokoro: ``tts.model`` and ``tts.voices`` are file paths; the files of kokoro-onnx's GitHub release
   ``model-files-v1.0`` are fetched to exactly those paths.
+- The end-of-turn model (``vad.turn_model``, when set): Smart Turn v3.2's ONNX file, fetched from its
+  hub repository ``pipecat-ai/smart-turn-v3`` to that path.
 
 Nothing here downloads unless asked (``ensure_models(cfg, download=True)``); offline, or when the
 network fails in any way, ``ModelsMissing`` says which file is missing and how to get it.
@@ -148,11 +150,15 @@ def models_status(cfg: Config) -> list[tuple[str, Path, bool]]:
     """``(what, path, present)`` for each model the config needs."""
     wdir = whisper_dir(cfg)
     model, voices = cfg.path(cfg.tts.model), cfg.path(cfg.tts.voices)
-    return [
+    out = [
         (f"whisper model ({cfg.stt.model})", wdir, _whisper_present(wdir)),
         ("kokoro model", model, model.is_file()),
         ("kokoro voices", voices, voices.is_file()),
     ]
+    if cfg.vad.turn_model:
+        turn = cfg.path(cfg.vad.turn_model)
+        out.append(("end-of-turn model", turn, turn.is_file()))
+    return out
 
 
 def _missing(cfg: Config, kokoro_base_url: str) -> list[MissingFile]:
@@ -178,6 +184,18 @@ def _missing(cfg: Config, kokoro_base_url: str) -> list[MissingFile]:
             how = (f"{path.name} is not a file of kokoro-onnx's release; place it there by hand or set "
                    f"tts.{key} in config.yaml (release files: {', '.join(sorted(KOKORO_RELEASE_FILES))})")
         out.append(MissingFile(what, path, how))
+    if cfg.vad.turn_model:
+        from pipeline.turn import HUB_REPO, MODEL_FILE
+
+        path = cfg.path(cfg.vad.turn_model)
+        if not path.is_file():
+            if path.name == MODEL_FILE:
+                how = (f"run `voicebot models download`, or download {MODEL_FILE} of https://huggingface.co/"
+                       f"{HUB_REPO} to this path, or set vad.turn_model to null (turns end on silence alone)")
+            else:
+                how = (f"{path.name} is not the file of {HUB_REPO} ({MODEL_FILE}); place it there by hand or "
+                       "set vad.turn_model in config.yaml")
+            out.append(MissingFile("end-of-turn model", path, how))
     return out
 
 
@@ -251,6 +269,9 @@ def ensure_models(
     if not download:
         raise ModelsMissing(missing)
 
+    from pipeline.turn import HUB_REPO as turn_repo
+    from pipeline.turn import MODEL_FILE as turn_file
+
     failures: list[str] = []
     src = _whisper_source(cfg)
     for m in missing:
@@ -259,6 +280,8 @@ def ensure_models(
                 _download_whisper(src.repo, src.path, endpoint, progress)
             elif m.path.name in KOKORO_RELEASE_FILES:
                 _download_file(f"{kokoro_url}/{m.path.name}", m.path, progress)
+            elif m.what == "end-of-turn model" and m.path.name == turn_file:
+                _download_file(f"{endpoint}/{turn_repo}/resolve/main/{turn_file}", m.path, progress)
         except KeyboardInterrupt:
             raise
         except Exception as e:  # any network, HTTP, disk or hub error: reported, not raised

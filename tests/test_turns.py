@@ -178,3 +178,34 @@ def test_real_smart_turn_in_the_pool_hears_a_finished_sentence_as_complete():
     assert eot is not None
     audio = np.concatenate([to_float32(phone_line(*openjtalk("田中です。"))), np.zeros(3200, np.float32)])
     assert eot.classify_soon(to_int16(audio)).result(timeout=30) is True
+
+
+def test_models_download_fetches_the_end_of_turn_file_from_its_hub_repository(tmp_path, test_config):
+    """A local HTTP server stands in for the hub: the file lands at vad.turn_model's path."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from pipeline.models import ModelsMissing, ensure_models, models_status
+
+    served = tmp_path / "served" / "pipecat-ai" / "smart-turn-v3" / "resolve" / "main"
+    served.mkdir(parents=True)
+    (served / "smart-turn-v3.2-cpu.onnx").write_bytes(b"t" * 2048)
+    cfg = test_config.model_copy(deep=True)
+    cfg.vad.turn_model = str(tmp_path / "models" / "smart-turn-v3.2-cpu.onnx")
+    with pytest.raises(ModelsMissing) as err:
+        ensure_models(cfg, download=False)
+    assert [m.what for m in err.value.missing] == ["end-of-turn model"]
+    assert "pipecat-ai/smart-turn-v3" in err.value.missing[0].how
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "served"))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ensure_models(cfg, download=True, progress=False, hf_endpoint=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert (tmp_path / "models" / "smart-turn-v3.2-cpu.onnx").read_bytes() == b"t" * 2048
+    assert all(present for _, _, present in models_status(cfg))
