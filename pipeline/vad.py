@@ -158,3 +158,29 @@ class BundledSileroVAD(SileroVADModel):
 def make_vad(cfg: VADConfig, path: str | Path | None = None) -> BundledSileroVAD:
     """The VAD for ``ReplyOnPause(model=...)``, with ``cfg``'s silero options as its defaults."""
     return BundledSileroVAD(path, options=silero_options(cfg), num_threads=cfg.num_threads)
+
+
+class EnergyVAD:
+    """A level-based stand-in for silero with the same call (``model(window, state, sr) -> (prob,
+    state)``), for a call whose silero model has failed: a window well above the line's noise floor
+    (tracked in ``state``) and above an absolute floor is speech. Cruder than silero (a loud noise
+    is speech), but a call that hears something beats one that has gone deaf."""
+
+    #: a window this far above the noise floor is speech
+    MARGIN_DB = 12.0
+    #: and never below this (digital silence, a quiet line)
+    FLOOR_DBFS = -48.0
+
+    def get_initial_state(self, batch_size: int = 1):
+        return {"floor": -70.0}
+
+    def __call__(self, x: np.ndarray, state, sr: int):
+        samples = np.asarray(x, dtype=np.float32).reshape(-1)
+        rms = float(np.sqrt(np.mean(np.square(samples)))) if samples.size else 0.0
+        db = 20 * np.log10(max(rms, 1e-6))
+        floor = state["floor"] if isinstance(state, dict) else -70.0
+        # the floor falls at once to a quieter window and creeps up slowly under steady sound
+        floor = db if db < floor else floor + 0.005 * (db - floor)
+        over = db - max(floor + self.MARGIN_DB, self.FLOOR_DBFS)
+        prob = float(1.0 / (1.0 + np.exp(-over / 2.0)))
+        return np.array([[prob]], np.float32), {"floor": floor}

@@ -104,3 +104,26 @@ def test_reply_on_pause_stays_quiet_on_a_silent_line(vad):
     handler.send_message_sync = lambda msg: None
     _feed(handler, np.concatenate([silence(1.5), noise(1.5, dbfs=-50)]), 16000)
     assert handler.emit() is None and calls == []
+
+
+def _energy_probs(audio: np.ndarray) -> np.ndarray:
+    from pipeline.vad import WINDOW, EnergyVAD
+
+    model = EnergyVAD()
+    state = model.get_initial_state(1)
+    x = audio.astype(np.float32) / 32768.0
+    out = []
+    for start in range(0, x.size - WINDOW + 1, WINDOW):
+        prob, state = model(x[start : start + WINDOW], state, 16000)
+        out.append(float(np.asarray(prob).ravel()[0]))
+    return np.array(out)
+
+
+@needs_espeak
+def test_the_energy_fallback_hears_speech_after_silence_and_not_a_quiet_line():
+    line = np.concatenate([noise(1.0, dbfs=-55), speech("こんにちは、予約をお願いします。", "ja"), noise(1.0, dbfs=-55)])
+    probs = _energy_probs(line)
+    first_s = 1.0 / (512 / 16000)
+    assert probs[: int(first_s)].max() < 0.5
+    assert (probs > 0.5).sum() >= 10
+    assert _energy_probs(silence(2.0)).max() < 0.5
