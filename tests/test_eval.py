@@ -87,6 +87,31 @@ def test_a_read_back_is_checked_against_what_the_caller_wants():
     assert readback_mismatches(en, want, "en") == ["time"]
 
 
+def _caller(pid="ja-01-basic"):
+    from pipeline.sim.judge import Bookings
+
+    pset = load_personas()
+    return Bookings(pset, "sqlite://", TODAY, 3).plan(pset.by_id(pid)).caller
+
+
+def test_a_caller_asked_to_go_on_with_a_number_says_the_rest_or_all_of_it_again():
+    caller = _caller()  # 090-1234-5678
+    rest = caller.react("ゼロ、キュウ、ゼロ、イチ、ニー、サン、ヨンですね。続きをお願いいたします。")
+    assert rest.kind == "phone_rest" and rest.line.text == "ゴーロクナナハチです"
+    wrong = caller.react("ゼロ、キュウ、ゼロ、イチ、ニー、ニーですね。続きをお願いいたします。")
+    assert wrong.kind == "phone" and wrong.line.text.startswith("いいえ、ゼロキューゼロ")
+
+
+def test_a_number_the_bot_did_not_get_is_said_again_differently_and_slower():
+    caller = _caller()
+    asked = "お電話番号は市外局番から10桁か11桁でお願いいたします。恐れ入ります、「090、1234、5678」のように、数字をひとつずつおっしゃってください。"
+    said = [caller.react(asked) for _ in range(4)]
+    assert len({s.line.raw for s in said[:3]}) == 3  # in groups, groups further apart, digit by digit
+    assert [s.repeat for s in said] == [0, 0, 0, 1]  # then the first way again, slower
+    voice = caller.persona.voice.voice("ja")
+    assert voice.slower(0.85).speed < voice.speed
+
+
 def test_the_fewest_turns_count_what_the_first_line_gives():
     by_id = {p.id: p for p in load_personas().personas}
     assert min_turns(by_id["ja-01-basic"]) == 1 + 3 + 2  # open (date, time, party), name, phone, note, yes, done

@@ -16,6 +16,9 @@ from pipeline.sim.voices import trim
 
 log = logging.getLogger(__name__)
 
+#: a caller asked again says the line this much slower each time
+SLOWER = 0.85
+
 
 @dataclass
 class Rendered:
@@ -38,11 +41,12 @@ class Voices:
     def __init__(self) -> None:
         self._cache: dict[tuple[Any, str], Rendered] = {}
 
-    def render(self, persona: Persona, line: Utterance) -> Rendered:
+    def render(self, persona: Persona, line: Utterance, repeat: int = 0) -> Rendered:
+        """``line`` in ``persona``'s voice; said for the ``repeat``-th time again, slower (15% a time)."""
         from pipeline.audio import PHONE_RATE
         from pipeline.sim.phone import FRAME_SAMPLES, at_level, to_phone_rate
 
-        voice = persona.voice.voice(persona.language)
+        voice = persona.voice.voice(persona.language).slower(SLOWER ** min(repeat, 3))
         key = (voice, line.raw)
         if key in self._cache:
             return self._cache[key]

@@ -36,6 +36,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -57,7 +58,7 @@ from pipeline.sim.personas import (
     min_turns,
 )
 from pipeline.sim.report import Backchannel, CallResult, LineResult, build_report, format_report, stalls
-from pipeline.sim.score import error_count
+from pipeline.sim.score import ErrorCount, error_count, spoken_units
 from pipeline.sim.server import CallLog, ServeProcess, ServerError
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class PhoneEval:
         self.voices = Voices()
 
     async def _render(self, persona: Persona, said: Said) -> Rendered:
-        return await asyncio.to_thread(self.voices.render, persona, said.line)
+        return await asyncio.to_thread(self.voices.render, persona, said.line, said.repeat)
 
     async def _wait_done(self, tw: Any, sid: str, logged_before: int, quiet: float = QUIET_S,
                          expect_record: bool = True) -> None:
@@ -273,9 +274,20 @@ class PhoneEval:
 
 
 # ====================================================================================== the bot's pronunciation
+def _language_of(text: str) -> str:
+    """The language a reply is in, by its script: the bot speaks Japanese to an English caller it
+    has not understood."""
+    return "ja" if _JAPANESE.search(text) else "en"
+
+
+_JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
+
+
 def pronunciation(results: list[CallResult], cfg: Any) -> str:
     """Whisper (the configured model, its 30 s window) on the bot's audio as the caller got it, against
-    the text it said: greetings, and replies that went out whole (no barge-in, cut-off or second turn).
+    the text it said: greetings, and replies that went out whole (no barge-in, cut-off or second turn),
+    in the language of the text. A transcript more than twice as long as the text is whisper looping
+    (on a run of digits, say), not the bot's speech: it is kept in the details, not scored.
     Returns the model path used."""
     from pipeline.audio import PHONE_RATE
     from pipeline.models import model_resolver
@@ -283,23 +295,25 @@ def pronunciation(results: list[CallResult], cfg: Any) -> str:
 
     stts: dict[str, Any] = {}
 
-    def heard(audio: np.ndarray, language: str) -> str:
+    def score(text: str, audio: np.ndarray | None) -> tuple[str | None, ErrorCount | None]:
+        if not text or audio is None or audio.size < PHONE_RATE // 4:
+            return None, None
+        language = _language_of(text)
         if language not in stts:
             stts[language] = make_stt(cfg.stt.model_copy(update={"language": language, "window_s": None}),
                                       model_resolver(cfg))
-        return stts[language].transcribe(audio, PHONE_RATE).text
+        heard = stts[language].transcribe(audio, PHONE_RATE).text
+        count = error_count(text, heard, language)
+        if len(spoken_units(heard, language)) > 2 * count.total + 10:
+            return heard + " [whisper looped: not scored]", None
+        return heard, count
 
     for r in results:
-        lang = r.persona.language
-        if r.greeting and r.greeting_audio is not None and r.greeting_audio.size > PHONE_RATE // 4 and not any(
-                b.cleared for b in ([r.greeting_backchannel] if r.greeting_backchannel else [])):
-            text = heard(r.greeting_audio, lang)
-            r.greeting_pronunciation = error_count(r.greeting, text, lang)
+        if not any(b.cleared for b in ([r.greeting_backchannel] if r.greeting_backchannel else [])):
+            _, r.greeting_pronunciation = score(r.greeting, r.greeting_audio)
         for ln in r.lines:
-            whole = ln.turns_logged == 1 and not ln.cut_off and not ln.cleared and ln.reply
-            if whole and ln.bot_audio is not None and ln.bot_audio.size > PHONE_RATE // 4:
-                ln.bot_heard = heard(ln.bot_audio, lang)
-                ln.pronunciation = error_count(ln.reply, ln.bot_heard, lang)
+            if ln.turns_logged == 1 and not ln.cut_off and not ln.cleared:
+                ln.bot_heard, ln.pronunciation = score(ln.reply, ln.bot_audio)
     return str(model_resolver(cfg)(cfg.stt.model))
 
 

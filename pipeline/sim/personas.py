@@ -327,7 +327,7 @@ def spoken_item(item: str, value: Any, language: str, today: dt.date) -> str:
         day = dt.date.fromisoformat(value)
         offset = (day - today).days
         if language == "ja":
-            return {0: "今日です", 1: "明日です", 2: "明後日です"}.get(offset, f"{day.month}月{day.day}日です")
+            return {0: "今日です", 1: "明日です", 2: "あさってです"}.get(offset, f"{day.month}月{day.day}日です")
         return {0: "today", 1: "tomorrow"}.get(offset, f"{_MONTHS[day.month - 1]} {_ordinal(day.day)}")
     if item == "time":
         t = dt.time.fromisoformat(value)
@@ -349,6 +349,19 @@ def spoken_digits(groups: tuple[str, ...] | list[str], language: str) -> str:
     if language == "ja":
         return "<400>".join("".join(_KANA_DIGITS[int(d)] for d in g) for g in groups) + "です"
     return ", <300>".join(" ".join(_EN_DIGITS[int(d)] for d in g) for g in groups)
+
+
+def phone_lines(digits: str, language: str) -> list[str]:
+    """A number as callers say it, and say it again when the bot did not get it: in groups, then the
+    groups further apart, then digit by digit."""
+    groups = phone_groups(digits)
+    if language == "ja":
+        apart = "<700>".join("、".join(_KANA_DIGITS[int(d)] for d in g) for g in groups) + "です"
+        one_by_one = "<250>".join(_KANA_DIGITS[int(d)] for d in digits) + "です"
+    else:
+        apart = ", <700>".join(", ".join(_EN_DIGITS[int(d)] for d in g) for g in groups)
+        one_by_one = ", <250>".join(_EN_DIGITS[int(d)] for d in digits)
+    return [spoken_digits(groups, language), apart, one_by_one]
 
 
 def resolve_date(spec: str, today: dt.date) -> dt.date:
@@ -484,6 +497,8 @@ class Said:
 
     kind: str
     line: Utterance
+    #: how many times the caller had said this very line before in the call: a repeat is said slower
+    repeat: int = 0
 
 
 @dataclass
@@ -521,6 +536,8 @@ class Caller:
                 return [self.defaults["no_note"]]
             if item == "note":
                 return [value]
+            if item == "phone":
+                return phone_lines(value, p.language)
             return [spoken_item(item, value, p.language, self.today)]
         return [self.defaults["done"]]
 
@@ -536,7 +553,8 @@ class Caller:
 
     def _say(self, kind: str, lines: list[str]) -> Said:
         n = sum(1 for s in self.said if s.kind == kind)
-        said = Said(kind, parse_line(lines[n % len(lines)]))
+        line = parse_line(lines[n % len(lines)])
+        said = Said(kind, line, sum(1 for s in self.said if s.line.raw == line.raw))
         self.said.append(said)
         return said
 
@@ -614,8 +632,9 @@ class Caller:
     def _again(self, last: Said) -> Said:
         if last.kind in SLOTS or last.kind == "change":
             return self._say(last.kind, self.lines_for(last.kind))
-        self.said.append(last)
-        return last
+        again = Said(last.kind, last.line, sum(1 for s in self.said if s.line.raw == last.line.raw))
+        self.said.append(again)
+        return again
 
     def _confirm(self, bot_text: str) -> Said:
         p = self.persona

@@ -105,8 +105,20 @@ class CallResult:
             "stalls": sum(ln.stalls for ln in self.lines),
             "stt_error": stt.rate, "stt_units": stt.total, "stt_edits": stt.edits,
             "bot_error": bot.rate, "bot_units": bot.total, "bot_edits": bot.edits,
-            "ended_by": self.ended_by, "duration_s": round(self.duration_s, 1), "error": self.error,
+            "ended_by": self.ended_by, "last_line": self.last_line(), "duration_s": round(self.duration_s, 1),
+            "error": self.error,
         }
+
+    def last_line(self) -> str | None:
+        """What the caller said last, and how many times in a row: where a failed call got stuck."""
+        if not self.lines:
+            return None
+        kind, n = self.lines[-1].kind, 0
+        for ln in reversed(self.lines):
+            if ln.kind != kind:
+                break
+            n += 1
+        return kind if n == 1 else f"{kind} x{n}"
 
     def to_json(self) -> dict[str, Any]:
         return {**self.summary(), "greeting": self.greeting,
@@ -206,7 +218,8 @@ def format_report(report: dict[str, Any]) -> str:
     wrong = [c for c in report["calls"] if not c["booked_right"] or c["error"]]
     for c in wrong:
         lines.append(f"{c['id']}: {c['error'] or c['why'] or 'not booked right'} (ended by {c['ended_by']}"
-                     f"{', its booking seeded' if c['seeded'] else ''})")
+                     f"{'; last line: ' + c['last_line'] if c['last_line'] else ''}"
+                     f"{'; its booking seeded' if c['seeded'] else ''})")
     s = report["settings"]
     lines.append(f"mode {s['mode']}, agent {s['agent']}, clock {s['now']}, noise "
                  f"{'none' if s['noise_db'] is None else str(s['noise_db']) + ' dB SNR'}"

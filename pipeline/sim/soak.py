@@ -844,7 +844,8 @@ def failed(report: dict[str, Any]) -> bool:
 def run_soak(opts: SoakOptions, *, config_path: str | Path | None = None,
              workdir: str | Path | None = None) -> dict[str, Any]:
     """Run the soak and return its report. Without ``config_path`` the test models are built first
-    (``scripts/make_test_models.py``); without ``workdir`` everything goes to a temporary folder."""
+    (:func:`pipeline.sim.testmodels.build_test_models`); without ``workdir`` everything goes to a
+    temporary folder."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="voicebot-soak-"))

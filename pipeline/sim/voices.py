@@ -89,6 +89,11 @@ class Voice:
             return espeak(text, self.name or "en-us", int(self.speed) or None, int(self.pitch))
         raise ValueError(f"unknown voice engine {self.engine!r} (expected openjtalk or espeak)")
 
+    def slower(self, factor: float) -> Voice:
+        """The same voice at ``factor`` times its pace (< 1: slower)."""
+        return Voice(self.engine, self.name, self.speed * factor if self.engine == "openjtalk" else
+                     max(80, round(self.speed * factor)), self.pitch)
+
     def describe(self) -> str:
         if self.engine == "openjtalk":
             return f"openjtalk speed {self.speed:g} pitch {self.pitch:+g}"
