@@ -1,6 +1,6 @@
 """``voicebot bench``: how long a caller waits for the bot, stage by stage, against the naive cascade.
 
-Simulated calls: Japanese caller lines spoken by espeak-ng, passed through a phone line (8 kHz,
+Simulated calls: Japanese caller lines spoken by Open JTalk, passed through a phone line (8 kHz,
 mu-law) and fed in 20 ms frames, paced by the wall clock in one thread, to the real
 :class:`~pipeline.handler.CallHandler` with the real bundled silero VAD, while another thread drains
 ``emit()`` as FastRTC does. The same clips then go through the naive cascade: stock FastRTC
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -45,7 +46,7 @@ import numpy as np
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.sim.phone import phone_line
 from pipeline.sim.testmodels import build_fake_kokoro, build_voices, build_whisper
-from pipeline.sim.voices import espeak, speech_end
+from pipeline.sim.voices import openjtalk, speech_end
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ TOKENS_PER_S = 10
 REPLY_TIMEOUT_S = 10.0
 #: idle poll of emit(): stock ReplyOnPause returns None at once and FastRTC would spin a core on it
 POLL_S = 0.002
+#: after something said over the bot, how long the line listens for the bot to stop
+OVER_LISTEN_S = 2.5
 #: multilingual Whisper's text tokens (byte-level BPE ranks plus the empty token at 50256)
 WHISPER_TEXT_TOKENS = 50257
 WHISPER_DIMS = {
@@ -71,17 +74,38 @@ REAL_KOKORO_MIN_BYTES = 5_000_000
 
 
 @dataclass(frozen=True)
+class Over:
+    """Something the caller says over the bot's reply, ``delay_s`` after its first audio."""
+
+    kind: str  # "backchannel" (must not stop the bot) or "interruption" (must)
+    text: str
+    spoken: str
+    delay_s: float = 0.4
+
+
+@dataclass(frozen=True)
 class Line:
     text: str  # what the caller says, as the agent is given it
-    spoken: str  # the same in kana: espeak-ng reads kanji as character names
+    spoken: str  # the same in kana, as the caller's voice reads it; " | " marks a pause inside the line
+    pauses_ms: tuple[int, ...] = ()  # the pauses at the " | " marks (a caller thinking, digit groups)
+    over: tuple[Over, ...] = ()  # said over the bot's reply to this line
+
+    @property
+    def hesitant(self) -> bool:
+        return bool(self.pauses_ms)
 
 
-#: one booking from start to goodbye; the rules agent fills every slot from these
+#: one booking from start to goodbye; the rules agent fills every slot from these. Real callers
+#: hesitate inside a line (a filler, 400-900 ms pauses), say 「はい」 over the bot while it reads back,
+#: and sometimes cut in: each of those is here, and counted.
 SCRIPT = (
-    Line("12月24日の19時に2名でお願いします", "じゅうにがつ にじゅうよっかの じゅうくじに にめいで おねがいします"),
-    Line("田中です", "たなかです"),
-    Line("ゼロキューゼロ、イチニーサンヨン、ゴーロクナナハチ", "ゼロキューゼロ、イチニーサンヨン、ゴーロクナナハチ"),
-    Line("特にありません", "とくにありません"),
+    Line("12月24日の19時に2名でお願いします", "じゅうにがつ にじゅうよっかの | えーと | じゅうくじに にめいで おねがいします",
+         (600, 700), (Over("backchannel", "はい", "はい", 0.5),)),
+    Line("田中です", "たなかです", (),
+         (Over("interruption", "すみません、もう一度お願いします", "すみません、もういちど おねがいします", 0.4),)),
+    Line("ゼロキューゼロ、イチニーサンヨン、ゴーロクナナハチ", "ゼロキューゼロ | イチニーサンヨン | ゴーロクナナハチ", (700, 500),
+         (Over("backchannel", "はいはい", "はいはい", 0.6),)),
+    Line("特にありません", "とくに | ありません", (800,), (Over("backchannel", "ええ", "ええ", 0.8),)),
     Line("はい", "はい"),
     Line("以上です", "いじょうです"),
 )
@@ -94,17 +118,46 @@ class Clip:
     line: Line
     audio: np.ndarray  # int16 at SR: lead silence, then the line
     speech_end_s: float  # offset of the last voiced sample
+    last_part_s: float = 0.0  # offset where the line's last part starts (after its last pause)
+    over: tuple[Clip, ...] = ()  # clips of what is said over the reply (their line is an Over)
 
     @property
     def speech_s(self) -> float:
         return self.speech_end_s - LEAD_S
 
 
+def voice(spoken: str) -> np.ndarray:
+    """The caller's voice (Open JTalk) through a phone line, at SR."""
+    return phone_line(*openjtalk(spoken))
+
+
+def speech_start(audio: np.ndarray, below_peak_db: float = 35.0) -> float:
+    """Seconds to the first 10 ms window within ``below_peak_db`` of the loudest one."""
+    w = SR // 100
+    n = audio.size // w
+    rms = np.sqrt(np.mean((audio[: n * w].astype(np.float64).reshape(n, w) / 32768.0) ** 2, axis=1))
+    voiced = np.flatnonzero(rms > rms.max() * 10 ** (-below_peak_db / 20)) if n and rms.max() > 0 else []
+    return float(voiced[0] * w / SR) if len(voiced) else 0.0
+
+
 def make_clips(lines: tuple[Line, ...] | list[Line]) -> list[Clip]:
     clips = []
     for line in lines:
-        audio = np.concatenate([np.zeros(int(LEAD_S * SR), np.int16), phone_line(*espeak(line.spoken))])
-        clips.append(Clip(line, audio, speech_end(audio)))
+        parts = [p.strip() for p in line.spoken.split("|")]
+        pieces: list[np.ndarray] = [np.zeros(int(LEAD_S * SR), np.int16)]
+        last_part = LEAD_S
+        for k, part in enumerate(parts):
+            if k:
+                pause = line.pauses_ms[k - 1] if k - 1 < len(line.pauses_ms) else 600
+                pieces.append(np.zeros(int(pause * SR / 1000), np.int16))
+                last_part = sum(x.size for x in pieces) / SR
+            pieces.append(voice(part))
+        audio = np.concatenate(pieces)
+        over = []
+        for o in line.over:
+            a = voice(o.spoken)
+            over.append(Clip(o, a, speech_end(a), speech_start(a)))  # type: ignore[arg-type]
+        clips.append(Clip(line, audio, speech_end(audio), last_part, tuple(over)))
     return clips
 
 
@@ -210,7 +263,9 @@ class ScriptedTranscripts:
             heard = self.stt.transcribe(x, WHISPER_SAMPLE_RATE).text
         self.heard.append(heard)
         text = heard
-        if clip is not None:
+        if clip is not None and isinstance(clip.line, Over) and not self.random_weights:
+            text = heard  # what is said over the bot is judged on what whisper really heard
+        elif clip is not None:
             text = clip.line.text
             if duration < clip.speech_s:
                 text = text[: int(len(text) * duration / (clip.speech_s + 0.5))]
@@ -240,6 +295,9 @@ class Turn:
     reported_gap_ms: float | None = None  # the pipeline's own TurnTimeline.gap_ms
     reported_speech_end: float | None = None
     detections: int = 0  # pauses detected in this line (more than one: the turn was cut in two)
+    hesitant: bool = False  # the line has pauses inside it
+    cut_off: bool = False  # a turn was detected before the line's last part had been said
+    over: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # what was said over the reply
     reply: str = ""
     error: str | None = None
 
@@ -273,7 +331,8 @@ class Turn:
         else:
             out["agent_done_ms"] = (None if self.agent_done is None or self.speech_end is None
                                     else round((self.agent_done - self.speech_end) * 1000, 1))
-        out.update(detections=self.detections, reply=self.reply, error=self.error)
+        out.update(detections=self.detections, hesitant=self.hesitant, cut_off=self.cut_off, over=self.over,
+                   reply=self.reply, error=self.error)
         return out
 
 
@@ -291,6 +350,11 @@ class PhoneLine:
         self._thread = threading.Thread(target=self._drain, name="bench-emit", daemon=True)
         self.closed = False
         self.audio_out = 0
+        self.clears: list[float] = []  # when the handler dropped the bot's queued audio (FastRTC's clear_queue)
+        handler._clear_queue = self.clear  # what FastRTC's stream sets on its handler
+
+    def clear(self) -> None:
+        self.clears.append(time.monotonic())
 
     def __enter__(self) -> PhoneLine:
         CALLER.set(self.cursor)  # the feeding thread starts early transcriptions: they inherit it
@@ -354,20 +418,71 @@ class PhoneLine:
             self._frame(zeros)
         return True
 
-    def say(self, clip: Clip, turn: Turn) -> None:
-        """Feed the clip, then silence until its reply has been handed out in full."""
-        self.turn = turn
-        self.cursor["clip"] = clip  # both cascades' STT report this clip's line as heard
-        end_sample = int(clip.speech_end_s * SR)
+    def _feed(self, clip: Clip, mark: dict[int, Callable[[float], None]] | None = None) -> None:
+        marks = mark or {}
         for start in range(0, clip.audio.size, FRAME):
             fed = self._frame(np.pad(clip.audio[start : start + FRAME], (0, max(0, start + FRAME - clip.audio.size))))
-            if start < end_sample <= start + FRAME:
-                turn.speech_end = fed
+            for sample, note in marks.items():
+                if start < sample <= start + FRAME:
+                    note(fed)
+
+    def say(self, clip: Clip, turn: Turn) -> None:
+        """Feed the clip, then silence until its reply has been handed out in full; what the caller
+        says over the reply (a backchannel, an interruption) is fed while it plays."""
+        self.turn = turn
+        turn.hesitant = clip.line.hesitant
+        self.cursor["clip"] = clip  # both cascades' STT report this clip's line as heard
+        last_part = int(clip.last_part_s * SR)
+
+        def last_part_starts(_fed: float) -> None:
+            turn.cut_off = turn.cut_off or (turn.hesitant and turn.detections > 0)
+
+        def speech_ends(fed: float) -> None:
+            turn.speech_end = fed
+            # a reply to a fragment cut off in a pause is not the answer to the line: time the one after
+            for name in ("turn_detected", "transcript_ready", "first_text", "agent_done", "first_audio_synth",
+                         "first_audio_sent"):
+                setattr(turn, name, None)
+
+        self._feed(clip, {last_part: last_part_starts, int(clip.speech_end_s * SR): speech_ends})
+        for over in clip.over:
+            if not self.silence_until(lambda: turn.first_audio_sent is not None, REPLY_TIMEOUT_S):
+                break
+            self.silence_until(lambda: False, max(0.0, turn.first_audio_sent + over.line.delay_s - time.monotonic()))
+            self._over(over, turn)
         ok = self.silence_until(lambda: turn.first_audio_sent is not None and self.idle(), REPLY_TIMEOUT_S)
+        if ok and clip.over:
+            self._settle()
         if not ok:
             turn.error = "no reply audio" if turn.first_audio_sent is None else "reply did not finish"
         if self.on_idle is not None:
             self.on_idle()
+
+    def _over(self, clip: Clip, turn: Turn) -> None:
+        """Say ``clip`` over the bot's reply; note when the bot's audio was dropped after its onset."""
+        self.cursor["clip"] = clip
+        seen = len(self.clears)
+        onset: dict[str, float] = {}
+        self._feed(clip, {max(1, int(clip.last_part_s * SR)): lambda fed: onset.setdefault("t", fed)})
+        # the verdict (or the naive cascade's pause detection) may come after the burst: listen on
+        self.silence_until(lambda: False, OVER_LISTEN_S)
+        start = onset.get("t")
+        clears = [t for t in self.clears[seen:] if start is not None and t >= start - FRAME / SR]
+        turn.over.append({"kind": clip.line.kind, "text": clip.line.text,
+                          "stopped": bool(clears),
+                          "stop_ms": round((clears[0] - start) * 1000, 1) if clears and start is not None else None})
+
+    def _settle(self) -> None:
+        """Idle for a while in a row: a reply to an interruption may follow the first one."""
+        quiet_since = time.monotonic()
+
+        def settled() -> bool:
+            nonlocal quiet_since
+            if not self.idle():
+                quiet_since = time.monotonic()
+            return time.monotonic() - quiet_since > 0.5
+
+        self.silence_until(settled, REPLY_TIMEOUT_S * 2)
 
 
 def _event_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
@@ -384,7 +499,6 @@ def run_pipeline_call(runtime: Any, clips: list[Clip], call_no: int, loop: async
 
     h = make_handler(runtime).copy()
     h._loop = loop
-    h._clear_queue = lambda: None
     turns: list[Turn] = []
     with PhoneLine(h, cursor, on_idle=lambda: h.call.assume_played()) as line:
         h.start_up()
@@ -399,7 +513,10 @@ def run_pipeline_call(runtime: Any, clips: list[Clip], call_no: int, loop: async
             line.say(clip, turn)
             new = h.call.timelines[seen:]
             if new:
-                tl = new[-1]
+                # the line's own turn: not a fragment cut off in a pause before it ended, nor the turn of
+                # an interruption over its reply
+                ended = [t for t in new if turn.speech_end is None or (t.turn_detected or 0) >= turn.speech_end]
+                tl = (ended or new)[0]
                 for name in ("transcript_ready", "first_text", "first_audio_synth"):
                     setattr(turn, name, getattr(tl, name))
                 turn.turn_detected = tl.turn_detected
@@ -439,7 +556,7 @@ def run_naive_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.
         stamp("agent_done")
         whole = "".join(parts)
         if turn is not None:
-            turn.reply = whole
+            turn.reply = turn.reply or whole  # not overwritten by a reply to what was said over it
         speech = tts.synthesize(whole, agent.state.language)
         stamp("first_audio_synth")
         yield tts.sample_rate, speech
@@ -447,7 +564,6 @@ def run_naive_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.
     h = ReplyOnPause(reply, input_sample_rate=SR, output_sample_rate=int(tts.sample_rate),
                      model=BundledSileroVAD())
     h._loop = loop
-    h._clear_queue = lambda: None
     turns: list[Turn] = []
     with PhoneLine(h, cursor) as line:
         for i, clip in enumerate(clips):
@@ -535,6 +651,18 @@ def summarize(turns: list[Turn]) -> dict[str, Any]:
     out["answered"] = sum(1 for t in turns if t.first_audio_sent is not None)
     out["split_turns"] = sum(1 for t in turns if t.detections > 1)
     out["errors"] = sorted({t.error for t in turns if t.error})
+    hesitant = [t for t in turns if t.hesitant]
+    out["hesitant_lines"] = len(hesitant)
+    out["false_cutoffs"] = sum(1 for t in hesitant if t.cut_off)
+    out["false_cutoff_rate"] = round(out["false_cutoffs"] / len(hesitant), 3) if hesitant else None
+    bcs = [o for t in turns for o in t.over if o["kind"] == "backchannel"]
+    out["backchannels"] = len(bcs)
+    out["false_bargeins"] = sum(1 for o in bcs if o["stopped"])
+    out["false_bargein_rate"] = round(out["false_bargeins"] / len(bcs), 3) if bcs else None
+    cuts = [o for t in turns for o in t.over if o["kind"] == "interruption"]
+    out["interruptions"] = len(cuts)
+    out["interruptions_stopped"] = sum(1 for o in cuts if o["stopped"])
+    out["bargein_stop_ms"] = _percentiles([o["stop_ms"] for o in cuts if o["stop_ms"] is not None])
     return out
 
 
@@ -576,6 +704,17 @@ def format_table(result: dict[str, Any]) -> str:
         ratio = "-" if not a["p50"] or b["p50"] is None else f"{b['p50'] / a['p50']:.2f}x"
         lines.append(f"{STAGE_LABELS[key]:34} {cell(a['p50']):>12} {cell(a['p90']):>7} {cell(b['p50']):>10}"
                      f" {cell(b['p90']):>7} {ratio:>10}")
+    def rate(c: dict[str, Any], key: str, of: str) -> str:
+        return "-" if c.get(key) is None else f"{c[key] * 100:.0f}% ({c[key.replace('_rate', 's')]}/{c[of]})"
+
+    lines.append(f"{'false cut-offs (hesitant lines)':34} {rate(p, 'false_cutoff_rate', 'hesitant_lines'):>20}"
+                 f" {rate(n, 'false_cutoff_rate', 'hesitant_lines'):>18}")
+    lines.append(f"{'false barge-ins (backchannels)':34} {rate(p, 'false_bargein_rate', 'backchannels'):>20}"
+                 f" {rate(n, 'false_bargein_rate', 'backchannels'):>18}")
+    a, b = p["bargein_stop_ms"], n["bargein_stop_ms"]
+    lines.append(f"{'barge-in stop (ms, interruptions)':34} {cell(a['p50']):>12} {cell(a['p90']):>7}"
+                 f" {cell(b['p50']):>10} {cell(b['p90']):>7}   stopped {p['interruptions_stopped']}/"
+                 f"{p['interruptions']}, naive {n['interruptions_stopped']}/{n['interruptions']}")
     m = result["machine"]
     s = result["settings"]
     lines.append("")
@@ -654,7 +793,7 @@ def run_bench(
     cfg.restaurant.tables_per_slot = 1000  # every call books the same table; none may find it full
     cfg.agent.kind = agent  # type: ignore[assignment]
     script = list(SCRIPT[: turns or len(SCRIPT)])
-    log.info("making the caller's %d lines with espeak-ng", len(script))
+    log.info("making the caller's %d lines with Open JTalk", len(script))
     clips = make_clips(script)
 
     stt_model = FasterWhisperSTT(cfg.stt, whisper_path)
@@ -702,7 +841,7 @@ def run_bench(
         work.cleanup()
     elapsed = time.perf_counter() - started
 
-    notes.append("audio: espeak-ng Japanese (kana readings of the lines), through a phone line (8 kHz, mu-law) "
+    notes.append("audio: Open JTalk Japanese (kana readings of the lines, pauses inside some), through a phone line (8 kHz, mu-law) "
                  "and fed at 16 kHz in 20 ms frames paced by the wall clock; emit() drained in another thread")
     notes.append("gap: from the wall time the last voiced frame was fed (end of speech found in each clip "
                  "beforehand by an energy threshold) to emit() returning the reply's first audio")

@@ -28,6 +28,13 @@ def test_caller_lines_are_speech_that_ends_before_the_clip_does():
         assert clip.audio.dtype == np.int16
 
 
+def test_a_hesitant_line_pauses_inside_and_its_last_part_starts_after_the_pauses():
+    first = make_clips(SCRIPT[:1])[0]
+    assert first.line.hesitant and first.last_part_s >= 0.3 + sum(first.line.pauses_ms) / 1000
+    assert first.last_part_s < first.speech_end_s
+    assert [o.line.kind for o in first.over] == ["backchannel"] and first.over[0].audio.size > 0
+
+
 def test_bench_runs_both_cascades_and_reports_every_stage_as_one_json_object(test_models_dir, tmp_path, capsys):
     code = main(["bench", "--config", str(test_models_dir / "config.yaml"), "--calls", "1", "--turns", "2",
                  "--stt-size", "tiny", "--cache-dir", str(tmp_path / "cache"), "--json"])
@@ -45,10 +52,18 @@ def test_bench_runs_both_cascades_and_reports_every_stage_as_one_json_object(tes
             stats = summary[key]
             assert isinstance(stats["p50"], float) and isinstance(stats["p90"], float), (cascade, key, stats)
             assert stats["p50"] >= 0 and stats["n"] >= 1
+        # the mistakes, beside the gap: line 1 hesitates and gets a backchannel, line 2 an interruption
+        assert summary["hesitant_lines"] == 1 and summary["backchannels"] == 1 and summary["interruptions"] == 1
+        assert summary["false_cutoff_rate"] in (0.0, 1.0) and summary["false_bargein_rate"] in (0.0, 1.0)
+        assert set(summary["bargein_stop_ms"]) >= {"p50", "p90", "n"}
     naive_turns = [t for t in result["turns"] if t["cascade"] == "naive"]
-    assert naive_turns and all(t["reply"] for t in naive_turns if t["gap_ms"] is not None)
+    timed = [t for t in naive_turns if t["gap_ms"] is not None]
+    assert timed and all(t["reply"] for t in timed)
     pipeline_turns = [t for t in result["turns"] if t["cascade"] == "pipeline"]
-    assert all(t["reported_gap_ms"] is not None for t in pipeline_turns if t["gap_ms"] is not None)
+    timed = [t for t in pipeline_turns if t["gap_ms"] is not None]
+    assert timed and all(t["reported_gap_ms"] is not None for t in timed)
+    said_over = [o for t in result["turns"] for o in t["over"]]
+    assert {o["kind"] for o in said_over} == {"backchannel", "interruption"}
 
 
 def test_bench_rejects_an_unknown_config_key_in_set(test_models_dir, capsys):
