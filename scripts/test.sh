@@ -26,5 +26,8 @@ uv sync --quiet --group dev
 if [ "${VOICEBOT_TEST_REAL_MODELS:-}" != "0" ]; then
   uv run --no-sync python scripts/real_models.py >/dev/null \
     || echo "error: could not build the real model weights; the tests that need them will fail (VOICEBOT_TEST_REAL_MODELS=0 skips them)" >&2
+  # Gemma 3 270M and llama-cpp-python's server, built from source for this CPU into the same cache (~3.5 min once).
+  uv run --no-sync python scripts/real_llm.py build >/dev/null \
+    || echo "error: could not build the real LLM server; tests/test_llm_real.py will fail (VOICEBOT_TEST_REAL_MODELS=0 skips it)" >&2
 fi
 exec uv run --no-sync pytest -q "$@"
