@@ -121,3 +121,16 @@ def test_a_person_is_a_transfer_only_where_the_call_can_be_transferred(cfg):
     tools.state.can_transfer = True
     got = call(tools, "transfer_to_person", "お店の人と話したい")
     assert got["transferring"] is True and tools.state.transfer_requested and tools.state.ended
+
+
+def test_a_wish_to_cancel_told_to_one_agent_is_kept_for_the_next(cfg):
+    """The LLM hears 「キャンセルしたい」, fails, and the rules agent takes the next turn: it must go on
+    with the cancellation, not start a new booking from the date the caller gives next."""
+    from pipeline.dialog.rules import RulesAgent
+
+    tools = desk(cfg)
+    rules = RulesAgent(tools)
+    rules.greeting()
+    tools.begin_turn("予約をキャンセルしたいのですが")  # as the LLM agent counts a turn it then fails on
+    reply = rules.reply("12月24日です")
+    assert "お電話番号" in reply and tools.state.manage is not None and tools.state.manage.intent == "cancel"

@@ -133,7 +133,11 @@ class RulesAgent:
         if m is not None and not m.done:
             return self._managing(u, norm)
         wants = self._existing_booking_intent(u)
+        if wants is None and m is None and st.wants_existing and st.reservation is None \
+                and not any(st.slots.is_filled(s) for s in _SLOTS):
+            wants = st.wants_existing  # said earlier, to an agent that has since handed the call over
         if wants is not None:
+            st.wants_existing = None
             return self._start_manage(wants, u)
         if st.reservation is not None or (m is not None and m.done):
             return self._after_booking(u, norm)

@@ -97,6 +97,9 @@ class DialogState:
     name_heard: str = ""
     #: phone digits given so far in groups across turns ("090の", "1234の", "5678です")
     phone_partial: str = ""
+    #: the caller said they want to check, change or cancel a booking (remembered for whichever agent
+    #: answers next: a wish told to the LLM survives the rules agent taking over)
+    wants_existing: str | None = None
     #: an existing booking the caller is hearing, changing or cancelling
     manage: Manage | None = None
 

@@ -24,6 +24,7 @@ from pipeline.dialog.phrases import LABELS, MESSAGES, PHRASES
 from pipeline.dialog.restaurant import Problem, Restaurant
 from pipeline.dialog.slots import SLOTS, UNREAD
 from pipeline.dialog.state import SLOT_ORDER, DialogState, Manage
+from pipeline.dialog.understand.acts import acts_of
 from pipeline.privacy import register_pii
 from pipeline.store import FullyBooked, ReservationNotFound, ReservationStore, StoreError
 
@@ -131,6 +132,11 @@ class BookingTools:
         """A new caller utterance: the read-back/yes ordering and the booking's "yes" check use it."""
         self.state.turn += 1
         self.state.last_user_text = text or ""
+        acts = acts_of(text or "")
+        for act, intent in (("cancel_booking", "cancel"), ("change_booking", "change"), ("check_booking", "check")):
+            if act in acts and self.state.manage is None:
+                self.state.wants_existing = intent
+                break
 
     def follow_language(self, text: str) -> None:
         """A caller who opens in the other language is answered in it (only early in the call, so

@@ -12,7 +12,12 @@ from typing import Any
 
 from pipeline.dialog.understand.answers import _CLAUSE_SPLIT_RE, _note_hits, parse_note
 from pipeline.dialog.understand.dates import _date_cands, _next_day_of_month, _with_weekdays
-from pipeline.dialog.understand.names import name_is_plausible, parse_name, parse_name_answer
+from pipeline.dialog.understand.names import (
+    _is_spoken_digits,
+    name_is_plausible,
+    parse_name,
+    parse_name_answer,
+)
 from pipeline.dialog.understand.party import _party_cands, _party_value, parse_party_size
 from pipeline.dialog.understand.phone import _find_phone
 from pipeline.dialog.understand.text import IsOpen, _Cand, _claim, _last_value, _live, _prep
@@ -190,6 +195,8 @@ def analyze(
     if party is not None:
         out.values["party_size"] = party
     name = parse_name_answer(text) if expecting == "name" else parse_name(text)
+    if name and has_long_phone and _is_spoken_digits(name, minimum=1):
+        name = None  # 「…、ハチ、ハチです」: the end of a number read out digit by digit, not a name
     if name:
         out.values["name"] = name
         out.doubtful_name = not name_is_plausible(name)

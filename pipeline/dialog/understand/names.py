@@ -422,11 +422,11 @@ _STARTS_HIRA_HAS_KANJI_RE = re.compile(r"^[\u3041-\u3096].*[\u3005\u4e00-\u9fff]
 _ONE_KANJI_OKURIGANA_RE = re.compile(r"^[\u3005\u4e00-\u9fff][\u3041-\u3096]+$")
 
 
-def _is_spoken_digits(x: str) -> bool:
+def _is_spoken_digits(x: str, minimum: int = 3) -> bool:
     """"ゴーロクナナハチ": a phone number read out in katakana, not a name."""
     kata = _hira_to_kata(x.replace("・", ""))
     digits = _decompose_kana(kata) if _KATA_ONLY_RE.fullmatch(kata) else None
-    return digits is not None and len(digits) >= 3
+    return digits is not None and len(digits) >= minimum
 
 
 def _looks_like_ja_name(x: str, strict: bool) -> bool:
