@@ -9,7 +9,8 @@
   ``/websocket/offer``), ``GET /healthz``, and the Gradio page at ``/``. With ``twilio.validate``
   (the default) the two telephone routes only serve calls Twilio signed (see
   :mod:`pipeline.twilio_auth`); ``voicebot phone`` and ``voicebot ui`` use the stream alone and are
-  not gated.
+  not gated. A signed call's stream carries what the webhook said of it (the caller's number, its
+  CallSid) to its handler as a :class:`~pipeline.call.PhoneLine`, with the keys the caller presses.
 
 The handler reports progress as ``AdditionalOutputs(snapshot)`` (``VoiceCall.snapshot()``): a dict
 with ``transcript`` ([{role, text}]), ``slots``, ``reservation``, ``ended`` and ``last_turn`` (the
@@ -37,11 +38,13 @@ from fastrtc.utils import Context, DataChannel, current_context
 from fastrtc.websocket import WebSocketHandler
 
 from pipeline.audio import PHONE_RATE, mulaw_encode, resample, to_mono_float32
+from pipeline.call import PhoneLine
 from pipeline.dialog.state import SLOT_ORDER
-from pipeline.phone_socket import POLICY_VIOLATION, PhoneSocket
+from pipeline.phone_socket import POLICY_VIOLATION, Mark, PhoneSocket
 from pipeline.twilio_auth import (
     MISSING_TOKEN_MESSAGE,
     START_TIMEOUT_S,
+    StreamGrant,
     TwilioAuthMissing,
     TwilioGuard,
     auth_token_from_env,
@@ -254,11 +257,13 @@ class VoiceStream(Stream):
 
     async def telephone_handler(self, websocket: WebSocket) -> None:
         early: list[dict[str, Any]] = []
+        grant: StreamGrant | None = None  # without validation nothing is known of the call but its audio
         if self.twilio_guard is not None:
             # Refused streams end here: no handler copy, no call in the runtime, no audio read.
             admitted = await self.twilio_guard.admit(websocket)
             if admitted is None:
                 return
+            grant = admitted.grant
             websocket, early = admitted.unwrap()
         # Every message from here on is checked before FastRTC's loop, which trusts them all.
         phone = PhoneSocket(websocket, early)
@@ -276,7 +281,7 @@ class VoiceStream(Stream):
             phone.finish()
             return
         try:
-            await self._serve_call(phone)
+            await self._serve_call(phone, grant)
         finally:
             phone.finish()
             self.runtime.release_line(sid)
@@ -306,9 +311,18 @@ class VoiceStream(Stream):
                                     len(mulaw) / PHONE_RATE)
         return self._busy_cache
 
-    async def _serve_call(self, phone: PhoneSocket) -> None:
+    async def _serve_call(self, phone: PhoneSocket, grant: StreamGrant | None = None) -> None:
         handler = self.event_handler.copy()  # type: ignore[union-attr]
         handler.phone_mode = True
+        # The caller's number and the CallSid come from the signed webhook only (the token's grant).
+        handler.phone_line = PhoneLine(call_sid=grant.call_sid or None, caller=grant.caller) if grant else PhoneLine()
+        handler.mark_echoes = phone.played
+        press = handler.press
+
+        async def on_dtmf(key: str) -> None:
+            await anyio.to_thread.run_sync(press, key)  # it may stop the bot's reply: not on the loop
+
+        phone.on_dtmf = on_dtmf
         # Twilio's 8 kHz frames go to the handler as they come: at any other rate FastRTC would
         # resample each 20 ms frame on its own, with a filter edge at every frame boundary. The
         # handler resamples the call's audio as one stream, and on the phone its replies leave
@@ -322,8 +336,14 @@ class VoiceStream(Stream):
         async def on_start(stream_id: str, ws: WebSocketHandler) -> None:
             log.debug("phone call %s connected", stream_id)
 
-        # As FastRTC's own route: no additional outputs on the phone, nothing to clean up in the stream.
-        ws = WebSocketHandler(handler, on_start, lambda s: None, lambda s: lambda a: None)
+        def on_outputs(outputs: Any) -> None:
+            # FastRTC's send loop calls this in order with the audio: a mark leaves after what came before it
+            for item in getattr(outputs, "args", ()):
+                if isinstance(item, Mark):
+                    phone.send_mark(item.name)
+
+        # As FastRTC's own route: no snapshots on the phone (only marks), nothing to clean up in the stream.
+        ws = WebSocketHandler(handler, on_start, lambda s: None, lambda s: on_outputs)
         # FastRTC's cleanup reads this, and only "start" sets it: a socket that closes earlier
         # would raise AttributeError there.
         ws.start_up_task = None

@@ -8,6 +8,12 @@ worker thread, so the blocking STT, LLM streaming and TTS in it never touch the 
 What the caller actually heard matters after a barge-in: the agent must not believe it said
 sentences that were cut off. Every reply keeps a record of the audio handed out and when, and
 estimates the playback position from it (real time from the moment each chunk was handed out).
+
+A phone call carries a :class:`PhoneLine`: the caller's number and Twilio's CallSid from the signed
+webhook. Its agent is offered the caller's number and the keypad, and may hand the call to a person
+(``restaurant.transfer_number``, through Twilio's REST API: :meth:`VoiceRuntime.transfer`); a turn
+that books, changes or cancels a booking may text the caller (``twilio.sms_confirmations``), in a
+worker thread, never holding up the reply nor touching the booking when it fails.
 """
 
 from __future__ import annotations
@@ -44,6 +50,15 @@ from pipeline.dialog.understand.transcript import clean_transcript
 from pipeline.privacy import append_call_log, call_log_record
 from pipeline.stt import STT, STTContext, Transcript, is_silent, listening_for
 from pipeline.tts import CACHE_MAX_CHARS, TTS, SentenceSplitter, split_sentences
+from pipeline.twilio_rest import (
+    TwilioREST,
+    TwilioRESTError,
+    confirmation_text,
+    confirmations_due,
+    is_mobile,
+    japanese_e164,
+    standing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +95,11 @@ KEPT = {
 CALL_AGAIN = {
     "ja": "お手数ですが、もう一度おかけ直しください。お電話ありがとうございました。",
     "en": "Please call us again to finish your booking. Thank you for calling.",
+}
+#: said when the call could not be put through to a person after the bot said it would be
+TRANSFER_FAILED = {
+    "ja": "申し訳ございません、ただいまおつなぎできませんでした。お手数ですが、{phone}までおかけ直しください。",
+    "en": "I'm sorry, I couldn't put you through. Please call us at {phone}.",
 }
 #: what the silence prompt re-asks when the bot's last line gives nothing to repeat
 REASK = {
@@ -152,6 +172,8 @@ class TurnTimeline:
     stt_retried: bool = False
     #: what the recogniser wrote, when ``transcript`` (what the agent read) is a cleaned version of it
     transcript_raw: str | None = None
+    #: the caller answered on the keypad (the transcript is what the keys stood for)
+    keypad: bool = False
 
     def stamp(self, name: str, when: float | None = None) -> None:
         """Set a timestamp once; later calls keep the first (``first_*`` mean first)."""
@@ -186,6 +208,7 @@ class TurnTimeline:
             "speculative": self.speculative,
             "stt_retried": self.stt_retried,
             "transcript_raw": self.transcript_raw,
+            "keypad": self.keypad,
         }
 
 
@@ -257,6 +280,21 @@ class _Reply:
 
 
 # ================================================================================== runtime
+@dataclass(frozen=True)
+class PhoneLine:
+    """What the phone transport knows of a call beyond its audio. ``call_sid`` and ``caller`` come from
+    Twilio's signed webhook (bound to the media stream's one-time token), never from the websocket:
+    without validation both are None."""
+
+    #: Twilio's CallSid: the live call a transfer updates
+    call_sid: str | None = None
+    #: the caller's number as Twilio gave it (``From``); the agent keeps it only as a Japanese number
+    caller: str | None = None
+
+    def __repr__(self) -> str:  # the caller's number stays out of reprs and tracebacks
+        return f"PhoneLine(call_sid={self.call_sid!r}, caller={'...' if self.caller else None})"
+
+
 class VoiceRuntime:
     """What all calls of the process share: config, store, STT/TTS/VAD, the live calls, the call log."""
 
@@ -272,6 +310,7 @@ class VoiceRuntime:
         clock: Callable[[], dt.datetime] | None = None,
         call_log: str | Path | None | bool = True,
         prerender: bool = True,
+        twilio_rest: TwilioREST | None | bool = True,
     ):
         self.cfg = cfg
         self.services = services or open_services(cfg)
@@ -300,6 +339,11 @@ class VoiceRuntime:
         #: the apology per language, rendered now so it can still be played when TTS breaks later
         self.fallback_audio: dict[str, np.ndarray] = {}
         self._closed = False
+        #: Twilio's REST API for phone calls (transfers, texts): True = from the config and environment
+        self.twilio: TwilioREST | None = TwilioREST.from_config(cfg) if twilio_rest is True else (twilio_rest or None)
+        self._rest_pool: ThreadPoolExecutor | None = None
+        self._rest_lock = threading.Lock()
+        self._report_phone_features()
         if prerender:
             self.prerender_fallbacks()
             self.prerender_busy()
@@ -432,18 +476,30 @@ class VoiceRuntime:
             return len(self._lines)
 
     # ------------------------------------------------------------------ calls
-    def new_agent(self, call_id: str, language: str | None = None) -> Agent:
-        return new_agent(self.services, kind=self.agent_kind, language=language, clock=self.clock, call_id=call_id)
+    def new_agent(self, call_id: str, language: str | None = None, *, caller_id: str | None = None) -> Agent:
+        return new_agent(self.services, kind=self.agent_kind, language=language, clock=self.clock, call_id=call_id,
+                         caller_id=caller_id)
 
-    def get_call(self, call_id: str | None = None, *, language: str | None = None) -> VoiceCall:
-        """The live call ``call_id``, created on first use (a fresh id when None)."""
+    def get_call(self, call_id: str | None = None, *, language: str | None = None,
+                 line: PhoneLine | None = None) -> VoiceCall:
+        """The live call ``call_id``, created on first use (a fresh id when None); ``line`` makes it
+        a phone call (the caller's number offered, the keypad, a person when the call allows it)."""
         call_id = call_id or uuid.uuid4().hex[:12]
         with self._calls_lock:
             call = self._calls.get(call_id)
             if call is None:
-                call = VoiceCall(self, call_id, self.new_agent(call_id, language))
+                if line is None:
+                    agent = self.new_agent(call_id, language)
+                else:
+                    agent = self.new_agent(call_id, language, caller_id=line.caller)
+                    agent.state.keypad = True
+                    agent.state.can_transfer = self.can_transfer(line)
+                call = VoiceCall(self, call_id, agent, line=line)
                 self._calls[call_id] = call
-                log.info("call %s: started (agent %s, %s)", call_id, call.agent.kind, call.language)
+                st = agent.state
+                phone = [what for what, on in (("phone", line), ("caller ID", st.caller_id),
+                                               ("transfer", st.can_transfer)) if on]
+                log.info("call %s: started (%s)", call_id, ", ".join([f"agent {agent.kind}", call.language, *phone]))
             return call
 
     def find_call(self, call_id: str) -> VoiceCall | None:
@@ -473,7 +529,75 @@ class VoiceRuntime:
         for call_id in list(self.calls):
             self.end_call(call_id, "shutdown")
         self._stt_pool.shutdown(wait=False, cancel_futures=True)
+        if self._rest_pool is not None:
+            self._rest_pool.shutdown(wait=False)  # texts under way are still sent
         self.services.close()
+
+    # ------------------------------------------------------------------ Twilio's REST API
+    def _report_phone_features(self) -> None:
+        cfg = self.cfg
+        wanted = [what for what, on in (("restaurant.transfer_number", cfg.restaurant.transfer_number),
+                                        ("twilio.sms_confirmations", cfg.twilio.sms_confirmations)) if on]
+        if wanted and self.twilio is None:
+            log.warning("%s set, but Twilio's REST API has no credentials (TWILIO_ACCOUNT_SID or "
+                        "twilio.account_sid, and TWILIO_AUTH_TOKEN): phone calls will not use it",
+                        " and ".join(wanted))
+
+    def can_transfer(self, line: PhoneLine | None) -> bool:
+        """Whether a call on ``line`` can be put through to ``restaurant.transfer_number``."""
+        return bool(line is not None and line.call_sid and self.twilio is not None
+                    and self.cfg.restaurant.transfer_number)
+
+    def transfer(self, call: VoiceCall) -> bool:
+        """Put the live phone call through to ``restaurant.transfer_number`` (Twilio then ends the media
+        stream and dials). Blocks for the REST request; False when it failed (logged)."""
+        line, number = call.line, self.cfg.restaurant.transfer_number
+        if self.twilio is None or line is None or not line.call_sid or not number:
+            log.warning("call %s: cannot be transferred (no phone line, transfer number or REST credentials)", call.id)
+            return False
+        try:
+            self.twilio.transfer(line.call_sid, number)
+        except TwilioRESTError as e:
+            log.warning("call %s: the transfer to the restaurant failed: %s", call.id, e)
+            return False
+        log.info("call %s: put through to the restaurant", call.id)
+        return True
+
+    def text_confirmation(self, call: VoiceCall, kind: str, booking: dict[str, Any]) -> Future | None:
+        """Text the caller of a phone call what became of ``booking`` (``kind``: booked, changed,
+        cancelled), in a worker thread; None when no text is due (texts off, no caller ID, not a
+        mobile number, no REST credentials). The future's result is the message SID, or None when
+        sending failed (logged, masked); the booking is never touched."""
+        settings = self.cfg.twilio
+        number = call.agent.state.caller_id if call.line is not None else None
+        if not settings.sms_confirmations or self.twilio is None or not settings.sms_from or not number:
+            return None
+        if not is_mobile(number):
+            log.info("call %s: no confirmation text: the caller's number is not a mobile one", call.id)
+            return None
+        body = confirmation_text(kind, booking, call.language, self.cfg.restaurant)
+        with self._rest_lock:
+            if self._rest_pool is None:
+                self._rest_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="twilio-rest")
+            pool = self._rest_pool
+        try:
+            return pool.submit(self._send_text, call.id, kind, str(booking.get("id")), japanese_e164(number), body)
+        except RuntimeError:  # the runtime is closing
+            log.warning("call %s: no confirmation text for %s: shutting down", call.id, booking.get("id"))
+            return None
+
+    def _send_text(self, call_id: str, kind: str, reservation: str, to: str, body: str) -> str | None:
+        assert self.twilio is not None and self.cfg.twilio.sms_from
+        try:
+            sid = self.twilio.send_text(to, body, self.cfg.twilio.sms_from)
+        except TwilioRESTError as e:
+            log.warning("call %s: the confirmation text (%s %s) could not be sent: %s", call_id, kind, reservation, e)
+            return None
+        except Exception:  # a bug here must not vanish into the pool's future
+            log.exception("call %s: the confirmation text (%s %s) failed", call_id, kind, reservation)
+            return None
+        log.info("call %s: confirmation text sent (%s %s, %s)", call_id, kind, reservation, sid)
+        return sid
 
     # ------------------------------------------------------------------ early transcription
     def transcribe_soon(self, samples: np.ndarray, sample_rate: int, context: STTContext | None = None) -> Future:
@@ -529,10 +653,13 @@ class DueLine:
 class VoiceCall:
     """One call: the agent, what was said, and a turn's STT -> agent -> TTS as a stream of audio."""
 
-    def __init__(self, runtime: VoiceRuntime, call_id: str, agent: Agent):
+    def __init__(self, runtime: VoiceRuntime, call_id: str, agent: Agent, *, line: PhoneLine | None = None):
         self.runtime = runtime
         self.id = call_id
         self.agent = agent
+        #: the phone line this call is on; None in the browser
+        self.line = line
+        self._standing = standing(agent.state)  # the bookings as of the last turn, to text what changed
         self.transcript: list[dict[str, Any]] = []
         self.timelines: list[TurnTimeline] = []
         self.started = time.monotonic()
@@ -673,6 +800,7 @@ class VoiceCall:
                 self._end_reply(reply, entry)
                 tl.reply = reply.raw
                 tl.heard = reply.heard
+                self._confirm_by_text()  # after the reply, cut short or not: the booking is made
             tl.stamp("reply_done")
             log.debug("call %s: bot: %s", self.id, reply.raw)
             yield AdditionalOutputs(self.snapshot())
@@ -715,6 +843,22 @@ class VoiceCall:
         with reply.lock:
             shift = max(0.0, reply.playing_until() - time.monotonic())
             reply.sends = [(t - shift - 1.0, s0, s1) for t, s0, s1 in reply.sends]
+
+    def playing_until(self) -> float:
+        """When the audio handed out so far ends playing, if it plays in real time from its hand-out."""
+        reply = self._last_reply
+        return 0.0 if reply is None else reply.playing_until()
+
+    def _confirm_by_text(self) -> None:
+        """Text the caller about the bookings this turn made, changed or cancelled (a phone call with
+        ``twilio.sms_confirmations`` on); in the background, never failing the turn."""
+        try:
+            due = confirmations_due(self._standing, self.agent.state)
+            self._standing = standing(self.agent.state)
+            for kind, booking in due:
+                self.runtime.text_confirmation(self, kind, booking)
+        except Exception:
+            log.exception("call %s: the confirmation text could not be prepared", self.id)
 
     def playing(self, now: float | None = None) -> bool:
         """Whether reply audio handed out may still be playing at ``now``."""

@@ -54,6 +54,24 @@ def _parse_hhmm(value: Any) -> dt.time:
 HHMM = Annotated[dt.time, Field(json_schema_extra={"format": "HH:MM"})]
 
 
+_DIAL_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015\u30fc().]")
+
+
+def e164(value: Any) -> str:
+    """A phone number as Twilio dials it (+ and digits): ``+81312345678`` as it is, a Japanese
+    ``03-1234-5678`` with its country code. Raises ValueError for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"+{value}"  # YAML reads an unquoted +81312345678 as a number
+    if not isinstance(value, str):
+        raise ValueError(f"expected a phone number such as +81312345678 or 03-1234-5678, got {value!r}")
+    text = _DIAL_SEPARATORS.sub("", value)
+    if re.fullmatch(r"\+[1-9]\d{7,14}", text):
+        return text
+    if re.fullmatch(r"0[1-9]\d{8,9}", text):
+        return "+81" + text[1:]
+    raise ValueError(f"expected a phone number such as +81312345678 or 03-1234-5678, got {value!r}")
+
+
 class Hours(_Section):
     open: HHMM
     close: HHMM
@@ -206,7 +224,17 @@ class RestaurantConfig(_Section):
     booking_horizon_days: int = Field(default=60, ge=1)
     min_lead_minutes: int = Field(default=30, ge=0, description="how soon before a slot one may still book it")
     phone: str = "03-1234-5678"
+    transfer_number: str | None = Field(
+        default=None,
+        description="where a phone call is put through when the caller asks for a person (Twilio's REST API "
+                    "needed); a Japanese number (03-1234-5678) or +E.164, dialled as +E.164; null = say `phone`",
+    )
     faq: list[FAQEntry] = Field(default_factory=_default_faq)
+
+    @field_validator("transfer_number", mode="before")
+    @classmethod
+    def _transfer(cls, v: Any) -> str | None:
+        return None if v is None else e164(v)
 
     @field_validator("timezone")
     @classmethod
@@ -523,6 +551,21 @@ class TwilioConfig(_Section):
     trust_proxy: bool = Field(default=False, description="honour X-Forwarded-Proto/-Host from the proxy in front")
     stream_token_ttl_s: float = Field(default=60, gt=0, description="how long the TwiML's stream token stays valid")
     max_pending_tokens: int = Field(default=1000, ge=1, description="stream tokens issued and not yet used, at most")
+    account_sid: str | None = Field(
+        default=None,
+        description="the account's SID (AC...) for Twilio's REST API (transfers, texts); $TWILIO_ACCOUNT_SID wins",
+    )
+    rest_timeout_s: float = Field(default=10, gt=0, le=60, description="longest wait for one Twilio REST request")
+    dtmf_pause_s: float = Field(
+        default=2.0, gt=0, le=10, description="keys pressed on the phone end after # or this long without a key",
+    )
+    sms_confirmations: bool = Field(
+        default=False,
+        description="text the caller's own number (caller ID) after a booking, change or cancellation on the phone",
+    )
+    sms_from: str | None = Field(
+        default=None, description="the texts' sender: a Twilio number (+E.164) or a Messaging Service SID (MG...)",
+    )
 
     # "validate" is a (deprecated) BaseModel method: the field lives under another attribute name.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, serialize_by_alias=True)
@@ -542,6 +585,33 @@ class TwilioConfig(_Section):
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise ValueError("expected the public base URL, e.g. https://bot.example.com")
         return v.strip().rstrip("/")
+
+    @field_validator("account_sid")
+    @classmethod
+    def _account(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.fullmatch(r"AC[0-9a-fA-F]{32}", v.strip()):
+            raise ValueError("expected a Twilio account SID: AC followed by 32 hex digits")
+        return v.strip()
+
+    @field_validator("sms_from", mode="before")
+    @classmethod
+    def _sender(cls, v: Any) -> str | None:
+        if v is None:
+            return v
+        if isinstance(v, str) and re.fullmatch(r"MG[0-9a-fA-F]{32}", v.strip()):
+            return v.strip()
+        try:
+            return e164(v)
+        except ValueError:
+            raise ValueError("expected a Twilio number (+81501234567) or a Messaging Service SID (MG...)") from None
+
+    @model_validator(mode="after")
+    def _texts(self) -> TwilioConfig:
+        if self.sms_confirmations and not self.sms_from:
+            raise ValueError("sms_confirmations needs twilio.sms_from: the Twilio number (or MG... service) texts go from")
+        return self
 
 
 class Config(_Section):

@@ -35,6 +35,13 @@ What it changes in FastRTC 0.0.34's ``ReplyOnPause``, and why:
   from the audio side, ``CloseStream`` after the goodbye, and the call ended in the runtime when
   the connection goes (``shutdown()`` on WebRTC; the phone path never calls it, so the websocket
   is watched instead).
+- **The phone's keypad and a person**: the phone route hands the handler the call's
+  :class:`~pipeline.call.PhoneLine` and the keys the caller presses (:meth:`CallHandler.press`).
+  The first key stops the bot talking; the keys end at # or after ``twilio.dtmf_pause_s`` (a lone
+  1 or 2 at once when a yes/no is awaited) and become a caller turn of what they stand for
+  (:func:`~pipeline.dialog.keypad.keypad_text`), answered like speech. When the agent hands the call
+  to a person, the goodbye is played out (Twilio echoes a mark sent after it) before the live call
+  is put through with Twilio's REST API; if that fails the caller is given the restaurant's number.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -54,9 +61,11 @@ from fastrtc import AdditionalOutputs, CloseStream, ReplyOnPause, get_current_co
 from fastrtc.utils import create_message, split_output
 
 from pipeline.audio import PHONE_RATE, Resampler, to_int16, to_mono_float32
-from pipeline.call import CHUNK_S, DueLine, TurnTimeline, VoiceCall, VoiceRuntime
+from pipeline.call import CHUNK_S, TRANSFER_FAILED, DueLine, PhoneLine, TurnTimeline, VoiceCall, VoiceRuntime
 from pipeline.config import VADConfig
+from pipeline.dialog.keypad import keypad_text
 from pipeline.dialog.parse import is_valid_phone, parse_phone
+from pipeline.phone_socket import Mark
 from pipeline.vad import WINDOW as VAD_WINDOW
 from pipeline.vad import algo_options as vad_algo_options
 from pipeline.vad import silero_options
@@ -80,6 +89,14 @@ SHORT_ANSWER = frozenset({"confirm", "anything_else"})
 #: and not for longer than this: a line that never falls quiet is hung up on
 FAREWELL_TRIES = 3
 FAREWELL_PATIENCE_S = 20.0
+#: keys pressed in one go, at most: a longer run is answered as it stands
+MAX_KEYS = 32
+#: the mark sent after the last words before a transfer, and how long past the audio's estimated end
+#: Twilio may take to echo it before the call is put through anyway
+HANDOVER_MARK = "handover"
+HANDOVER_GRACE_S = 5.0
+#: after the transfer, how long Twilio may take to end the media stream before the bot closes it
+HANDOVER_CLOSE_S = 5.0
 
 
 class SharedVAD:
@@ -246,6 +263,9 @@ class CallHandler(ReplyOnPause):
     _farewell: DueLine | None = None  # the closing line being said, to say again if talked over
     _farewell_tries = 0
     _farewell_since = 0.0
+    #: the phone route's: what it knows of the call, and Twilio's mark echoes (name -> event set when played)
+    phone_line: PhoneLine | None = None
+    mark_echoes: Callable[[str], threading.Event] | None = None
 
     def __init__(self, runtime: VoiceRuntime, *, input_sample_rate: int = 16000, idle_wait_s: float = IDLE_WAIT_S):
         vad_cfg = runtime.cfg.vad
@@ -268,8 +288,9 @@ class CallHandler(ReplyOnPause):
         self._own_id = "local-" + uuid.uuid4().hex[:8]
         self._call_key: str | None = None
         self._call_obj: VoiceCall | None = None
-        #: the utterance a pause just ended, with its timeline and early transcript, waiting for emit()
-        self._pending: tuple[TurnTimeline, tuple[int, np.ndarray], Future | None] | None = None
+        #: the utterance a pause just ended, with its timeline and early transcript (or the words keys
+        #: pressed stand for), waiting for emit()
+        self._pending: tuple[TurnTimeline, tuple[int, np.ndarray], Future | str | None] | None = None
         self._gen_timeline: TurnTimeline | None = None  # the turn the current generator answers
         self._gen_sent_audio = False
         self._ended = False
@@ -282,6 +303,12 @@ class CallHandler(ReplyOnPause):
         self._spec_running: Future | None = None
         self._bad_frames = 0
         self._resampler: Resampler | None = None  # the caller's audio to VAD_RATE, when it comes at another rate
+        #: keys pressed and not yet answered, when the last one came, and when they are due as a turn
+        self._keys = ""
+        self._keys_at = 0.0
+        self._keys_due = 0.0
+        self._handing_over = False  # the call is being put through to a person: the caller is not listened to
+        self._line_gone = threading.Event()
 
     def copy(self) -> CallHandler:
         return CallHandler(self.runtime, input_sample_rate=self.input_sample_rate, idle_wait_s=self.idle_wait_s)
@@ -300,7 +327,7 @@ class CallHandler(ReplyOnPause):
         """This connection's call, created in the runtime on first use."""
         if self._call_obj is None:
             key = self._call_id()
-            self._call_obj = self.runtime.get_call(key)
+            self._call_obj = self.runtime.get_call(key, line=self.phone_line)
             self._call_key = key
         return self._call_obj
 
@@ -324,7 +351,7 @@ class CallHandler(ReplyOnPause):
                 self.event.set()
 
     def receive(self, frame: tuple[int, np.ndarray]) -> None:
-        if self._ended:
+        if self._ended or self._handing_over:
             return
         arrived = time.monotonic()
         pcm = self._pcm16(frame)
@@ -354,6 +381,56 @@ class CallHandler(ReplyOnPause):
             with self._lock:
                 self._pending = (tl, (VAD_RATE, audio.reshape(1, -1)), spec)
                 self.event.set()
+
+    def press(self, key: str) -> None:
+        """A key the caller pressed on the phone (0-9, *, #). The first of a run stops the bot talking;
+        the run becomes a turn at #, after ``twilio.dtmf_pause_s`` without a key, or at once when a
+        lone 1 or 2 answers the yes/no the bot awaits."""
+        call = self._call_obj
+        if self._ended or self._handing_over or call is None or call.ended or len(key) != 1:
+            return
+        now = time.monotonic()
+        with self._lock:
+            first = not self._keys
+            self._keys = (self._keys + key)[:MAX_KEYS]
+            self._keys_at = now
+            self._keys_due = now + self.runtime.cfg.twilio.dtmf_pause_s
+            whole = key == "#" or len(self._keys) >= MAX_KEYS
+            if not whole and len(self._keys) == 1:
+                try:
+                    whole = keypad_text(call.agent.state, self._keys) not in (None, self._keys)  # a yes or a no
+                except Exception:
+                    log.exception("call %s: reading a key failed", self._call_key)
+            if whole:
+                self._keys_due = now
+        if first:
+            self._barge_in(now, "caller pressed a key")
+        # emit()'s idle branch makes the turn (within IDLE_WAIT_S)
+
+    def _keys_turn(self) -> bool:
+        """From emit()'s idle branch: the keys pressed, once due, become the caller's next turn. True
+        when a turn was queued."""
+        with self._lock:
+            if not self._keys or time.monotonic() < self._keys_due:
+                return False
+            if self.generator is not None or self._pending is not None:
+                return False  # answered once what runs now is done
+            keys, self._keys = self._keys, ""
+            call = self._call_obj
+            if call is None or call.ended:
+                return False
+            try:
+                text = keypad_text(call.agent.state, keys)
+            except Exception:
+                log.exception("call %s: reading the keys failed", self._call_key)
+                return False
+            if not text:
+                return False
+            log.debug("call %s: %d keys pressed", self._call_key, len(keys))
+            tl = TurnTimeline(speech_end=self._keys_at, turn_detected=time.monotonic(), keypad=True)
+            self._pending = (tl, (VAD_RATE, np.zeros((1, 0), np.int16)), text)
+            self.event.set()
+        return True
 
     def _pcm16(self, frame: tuple[int, np.ndarray]) -> np.ndarray | None:
         """A frame as int16 mono at 16 kHz: as it comes from WebRTC (FastRTC resamples to
@@ -442,7 +519,7 @@ class CallHandler(ReplyOnPause):
             # Even when woken, return: this call's FastRTC context was captured before the wait,
             # and on the phone that can be from before Twilio's "start" (no streamSid yet). The
             # loop calls again at once, with a fresh context.
-            if self._start_own_line():
+            if self._keys_turn() or self._start_own_line():
                 return None
             self.event.wait(self.idle_wait_s)
             return None
@@ -513,6 +590,7 @@ class CallHandler(ReplyOnPause):
             spec, self._spec = self._spec, None
             self._pending = None
             self._resampler = None
+            self._keys = ""
         if spec is not None:
             spec.future.cancel()
 
@@ -537,18 +615,55 @@ class CallHandler(ReplyOnPause):
         yield AdditionalOutputs(call.snapshot())
 
     def _run_turn(self, audio: tuple[int, np.ndarray], timeline: TurnTimeline,
-                  transcript: Future | None = None) -> Iterator[Any]:
+                  transcript: Future | str | None = None) -> Iterator[Any]:
         call = self.call
         if call.ended:
-            if transcript is not None:
+            if isinstance(transcript, Future):
                 transcript.cancel()
             return
         yield from call.turn(audio, timeline, transcript=transcript)
         if call.agent.state.ended:
+            if self._transferring(call):
+                yield from self._hand_over(call)
+                return
             # the goodbye has been handed out; CloseStream lets FastRTC play it out, then hang up
             self._ended = True
             self.runtime.end_call(call.id, "completed")
             yield CloseStream("call ended")
+
+    # ------------------------------------------------------------------ a person
+    def _transferring(self, call: VoiceCall) -> bool:
+        """The agent has said it is putting the caller through, on a phone line that can be."""
+        return bool(call.agent.state.transfer_requested and self.phone_mode and call.line is not None
+                    and self.runtime.can_transfer(call.line) and call.closed is None)
+
+    def _hand_over(self, call: VoiceCall) -> Iterator[Any]:
+        """Put the call through to a person once the caller has heard the bot say so: a mark after the
+        goodbye, Twilio's echo of it, then the live call updated through the REST API (Twilio ends the
+        stream itself and dials). A failed transfer gets an apology with the restaurant's number."""
+        self._handing_over = True
+        played = self.mark_echoes(HANDOVER_MARK) if self.mark_echoes is not None else None
+        # in order after the goodbye's audio: FastRTC's send loop passes it on once that has been sent
+        yield AdditionalOutputs(Mark(HANDOVER_MARK))
+        if played is not None:
+            patience = max(0.0, call.playing_until() - time.monotonic()) + HANDOVER_GRACE_S
+            if not played.wait(patience):
+                log.info("call %s: Twilio did not report the goodbye played within %.1f s; transferring anyway",
+                         call.id, patience)
+        if self._line_gone.is_set():
+            return  # the caller hung up meanwhile
+        if self.runtime.transfer(call):
+            self.runtime.end_call(call.id, "transferred")
+            self._line_gone.wait(HANDOVER_CLOSE_S)  # Twilio stops the stream to dial
+            self._ended = True
+            yield CloseStream("call transferred")
+            return
+        lang = call.language
+        yield from call.say((TRANSFER_FAILED.get(lang) or TRANSFER_FAILED["en"]).format(
+            phone=self.runtime.cfg.restaurant.phone))
+        self._ended = True
+        self.runtime.end_call(call.id, "transfer_failed")
+        yield CloseStream("call ended (transfer failed)")
 
     # ------------------------------------------------------------------ barge-in and endings
     def _barge_in(self, now: float, why: str) -> None:
@@ -591,6 +706,7 @@ class CallHandler(ReplyOnPause):
                 self.state.responded_audio = False
 
     def _gone(self, reason: str) -> None:
+        self._line_gone.set()
         with self._lock:
             gen, self.generator = self.generator, None
             self._ended = True
@@ -629,14 +745,21 @@ class CallHandler(ReplyOnPause):
         silence prompt, the goodbye at ``server.max_call_s``), or hang up a call that has ended
         but is still connected. True when a generator was started."""
         call = self._call_obj
-        if call is None or self._ended:
+        if call is None or self._ended or self._handing_over:
             return False
         with self._lock:
             if self.generator is not None or self._pending is not None or self.event.is_set():
                 return False
-            talking = self._detector.in_utterance
+            talking = self._detector.in_utterance or bool(self._keys)
         now = time.monotonic()
-        if self._farewell is not None or call.ended:
+        if call.ended and self._farewell is None and self._transferring(call):
+            # the caller talked over the bot saying it puts them through: once they stop, put them through
+            if not self._farewell_since:
+                self._farewell_since = now
+            if talking and now - self._farewell_since < FAREWELL_PATIENCE_S:
+                return False
+            gen = self._for_line(self._hand_over(call))
+        elif self._farewell is not None or call.ended:
             # The closing line, or the agent's goodbye, was talked over (a barge-in closed it before
             # the hang-up): say it again once the caller stops, within limits, then hang up.
             if not self._farewell_since:
@@ -752,8 +875,8 @@ def _at_phone_rate(reply: Iterator[Any]) -> Generator[Any, None, None]:
 
     FastRTC would resample each piece on its own (``convert_to_mulaw``), with a filter edge at
     both ends of every piece; given 8 kHz audio it only encodes it. The filter's last few
-    milliseconds come out when the reply ends, or before its ``CloseStream`` (after which FastRTC
-    sends nothing).
+    milliseconds come out when the reply ends, before its ``CloseStream`` (after which FastRTC
+    sends nothing), or before a Twilio :class:`~pipeline.phone_socket.Mark` (which marks them too).
     """
     resampler: Resampler | None = None
     try:
@@ -765,14 +888,17 @@ def _at_phone_rate(reply: Iterator[Any]) -> Generator[Any, None, None]:
                 if resampler is None or resampler.rate_in != sr:
                     resampler = Resampler(sr, PHONE_RATE)
                 pcm = resampler.process(samples)
-            if isinstance(extra, CloseStream) and resampler is not None:
+            ending = isinstance(extra, CloseStream) or _is_mark(extra)
+            if ending and resampler is not None:
+                # the filter's tail goes before a hang-up, and before a mark (it is of the audio marked)
                 pcm = np.concatenate([pcm, resampler.flush()])
+                resampler = None  # what comes after a mark is a stream of its own
             if audio is None and not pcm.size:
                 yield item
                 continue
             # clipped: FastRTC scales floats to int16 without clipping, and a filter overshoots
             frame = (PHONE_RATE, np.clip(pcm, -1.0, 1.0))
-            if isinstance(extra, CloseStream):
+            if ending:
                 if pcm.size:
                     yield frame
                 yield extra
@@ -789,6 +915,10 @@ def _at_phone_rate(reply: Iterator[Any]) -> Generator[Any, None, None]:
         close = getattr(reply, "close", None)
         if close is not None:
             close()  # a barge-in closes this one: the reply's own clean-up must run too
+
+
+def _is_mark(extra: Any) -> bool:
+    return isinstance(extra, AdditionalOutputs) and any(isinstance(a, Mark) for a in extra.args)
 
 
 def make_handler(runtime: VoiceRuntime, **kwargs: Any) -> CallHandler:

@@ -11,6 +11,10 @@ to a caller who has hung up are dropped instead of raising in FastRTC's emit loo
 Twilio sends 20 ms of audio (160 bytes of mu-law) per ``media`` message, about 50 a second; a
 message over :data:`MAX_MESSAGE_BYTES` is not Twilio's and is skipped, and a peer that has sent
 :data:`MAX_BAD_MESSAGES` bad ones is not Twilio at all and is hung up on.
+
+Two of Twilio's events are the call's business rather than FastRTC's (which ignores both): a key the
+caller pressed (``dtmf``, one of 0-9 * #) goes to ``on_dtmf``, and the ``mark`` Twilio echoes once it
+has played the audio sent before it sets the event :meth:`PhoneSocket.played` handed out for it.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import inspect
 import json
 import logging
 import re
+import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -44,7 +51,19 @@ FORMAT_REFUSED = "unsupported media format: audio/x-mulaw 8000 Hz mono only"
 #: Twilio's ids are short ASCII (MZ + 32 hex); a call id also lands in logs and the call log
 _SID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 #: Twilio's events that need nothing from the call but are passed on as they are
-_PASSED = frozenset({"connected", "mark", "dtmf"})
+_PASSED = frozenset({"connected", "mark"})
+#: the keys of a phone's keypad, as Twilio names them in ``dtmf`` events
+KEYS = frozenset("0123456789*#")
+#: the names of marks the bot may wait on (its own, short ASCII)
+_MARK_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Ask for a Twilio ``mark`` after the audio before it (a reply yields it as an additional
+    output, so that it leaves in order after that audio); Twilio echoes it once that has played."""
+
+    name: str
 #: a message read after FastRTC's loop was told to stop: it ends the loop as Twilio's "stop" does
 _QUIT = {"event": "stop"}
 
@@ -53,7 +72,8 @@ class PhoneSocket:
     """A Twilio media websocket, checked message by message; everything else is the socket's.
 
     ``early`` are messages already read and parsed (the stream-token gate's). Set ``quit`` to
-    FastRTC's quit event: a read waiting on a silent peer then ends when the call is hung up.
+    FastRTC's quit event: a read waiting on a silent peer then ends when the call is hung up. Set
+    ``on_dtmf`` to take the keys the caller presses (a function of the key, sync or async).
     """
 
     def __init__(self, websocket: WebSocket, early: Iterable[dict[str, Any]] = ()):
@@ -65,6 +85,11 @@ class PhoneSocket:
         self._quit_wait: asyncio.Future | None = None
         self._start: dict[str, Any] | None = None  # read by read_start(), to hand to FastRTC
         self.bad: Counter[str] = Counter()
+        self.on_dtmf: Callable[[str], Awaitable[None] | None] | None = None
+        #: marks someone waits on, by name: set when Twilio echoes them
+        self._marks: dict[str, threading.Event] = {}
+        self._marks_lock = threading.Lock()
+        self._sending: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ what FastRTC calls
     async def accept(self, *args: Any, **kwargs: Any) -> None:
@@ -135,6 +160,37 @@ class PhoneSocket:
                         return True
         except (TimeoutError, WebSocketDisconnect):
             return False
+
+    def played(self, name: str) -> threading.Event:
+        """An event set once Twilio echoes mark ``name`` (or the call stops): the audio sent before
+        the mark has been played. Ask before the mark is sent; waitable from any thread."""
+        if not _MARK_NAME.fullmatch(name):
+            raise ValueError(f"not a mark name: {name!r}")
+        with self._marks_lock:
+            event = self._marks.setdefault(name, threading.Event())
+            if self.stopped:
+                event.set()
+            return event
+
+    def send_mark(self, name: str) -> None:
+        """Send mark ``name`` now, from the event loop (FastRTC's additional-outputs callback, which it
+        calls after sending the audio before)."""
+        task = asyncio.get_running_loop().create_task(
+            self.send_json({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}))
+        self._sending.add(task)  # a running task needs a reference, or it may be collected
+        task.add_done_callback(self._sending.discard)
+
+    def _echoed(self, name: Any) -> None:
+        with self._marks_lock:
+            event = self._marks.get(name) if isinstance(name, str) else None
+        if event is not None:
+            event.set()
+
+    def _stopped(self) -> None:
+        self.stopped = True
+        with self._marks_lock:
+            for event in self._marks.values():  # nothing more will be played: nobody waits on
+                event.set()
 
     async def refuse(self, code: int, reason: str) -> None:
         log.warning("call %s: phone stream closed: %s", self.stream_sid or "(no start yet)", reason)
@@ -208,10 +264,15 @@ class PhoneSocket:
         if event == "stop":
             if self.stopped:
                 return await self._skip("events after stop")
-            self.stopped = True
+            self._stopped()
             return {"event": "stop"}
         if self.stopped:
             return await self._skip("events after stop")
+        if event == "dtmf":
+            return await self._dtmf(message)
+        if event == "mark":
+            mark = message.get("mark")
+            self._echoed(mark.get("name") if isinstance(mark, dict) else None)
         if event in _PASSED:
             return message
         # Only Twilio's own event names reach the log, never text a client chose.
@@ -236,6 +297,26 @@ class PhoneSocket:
             return await self._skip("empty media payloads")
         # Every byte is one mu-law sample: any length decodes, an odd one included.
         return {"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}}
+
+    async def _dtmf(self, message: dict[str, Any]) -> None:
+        """A key the caller pressed, handed to ``on_dtmf``; FastRTC never sees it."""
+        if self.stream_sid is None:
+            return await self._skip("dtmf before start")
+        dtmf = message.get("dtmf")
+        key = dtmf.get("digit") if isinstance(dtmf, dict) else None
+        if not isinstance(key, str) or key not in KEYS:
+            return await self._skip("dtmf events without a key")
+        if dtmf.get("track") not in (None, "inbound", "inbound_track"):
+            return await self._skip("dtmf of the outbound track")
+        if self.on_dtmf is not None:
+            try:
+                taken = self.on_dtmf(key)
+                if inspect.isawaitable(taken):
+                    await taken
+            except Exception:
+                # a key the call could not take must not end the call's read loop
+                log.exception("call %s: a pressed key could not be taken", self.stream_sid)
+        return None
 
     async def _start_event(self, message: dict[str, Any]) -> dict[str, Any] | None:
         if self.stopped:

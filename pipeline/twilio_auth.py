@@ -8,6 +8,10 @@ in the media websocket's ``start`` event: :meth:`TwilioGuard.admit` lets a strea
 token it issued, not used before and not older than ``twilio.stream_token_ttl_s``, so knowing the
 websocket's URL is not enough to reach the bot.
 
+What the signed webhook said about the call (its ``CallSid`` and the caller's number, ``From``) is
+bound to the token as a :class:`StreamGrant` and handed to the admitted stream: the caller's number
+and the call to transfer come from Twilio's signed request, never from the websocket's own messages.
+
 Tokens live in this process's memory: run one server process per number (uvicorn's default).
 """
 
@@ -24,6 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,6 +61,23 @@ MISSING_TOKEN_MESSAGE = (
 
 class TwilioAuthMissing(ConfigError):
     """Validation is on but there is no auth token to validate with."""
+
+
+class StreamRefused(Exception):
+    """A media stream without a valid token; the message says why (never the token itself)."""
+
+
+@dataclass(frozen=True)
+class StreamGrant:
+    """What Twilio's signed webhook said about the call a stream token was issued for."""
+
+    #: Twilio's CallSid: the live call the REST API can update (a transfer)
+    call_sid: str = ""
+    #: the caller's number as Twilio gave it (``From``: "+819012345678", "anonymous", ...); never logged
+    caller: str | None = None
+
+    def __repr__(self) -> str:  # the caller's number stays out of reprs and tracebacks
+        return f"StreamGrant(call_sid={self.call_sid!r}, caller={'...' if self.caller else None})"
 
 
 def auth_token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
@@ -170,7 +192,8 @@ class TwilioGuard:
         from twilio.twiml.voice_response import Connect, VoiceResponse
 
         form = await request.form()
-        token = self.issue(str(form.get("CallSid") or ""))
+        caller = form.get("From")
+        token = self.issue(str(form.get("CallSid") or ""), caller=caller if isinstance(caller, str) else None)
         response = VoiceResponse()
         connect = Connect()
         connect.stream(url=self.stream_url(request)).parameter(name="token", value=token)
@@ -178,25 +201,28 @@ class TwilioGuard:
         return Response(content=str(response), media_type="application/xml")
 
     # ------------------------------------------------------------------ stream tokens
-    def issue(self, call_sid: str = "") -> str:
+    def issue(self, call_sid: str = "", *, caller: str | None = None) -> str:
+        """A fresh one-time token for the stream of call ``call_sid`` from ``caller`` (Twilio's ``From``)."""
         token = secrets.token_urlsafe(32)
-        self.tokens.add(token, call_sid)
+        self.tokens.add(token, StreamGrant(call_sid, caller))
         return token
 
-    def redeem(self, token: Any, call_sid: Any = "") -> str | None:
-        """Why the stream is refused, or None; a token counts once, whatever the outcome."""
+    def redeem(self, token: Any, call_sid: Any = "") -> StreamGrant:
+        """The grant the token was issued with; raises :class:`StreamRefused`. A token counts once,
+        whatever the outcome."""
         if not isinstance(token, str) or not token:
-            return "no token"
-        ok, issued_for = self.tokens.pop(token)
+            raise StreamRefused("no token")
+        ok, grant = self.tokens.pop(token)
         if not ok:
-            return "unknown, used or expired token"
-        if issued_for and call_sid != issued_for:
-            return "token issued for another call"
-        return None
+            raise StreamRefused("unknown, used or expired token")
+        if grant.call_sid and call_sid != grant.call_sid:
+            raise StreamRefused("token issued for another call")
+        return grant
 
     # ------------------------------------------------------------------ the media websocket
-    async def admit(self, websocket: WebSocket) -> WebSocket | None:
-        """Accept the socket and read up to its ``start``: the socket to serve, or None when refused.
+    async def admit(self, websocket: WebSocket) -> _Replaying | None:
+        """Accept the socket and read up to its ``start``: the socket to serve (with its grant), or None
+        when refused.
 
         Nothing of the stream reaches the call handler before the token is checked: the messages
         read here are replayed to it afterwards.
@@ -217,12 +243,13 @@ class TwilioGuard:
                         return await self._refuse(websocket, f"{what} before start")
                     start = message.get("start") if isinstance(message.get("start"), dict) else {}
                     params = start.get("customParameters") if isinstance(start.get("customParameters"), dict) else {}
-                    reason = self.redeem(params.get("token"), start.get("callSid") or "")
-                    if reason is not None:
-                        return await self._refuse(websocket, reason)
+                    try:
+                        grant = self.redeem(params.get("token"), start.get("callSid") or "")
+                    except StreamRefused as refused:
+                        return await self._refuse(websocket, str(refused))
                     early.append(message)
                     log.debug("phone stream %s admitted", message.get("streamSid"))
-                    return _Replaying(websocket, early)
+                    return _Replaying(websocket, early, grant)
         except TimeoutError:
             return await self._refuse(websocket, f"no start event within {START_TIMEOUT_S:g} s")
         except (ValueError, TypeError, KeyError):
@@ -246,12 +273,14 @@ class _Replaying:
     """The admitted websocket, giving back the messages :meth:`TwilioGuard.admit` already read.
 
     FastRTC's websocket loop accepts the socket and reads ``connected``/``start`` itself; this
-    wrapper lets it do so unchanged. Everything else is the real socket's.
+    wrapper lets it do so unchanged. ``grant`` is what the signed webhook said about the call.
+    Everything else is the real socket's.
     """
 
-    def __init__(self, websocket: WebSocket, early: list[dict[str, Any]]):
+    def __init__(self, websocket: WebSocket, early: list[dict[str, Any]], grant: StreamGrant):
         self._ws = websocket
         self._early = list(early)
+        self.grant = grant
 
     async def accept(self, *args: Any, **kwargs: Any) -> None:
         return None  # already accepted

@@ -333,9 +333,9 @@ def _agents_made(rt: VoiceRuntime, monkeypatch) -> list[str]:
     made: list[str] = []
     real = rt.new_agent
 
-    def counting(call_id, language=None):
+    def counting(call_id, language=None, **kw):
         made.append(call_id)
-        return real(call_id, language)
+        return real(call_id, language, **kw)
 
     monkeypatch.setattr(rt, "new_agent", counting)
     return made
@@ -559,6 +559,8 @@ BAD_INPUT = {
     "no event": ({"sequenceNumber": "7"}, "without an event"),
     "an event that is not a string": ({"event": ["media"]}, "without an event"),
     "an unknown event": ({"event": "hello", "x": 1}, "unknown events"),
+    "a key that is not a key": ({"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": "X"}},
+                                "dtmf events without a key"),
     "media without media": ({"event": "media"}, "without a payload"),
     "a payload that is not a string": (_media(12345), "without a payload"),
     "a payload that is not base64": (_media("this is *not* base64!"), "not base64"),

@@ -87,6 +87,20 @@ def test_a_signed_webhook_gets_twiml_streaming_to_the_handler_with_a_one_time_to
     assert twiml_stream(again.text)[1]["token"] != params["token"]
 
 
+def test_the_stream_token_carries_the_signed_calls_sid_and_caller_and_counts_once(client, app):
+    from pipeline.twilio_auth import StreamRefused
+
+    r = post_signed(client, {**FORM, "CallSid": "CA-grant-1"})
+    token = twiml_stream(r.text)[1]["token"]
+    assert FORM["From"] not in r.text  # the TwiML carries the token only
+    guard = app.state.twilio_guard
+    grant = guard.redeem(token, "CA-grant-1")
+    assert (grant.call_sid, grant.caller) == ("CA-grant-1", FORM["From"])
+    assert FORM["From"] not in repr(grant)
+    with pytest.raises(StreamRefused, match="unknown, used or expired"):
+        guard.redeem(token, "CA-grant-1")
+
+
 @pytest.mark.parametrize("case", ["unsigned", "other token", "tampered form", "other url"])
 def test_webhooks_twilio_did_not_sign_get_403_and_no_twiml(client, case, caplog):
     params = {**FORM, "CallSid": f"CA-bad-{case}"}
