@@ -24,7 +24,9 @@ def keypad_text(state: DialogState, keys: str) -> str | None:
     pressed = "".join(k for k in keys if k in "0123456789*#").rstrip("#")
     if not pressed:
         return None
-    if state.asking in ("phone", "manage_phone"):
+    offered = (state.pending or {}).get("kind") == "caller_id"
+    if state.asking in ("phone", "manage_phone") and not (offered and pressed in ("1", "2")):
+        # a lone 1 or 2 is never a phone number: at the caller-ID offer it is the yes or no
         return pressed.replace("*", "")
     if awaits_yes_no(state) and pressed in ("1", "2"):
         yes = pressed == "1"
