@@ -422,6 +422,19 @@ def test_timeline_reports_offsets_from_the_end_of_speech():
     assert tl.first_audio_sent == 10.81  # first means first
 
 
+def _receive_within(ws, timeout: float) -> dict:
+    """The test client's next message, or a failure after ``timeout`` s (its own receive never times out)."""
+    import threading
+
+    box: list = []
+    reader = threading.Thread(target=lambda: box.append(ws.receive_json()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not box:
+        pytest.fail(f"no message from the phone websocket within {timeout} s")
+    return box[0]
+
+
 def test_phone_call_over_twilio_protocol_greets_clears_on_barge_in_and_ends(runtime_factory, loop):
     """The real FastRTC Stream and its /telephone/handler websocket, in-process (no network)."""
     import audioop
@@ -446,13 +459,13 @@ def test_phone_call_over_twilio_protocol_greets_clears_on_barge_in_and_ends(runt
     with TestClient(app) as client:  # its event loop must outlive the socket: the watcher runs on it
         with client.websocket_connect("/telephone/handler") as ws:
             ws.send_json({"event": "start", "streamSid": "MZphone"})
-            first = ws.receive_json()
+            first = _receive_within(ws, 30)
             assert first["event"] == "media" and first["streamSid"] == "MZphone"  # the greeting, unasked
             assert "MZphone" in rt.calls
             for m in media(talk):  # the caller talks over the rest of the greeting
                 ws.send_json(m)
             for _ in range(60):
-                msg = ws.receive_json()
+                msg = _receive_within(ws, 30)
                 seen.append(msg)
                 if msg.get("event") == "clear":
                     break
