@@ -82,6 +82,11 @@ def test_a_read_back_is_checked_against_what_the_caller_wants():
     wrong = right.replace("午後7時", "午後8時").replace("3名様", "4名様").replace("ナナ、ハチ", "ナナ、ナナ")
     assert readback_mismatches(wrong, want, "ja") == ["party", "time", "phone"]
     assert readback_mismatches("お電話番号は、今おかけの末尾ゴー、ロク、ナナ、ハチの番号でよろしいでしょうか。", want, "ja") == []
+    named = {**want, "name": "田中"}
+    assert readback_mismatches("お名前はタナカ様でよろしいでしょうか。", named, "ja") == []
+    assert readback_mismatches("お名前をミズノチ様に変更してよろしいでしょうか。", named, "ja") == ["name"]
+    assert readback_mismatches("Is the name John Smith?", {"name": "John Smith"}, "en") == []
+    assert readback_mismatches("Is the name Jon Smithers?", {"name": "John Smith"}, "en") == ["name"]
     assert readback_mismatches("the one ending in one two three four?", want, "en") == ["phone"]
     en = "tomorrow, December 2nd at 7:30 pm, 3 people, phone number zero nine zero, one two three four, five six seven eight."
     assert readback_mismatches(en, want, "en") == ["time"]
@@ -128,6 +133,7 @@ def test_a_bad_persona_file_is_named_with_its_entry(tmp_path):
         load_personas(bad)
     message = str(e.value)
     assert "personas.0 (x1).booking.date" in message and "+N" in message and "phone" in message
+    assert "\n" not in message  # the command's error is one line
 
 
 # ------------------------------------------------------------------------------------ the judges

@@ -26,6 +26,10 @@ The caller reacts to the bot's words, read from the server's call log as each tu
 
 ``--text`` runs the same callers typed into the agent instead (no audio, no models): the dialog
 alone, in seconds.
+
+The parts: :mod:`pipeline.sim.server` (the server and its call log), :mod:`pipeline.sim.caller`
+(the caller's voice on the live line), :mod:`pipeline.sim.personas` (what they want and how they
+react), :mod:`pipeline.sim.judge` (the database before and after), :mod:`pipeline.sim.report`.
 """
 
 from __future__ import annotations

@@ -266,8 +266,8 @@ def load_personas(path: str | Path | None = None) -> PersonaSet:
                 pid = personas[loc[1]].get("id") if loc[1] < len(personas) and isinstance(personas[loc[1]], dict) \
                     else None
                 loc[1] = f"{loc[1]} ({pid})" if pid else loc[1]
-            problems.append(f"  {'.'.join(str(x) for x in loc) or '(top)'}: {err['msg']}")
-        raise PersonaError(f"{path}: invalid persona file:\n" + "\n".join(problems)) from None
+            problems.append(f"{'.'.join(str(x) for x in loc) or '(top)'}: {err['msg']}")
+        raise PersonaError(f"{path}: invalid persona file: " + "; ".join(problems)) from None
 
 
 # ------------------------------------------------------------------------------------ lines
@@ -446,9 +446,16 @@ def _phone_digits(text: str, language: str) -> str:
     return "".join(_EN_WORD_DIGITS.get(w, w if w.isdigit() else "") for w in words)
 
 
+def _same_sound(wanted: str, said: str, language: str, tolerance: float = 0.25) -> bool:
+    from pipeline.sim.score import error_count
+
+    return (error_count(wanted, said, language).rate or 0.0) <= tolerance
+
+
 def readback_mismatches(text: str, expected: dict[str, Any], language: str) -> list[str]:
-    """The items a read-back states with a value other than ``expected``'s (``party``, ``time``,
-    ``date``, ``phone``); items it does not state in a form recognised here are not judged."""
+    """The items a read-back (or a question about one item) states with a value other than
+    ``expected``'s (``party``, ``time``, ``date``, ``name`` by its sound, ``phone``); items it does
+    not state in a form recognised here are not judged."""
     text = unicodedata.normalize("NFKC", text)
     wrong: list[str] = []
     day = dt.date.fromisoformat(expected["date"]) if expected.get("date") else None
@@ -477,6 +484,11 @@ def readback_mismatches(text: str, expected: dict[str, Any], language: str) -> l
         wrong.append("time")
     if day is not None and dates and (day.month, day.day) not in dates:
         wrong.append("date")
+    # a name, said back in its reading (お名前はタナカ様, under the name John Smith)
+    named = (re.search(r"お名前(?:は|を)、?(.+?)様", text) if language == "ja" else
+             re.search(r"(?:under the name|is the name|the name to) ([a-z][a-z .'-]*?)(?:[,.?!]|$)", text.lower()))
+    if expected.get("name") and named and not _same_sound(expected["name"], named.group(1), language):
+        wrong.append("name")
     # the number the caller is calling from, offered by its last four digits
     tail = re.search(r"末尾(.*?)の番号" if language == "ja" else r"ending in ([a-z ,\d-]+)", text.lower())
     if expected.get("phone") and tail:

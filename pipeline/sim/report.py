@@ -185,7 +185,9 @@ def build_report(results: list[CallResult], settings: dict[str, Any], elapsed: f
 
 def _machine() -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cores": cores, "system": platform.platform(), "python": platform.python_version()}
+    # the load at the end (1, 5, 15 minutes): on a shared machine the gaps say as much about it as the bot
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    return {"cores": cores, "load_avg": load, "system": platform.platform(), "python": platform.python_version()}
 
 
 # ====================================================================================== output
@@ -224,5 +226,6 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"mode {s['mode']}, agent {s['agent']}, clock {s['now']}, noise "
                  f"{'none' if s['noise_db'] is None else str(s['noise_db']) + ' dB SNR'}"
                  + (f", whisper {s['stt_model']}, kokoro {s['tts_model']}" if s["mode"] == "phone" else "")
-                 + f"; {report['machine']['cores']} cores, {report['elapsed_s']} s")
+                 + f"; {report['machine']['cores']} cores (load {report['machine']['load_avg']}), "
+                   f"{report['elapsed_s']} s")
     return "\n".join(lines)
