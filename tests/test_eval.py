@@ -92,11 +92,11 @@ def test_a_read_back_is_checked_against_what_the_caller_wants():
     assert readback_mismatches(en, want, "en") == ["time"]
 
 
-def _caller(pid="ja-01-basic"):
+def _caller(pid="ja-01-basic", store_url="sqlite://"):
     from pipeline.sim.judge import Bookings
 
     pset = load_personas()
-    return Bookings(pset, "sqlite://", TODAY, 3).plan(pset.by_id(pid)).caller
+    return Bookings(pset, store_url, TODAY, 3).plan(pset.by_id(pid)).caller
 
 
 def test_a_caller_asked_to_go_on_with_a_number_says_the_rest_or_all_of_it_again():
@@ -115,6 +115,16 @@ def test_a_number_the_bot_did_not_get_is_said_again_differently_and_slower():
     assert [s.repeat for s in said] == [0, 0, 0, 1]  # then the first way again, slower
     voice = caller.persona.voice.voice("ja")
     assert voice.slower(0.85).speed < voice.speed
+
+
+def test_a_caller_who_wants_to_cancel_says_so_again_instead_of_booking(tmp_path):
+    caller = _caller("ja-18-cancel", f"sqlite:///{tmp_path / 'r.db'}")  # its booking is put there first
+    asked = "恐れ入ります、もう一度お願いできますか。「12月24日」や「来週の金曜日」のようにおっしゃってください。"
+    assert caller.react(asked).kind == "date"  # not a new booking's question by its words: answered
+    new = "12月24日、木曜日ですね。何時ごろのご来店をご希望でしょうか。"
+    again = caller.react(new)
+    assert again.kind == "restate" and "キャンセル" in again.line.text
+    assert caller.react(new).kind == "restate" and caller.react(new).kind == "done"
 
 
 def test_the_fewest_turns_count_what_the_first_line_gives():

@@ -6,7 +6,8 @@ A persona file (YAML; :data:`DEFAULT_PERSONAS` is the one shipped) has three par
   ``date`` question, a read-back to ``confirm``, "anything else?", a goodbye that has ``ended`` the
   call, ...). The caller takes the intent whose keyword stands *last* in the bot's words, as a
   person answers the last question of a turn; ``repeat`` ("could you say that again?") counts
-  only when nothing else matched.
+  only when nothing else matched. ``new_booking`` marks the bot taking a booking: a caller who
+  called to change or cancel one then says again what it wants.
 - ``defaults``: per language, the short lines every caller says the same way (``yes``, ``no``,
   ``done``: "that's all", the ``backchannel``, the ``no_prefix`` of a correction).
 - ``personas``: one call each, in order. A persona ``wants`` to ``book`` (its ``booking``),
@@ -51,6 +52,9 @@ SLOTS = ("date", "time", "party", "name", "phone", "note")
 #: what a bot's reply can ask for, in the order ties are broken
 INTENTS = ("ended", "confirm", "anything_else", "change_what", "which_fix", "quit_check", "phone_more", *SLOTS,
            "repeat")
+#: cues that are not a question but say what the bot is doing: ``new_booking``, it is taking a booking
+#: (a change or cancel caller then says again what it wants)
+MARKERS = ("new_booking",)
 #: the items of a booking as the store names them
 STORE_FIELDS = {"date": "date", "time": "time", "party": "party_size", "name": "name", "phone": "phone",
                 "note": "note"}
@@ -214,7 +218,7 @@ class PersonaSet(_Model):
     @model_validator(mode="after")
     def _references(self) -> PersonaSet:
         for lang, cues in self.cues.items():
-            unknown = set(cues) - set(INTENTS)
+            unknown = set(cues) - set(INTENTS) - set(MARKERS)
             if unknown:
                 raise ValueError(f"cues.{lang}: unknown intent(s) {sorted(unknown)} (known: {', '.join(INTENTS)})")
         for lang, lines in self.defaults.items():
@@ -487,7 +491,7 @@ def readback_mismatches(text: str, expected: dict[str, Any], language: str) -> l
     # a name, said back in its reading (お名前はタナカ様, under the name John Smith)
     named = (re.search(r"お名前(?:は|を)、?(.+?)様", text) if language == "ja" else
              re.search(r"(?:under the name|is the name|the name to) ([a-z][a-z .'-]*?)(?:[,.?!]|$)", text.lower()))
-    if expected.get("name") and named and not _same_sound(expected["name"], named.group(1), language):
+    if expected.get("name") and named and not _same_sound(expected["name"], named.group(1), language, 0.0):
         wrong.append("name")
     # the number the caller is calling from, offered by its last four digits
     tail = re.search(r"末尾(.*?)の番号" if language == "ja" else r"ending in ([a-z ,\d-]+)", text.lower())
@@ -526,13 +530,16 @@ class Caller:
     defaults: dict[str, str]
     expected: dict[str, Any] | None
     today: dt.date
-    max_fixes: int = 2
+    max_fixes: int = 3
+    #: times a change or cancel caller says again what it wants before giving up
+    max_restates: int = 2
     asked: Counter = field(default_factory=Counter)
     said: list[Said] = field(default_factory=list)
     _faq_done: bool = False
     _correction_done: bool = False
     _readback_no_done: bool = False
     _fixes: int = 0
+    _restates: int = 0
     _last_fix: str | None = None
 
     # ---------------------------------------------------------------- lines
@@ -590,6 +597,12 @@ class Caller:
             self.asked[intent] += 1
         if intent == "ended":
             return None
+        if p.wants in ("change", "cancel") and intent in (*SLOTS, "confirm") and self._taking_a_booking(bot_text):
+            # the bot has not understood and is taking a new booking: say again what the call is for
+            if self._restates >= self.max_restates:
+                return self._say("done", self.lines_for("done"))
+            self._restates += 1
+            return self._say("restate", [self.defaults["no_prefix"] + line for line in p.open])
         if intent in SLOTS:
             if p.faq is not None and not self._faq_done and p.faq.when == intent:
                 self._faq_done = True
@@ -627,6 +640,10 @@ class Caller:
         if intent == "repeat":
             return self._again(self.said[-1] if self.said else self.opening())
         return self._say("done", self.lines_for("done"))
+
+    def _taking_a_booking(self, bot_text: str) -> bool:
+        norm = unicodedata.normalize("NFKC", bot_text).casefold()
+        return any(unicodedata.normalize("NFKC", c).casefold() in norm for c in self.cues.get("new_booking", ()))
 
     def _phone_rest(self, bot_text: str) -> Said:
         """The bot has part of the number and asks for the rest: the rest, if what it read back is
