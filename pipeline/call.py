@@ -31,6 +31,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from fastrtc import AdditionalOutputs
@@ -46,6 +47,7 @@ from pipeline.agents import (
 )
 from pipeline.config import Config
 from pipeline.dialog.rules import QUESTIONS, stock_phrases
+from pipeline.dialog.understand.sound import expectation, restaurant_ranges
 from pipeline.dialog.understand.transcript import clean_transcript
 from pipeline.privacy import append_call_log, call_log_record
 from pipeline.stt import STT, STTContext, Transcript, is_silent, listening_for
@@ -960,9 +962,16 @@ class VoiceCall:
     def stt_context(self) -> STTContext:
         """What the recogniser should expect of the caller's next turn: an answer to what the bot
         asked, in the call's language, perhaps with the restaurant's name in it."""
-        asking = getattr(self.agent.state, "asking", None)
-        return STTContext(asking=asking if isinstance(asking, str) else None, language=self.language,
-                          words=(self.runtime.cfg.restaurant.name,))
+        state = self.agent.state
+        asking = getattr(state, "asking", None)
+        asking = asking if isinstance(asking, str) else None
+        party, hours = restaurant_ranges(self.runtime.cfg.restaurant)
+        clock = self.runtime.clock
+        today = (clock() if clock is not None else dt.datetime.now(ZoneInfo(self.runtime.cfg.restaurant.timezone))).date()
+        expect = expectation(asking, self.language, today=today, party=party, hours=hours,
+                             yes_no=bool(getattr(state, "pending", None)))
+        return STTContext(asking=asking, language=self.language, words=(self.runtime.cfg.restaurant.name,),
+                          expect=expect)
 
     def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
                     ready: str | Future | None = None) -> str | None:

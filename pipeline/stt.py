@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -63,6 +63,10 @@ class STTContext:
     asking: str | None = None
     language: str | None = None
     words: tuple[str, ...] = ()
+    #: given what whisper wrote for a short turn, the answers to weigh against it on the turn's own
+    #: audio ("2名です" when it wrote 「耳で」); [] when what it wrote already answers (see
+    #: :func:`pipeline.dialog.understand.sound.alternatives`). None: take whisper's text as it is.
+    expect: Callable[[str], Sequence[str]] | None = None
 
 
 @runtime_checkable
@@ -319,6 +323,18 @@ def _letters(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c)[0] in "LN").casefold()
 
 
+#: Reconsidering a turn's text against the answers the question expects
+#: (:meth:`FasterWhisperSTT.reconsider`): only for turns this short (a whole first sentence is not
+#: weighed against short answers), against at most this many candidates, scored this many at a time;
+#: a candidate is taken within this much mean token log-probability of whisper's own text, and
+#: never below the floor. Measured with ``python -m pipeline.sim.recognition`` (docs/benchmarks.md).
+RECONSIDER_MAX_S = 4.0
+RECONSIDER_MAX_CANDIDATES = 48
+RESCORE_BATCH = 8
+RECONSIDER_MARGIN = 1.0
+RECONSIDER_FLOOR = -1.65
+
+
 # ------------------------------------------------------------------------------------------ backends
 class FasterWhisperSTT:
     """faster-whisper (CTranslate2) on a local model directory, loaded once."""
@@ -406,11 +422,71 @@ class FasterWhisperSTT:
         if echoes_prompt(text, prompt):
             log.debug("whisper wrote a piece of its prompt (%r): no speech", text)
             text, spoken = "", []
+        if text and context is not None and context.expect is not None and duration <= RECONSIDER_MAX_S:
+            text = self.reconsider(x, text, context.expect(text), window_s=window, prompt=prompt,
+                                   hotwords=hotwords, language=language or self.language)
         elapsed = time.perf_counter() - start
         log.debug("transcribed %.2f s of audio in %.3f s: %r", duration, elapsed, text)
         return Transcript(text=text, language=language or self.language, duration_s=duration, elapsed_s=elapsed,
                           window_s=window, retried=retried, asking=context.asking if context is not None else None,
                           dropped=len(segments) - len(spoken))
+
+    def reconsider(self, x: np.ndarray, text: str, candidates: Sequence[str], *, window_s: float | None,
+                   prompt: str | None, hotwords: str | None, language: str | None) -> str:
+        """``text``, or the candidate whisper finds about as likely as ``text`` on the same audio.
+
+        Each is scored by teacher forcing (CTranslate2's ``align``: the probability of each of its
+        tokens given the audio and the same prompt as the decode), as the mean token
+        log-probability. Greedy decoding commits to one token at a time and on a phone line often
+        takes a wrong turn early (「2名です」 → 「耳で」); the answer the question expects, scored
+        whole, can be nearly as likely as what greedy decoding found, or more. A candidate replaces
+        ``text`` when it scores within :data:`RECONSIDER_MARGIN` of it (and above
+        :data:`RECONSIDER_FLOOR`); what the audio does not support scores far lower and is left.
+        """
+        candidates = [c for c in dict.fromkeys(candidates) if c and c != text][:RECONSIDER_MAX_CANDIDATES]
+        if not candidates:
+            return text
+        start = time.perf_counter()
+        try:
+            scores = self.score_texts(x, [text, *candidates], window_s=window_s, prompt=prompt,
+                                      hotwords=hotwords, language=language)
+        except Exception:  # noqa: BLE001 - a failed rescoring leaves whisper's own text
+            log.warning("rescoring %d candidates failed: keeping whisper's text", len(candidates), exc_info=True)
+            return text
+        own, best = scores[0], max(range(1, len(scores)), key=scores.__getitem__)
+        taken = scores[best] >= own - RECONSIDER_MARGIN and scores[best] >= RECONSIDER_FLOOR
+        log.info("reconsidered %r (%.2f) against %d candidates in %.3f s: best %r (%.2f)%s", text, own,
+                 len(candidates), time.perf_counter() - start, candidates[best - 1], scores[best],
+                 ", taken" if taken else "")
+        return candidates[best - 1] if taken else text
+
+    def score_texts(self, x: np.ndarray, texts: Sequence[str], *, window_s: float | None = None,
+                    prompt: str | None = None, hotwords: str | None = None,
+                    language: str | None = None) -> list[float]:
+        """The mean token log-probability of each of ``texts`` as the transcript of 16 kHz ``x``,
+        after ``prompt`` (as a decode with that prompt would see it), in batches."""
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self.model
+        features = model.feature_extractor(x)
+        frames = features.shape[-1]
+        width = WHISPER_WINDOW_FRAMES if not window_s else min(
+            WHISPER_WINDOW_FRAMES, max(int(round(window_s * MEL_FPS)), frames + frames % 2))
+        features = np.pad(features, ((0, 0), (0, max(0, width - frames))))[:, :width]
+        encoded = np.ascontiguousarray(np.asarray(model.encode(features)))
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
+                              language=language or "en")
+        start = model.get_prompt(tokenizer, tokenizer.encode(" " + prompt.strip()) if prompt else [],
+                                 without_timestamps=True, hotwords=hotwords)
+        scores: list[float] = []
+        for i in range(0, len(texts), RESCORE_BATCH):
+            batch = [tokenizer.encode(t) or [tokenizer.eot] for t in texts[i:i + RESCORE_BATCH]]
+            view = ctranslate2.StorageView.from_array(np.repeat(encoded, len(batch), axis=0))
+            for result in model.model.align(view, start, batch, [frames] * len(batch)):
+                probs = np.maximum(np.asarray(result.text_token_probs, dtype=np.float64), 1e-9)
+                scores.append(float(np.log(probs).mean()) if probs.size else float("-inf"))
+        return scores
 
     def warmup(self) -> None:
         """A decode on a second of low noise, on the configured window and (when that is shorter) on

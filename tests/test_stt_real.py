@@ -96,3 +96,66 @@ def test_nothing_is_read_from_silence_noise_or_breath(whisper, asking):
         context = None if asking is None else _context(asking)
         result = whisper.transcribe(audio, 16000, context=context)
         assert clean_transcript(result.text, "ja") == "", name
+
+
+# ------------------------------------------------------------------ weighing the expected answers
+def _expecting(asking: str | None, yes_no: bool = False) -> STTContext:
+    from pipeline.dialog.understand.sound import expectation
+    from pipeline.sim.recognition import TODAY
+
+    return STTContext(asking=asking, language="ja", words=("AI-SHIFT",),
+                      expect=expectation(asking, "ja", today=TODAY, party=(1, 8), yes_no=yes_no))
+
+
+def test_whisper_scores_what_was_said_above_a_near_answer(whisper):
+    audio = caller_audio("4人でお願いします", VOICES[1])
+    said, near, far = whisper.score_texts(audio.astype("float32") / 32768,
+                                          ["4人でお願いします", "7人でお願いします", "駐車場はありますか"],
+                                          window_s=10, language="ja")
+    assert said > near > far
+
+
+@pytest.fixture(scope="module")
+def reconsidered(whisper):
+    """Every party, time and date line in two voices, read with the plain context and with the
+    expected answers weighed."""
+    out = []
+    for voice in VOICES[:2]:
+        for said in LINES:
+            if said.asking not in ("party_size", "time", "date", "name") or len(said.expect) != 1:
+                continue
+            audio = caller_audio(said.text, voice)
+            plain = clean_transcript(whisper.transcribe(audio, 16000, context=_context(said.asking)).text, "ja")
+            weighed = clean_transcript(whisper.transcribe(audio, 16000, context=_expecting(said.asking)).text, "ja")
+            out.append((said, plain, weighed))
+    return out
+
+
+def test_weighing_the_expected_answers_repairs_misheard_values_and_breaks_none(reconsidered):
+    def right(said, text) -> bool:
+        return all(slot_hits(said.expect, heard_values(text, said.asking)).values())
+
+    broken = [(said.text, plain, weighed) for said, plain, weighed in reconsidered
+              if right(said, plain) and not right(said, weighed)]
+    repaired = [(said.text, plain, weighed) for said, plain, weighed in reconsidered
+                if not right(said, plain) and right(said, weighed)]
+    wrong_value = [(said.text, weighed) for said, plain, weighed in reconsidered
+                   if weighed != plain and not right(said, weighed)]
+    assert not broken
+    assert not wrong_value  # a replaced text always carries the right value
+    assert len(repaired) >= 3, repaired
+
+
+@pytest.mark.parametrize("line,asking", [("駐車場はありますか", "party_size"), ("予約をキャンセルしたいのですが", "date"),
+                                         ("ちょっと待ってください", "time"), ("窓際の席がいいです", "confirm")])
+def test_what_is_not_an_answer_is_never_replaced_by_one(whisper, line, asking):
+    audio = caller_audio(line, VOICES[0])
+    plain = whisper.transcribe(audio, 16000, context=_context(asking)).text
+    assert whisper.transcribe(audio, 16000, context=_expecting(asking)).text == plain
+
+
+@pytest.mark.parametrize("asking", ["party_size", "time", "confirm", "name"])
+def test_nothing_is_weighed_into_silence_or_noise(whisper, asking):
+    for name, audio in non_speech():
+        result = whisper.transcribe(audio, 16000, context=_expecting(asking, yes_no=asking == "confirm"))
+        assert clean_transcript(result.text, "ja") == "", name

@@ -89,6 +89,7 @@ LINES: tuple[Said, ...] = (
     Said("12月18日、金曜日です", "date", {"date": "2026-12-18"}),
     Said("1月8日は空いていますか", "date", {"date": "2027-01-08"}),
     Said("20日でお願いします", "date", {"date": "2026-12-20"}),
+    Said("あさってです", "date", {"date": "2026-12-03"}),
     Said("明日の予約をしたいのですが", "date", {"date": "2026-12-02"}),
     # times
     Said("18時でお願いします", "time", {"time": "18:00"}),
@@ -97,6 +98,9 @@ LINES: tuple[Said, ...] = (
     Said("午後6時です", "time", {"time": "18:00"}),
     Said("7時でお願いします", "time", {"time": "19:00"}),
     Said("12時半に行きます", "time", {"time": "12:30"}),
+    Said("20時です", "time", {"time": "20:00"}),
+    Said("夜の8時で", "time", {"time": "20:00"}),
+    Said("18時半です", "time", {"time": "18:30"}),
     # party sizes
     Said("2名です", "party_size", {"party_size": 2}),
     Said("4人でお願いします", "party_size", {"party_size": 4}),
@@ -378,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--voices", type=int, default=2, help=f"caller voices, 1 to {len(VOICES)} (default 2)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N lines")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the report")
+    p.add_argument("--no-reconsider", dest="reconsider", action="store_false",
+                   help="take whisper's text as it is (no weighing of the expected answers on the audio)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -387,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pipeline.config import load_config
     from pipeline.dialog.restaurant import Restaurant
+    from pipeline.dialog.understand.sound import expectation, restaurant_ranges
     from pipeline.models import whisper_dir
     from pipeline.stt import FasterWhisperSTT, STTContext
 
@@ -397,12 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     stt = FasterWhisperSTT(cfg.stt.model_copy(update={"language": "ja"}), path)
     stt.warmup()
     restaurant = Restaurant(cfg.restaurant)
+    party, hours = restaurant_ranges(cfg.restaurant)
 
     def transcribe(audio: np.ndarray, context: STTContext | None) -> str:
         return stt.transcribe(audio, SAMPLE_RATE, context=context).text
 
     def context_for(asking: str | None) -> STTContext:
-        return STTContext(asking=asking, language="ja", words=(cfg.restaurant.name,))
+        return STTContext(asking=asking, language="ja", words=(cfg.restaurant.name,),
+                          expect=expectation(asking, "ja", today=TODAY, party=party, hours=hours)
+                          if args.reconsider else None)
 
     start = time.perf_counter()
     lines = LINES[: args.limit] if args.limit else LINES

@@ -1,0 +1,256 @@
+"""What a misheard answer may have been: readings, and the answers to weigh against what whisper wrote.
+
+Whisper base on a phone line writes the right sound in the wrong kanji (あさって → 「朝って」, 鈴木 →
+「続き」), or a near sound (2名 → 「耳で」, 4人 → 「やみんで」). Two things help, both driven by what
+the bot asked:
+
+- :func:`reading` gives a text's katakana reading (Open JTalk's), so that a word can be found by
+  its sound (:mod:`.dates` reads 「朝って」 as あさって through it).
+- :func:`alternatives` lists the answers the caller may have given instead of what whisper wrote,
+  when that text does not answer the question: every party size the restaurant takes, the times
+  it is open, the dates said in words, yes and no, and common surnames that sound like the name
+  whisper wrote. The recogniser scores each on the turn's own audio (``STTContext.expect``,
+  :meth:`pipeline.stt.FasterWhisperSTT.transcribe`) and keeps one only when whisper finds it about
+  as likely as its own text, so nothing is taken that the audio does not support; every value is
+  read back to the caller before it is booked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import re
+import threading
+import unicodedata
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+_KATAKANA = re.compile("[\u30a1-\u30fa\u30fc]+")
+_lock = threading.Lock()  # Open JTalk's front end is not thread-safe
+
+
+@functools.lru_cache(maxsize=4096)
+def reading(text: str) -> str:
+    """The katakana reading of Japanese ``text`` (Open JTalk's), without punctuation or spaces; ""
+    when there is none or the front end fails (a missing dictionary must not cost a call)."""
+    text = unicodedata.normalize("NFKC", text or "").strip()[:200]
+    if not text:
+        return ""
+    try:
+        import pyopenjtalk
+
+        with _lock:
+            kana = pyopenjtalk.g2p(text, kana=True)
+    except Exception:  # noqa: BLE001 - no reading is an answer, not an error
+        log.debug("no reading for %r", text, exc_info=True)
+        return ""
+    return "".join(_KATAKANA.findall(kana))
+
+
+def _base(kana: str) -> str:
+    """The kana without its voicing mark (ダ -> タ, パ -> ハ)."""
+    return unicodedata.normalize("NFD", kana)[0]
+
+
+def distance(a: str, b: str) -> float:
+    """Edit distance between two readings, a change of voicing alone (タ/ダ, ハ/バ/パ) counting
+    half; O(len(a) * len(b)), for short readings."""
+    prev = [float(j) for j in range(len(b) + 1)]
+    for i, ca in enumerate(a, 1):
+        cur = [float(i)]
+        for j, cb in enumerate(b, 1):
+            sub = 0.0 if ca == cb else 0.5 if _base(ca) == _base(cb) else 1.0
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + sub))
+        prev = cur
+    return prev[-1]
+
+
+#: Common Japanese surnames (about the 260 most frequent). A name whisper wrote that sounds like
+#: one of these is weighed against it on the audio; any other name is still taken as heard (and
+#: read back in katakana for the caller to correct).
+SURNAMES: tuple[str, ...] = tuple("""
+佐藤 鈴木 高橋 田中 伊藤 渡辺 山本 中村 小林 加藤 吉田 山田 佐々木 山口 松本 井上 木村 林 斎藤 清水
+山崎 森 池田 橋本 阿部 石川 山下 中島 石井 小川 前田 岡田 長谷川 藤田 後藤 近藤 村上 遠藤 青木 坂本
+福田 太田 西村 藤井 金子 岡本 藤原 中野 三浦 原田 中川 松田 竹内 小野 田村 中山 和田 石田 森田 上田
+原 内田 柴田 酒井 宮崎 横山 高木 安藤 宮本 大野 小島 谷口 今井 工藤 高田 増田 丸山 杉山 村田 大塚
+新井 小山 平野 藤本 河野 上野 野口 武田 松井 千葉 岩崎 菅原 木下 久保 佐野 野村 松尾 市川 菊地 杉本
+古川 大西 島田 水野 桜井 高野 吉川 山内 西田 飯田 西川 小松 北村 安田 五十嵐 川口 平田 関 中田
+久保田 服部 東 岩田 土屋 川崎 福島 本田 辻 樋口 秋山 田口 永井 山中 中西 吉村 川上 石原 大橋 松岡
+馬場 浜田 森本 星野 矢野 浅野 大久保 松下 吉岡 小池 野田 荒木 大谷 内藤 松浦 熊谷 黒田 尾崎 永田
+川村 望月 田辺 松村 荒井 堀 大島 平井 早川 菅野 栗原 西山 広瀬 横田 石橋 萩原 岩本 片山 関口 宮田
+大石 本間 須藤 高山 岡崎 小田 伊東 鎌田 上原 篠原 小西 松原 福井 古田 大森 小泉 成田 南 奥村 内山
+沢田 川島 桑原 三宅 片岡 富田 杉浦 岡 八木 奥田 小沢 松永 北川 関根 河合 平山 牧野 白石 今村 寺田
+青山 中尾 小倉 渋谷 上村 小野寺 大山 足立 岡村 坂口 天野 多田 佐久間 根本 豊田 田島 飯塚 角田 村山
+武藤 西 白井 宇野 吉野 堀内 松山 宮下 安井 野崎 竹田 山根 嶋田 長田 宮内 浅井 広田 金田 大川 川田
+""".split())
+
+
+@functools.lru_cache(maxsize=1)
+def _surname_readings() -> tuple[tuple[str, str], ...]:
+    out = []
+    for kanji in SURNAMES:
+        kana = reading(kanji)
+        if kana:
+            out.append((kanji, kana))
+    return tuple(out)
+
+
+def sounds_like_surnames(name: str, limit: int = 8) -> list[str]:
+    """The names, a common surname in place of a near-sounding start of ``name`` (「続き」 →
+    「鈴木」, 「キムだタクヤ」 → 「木村タクヤ」), nearest first, at most ``limit``; [] when no
+    surname is near, or ``name`` already starts with one."""
+    heard = reading(name)
+    if not heard or any(name.startswith(k) for k in SURNAMES):
+        return []
+    scored: list[tuple[float, int, str]] = []
+    for kanji, kana in _surname_readings():
+        # a two-mora surname only as an exact start; longer ones with a slip per two morae
+        allowed = 0.0 if len(kana) <= 2 else len(kana) / 2
+        for cut in sorted({len(kana) - 1, len(kana), len(kana) + 1}, key=lambda c: abs(c - len(kana))):
+            if cut < 1 or cut > len(heard):
+                continue
+            d = distance(heard[:cut], kana)
+            rest = heard[cut:]
+            if d == 0 and not rest:
+                return []  # the heard name is this surname, in other kanji or kana: keep it as heard
+            if rest and (len(rest) < 2 or rest[0] in _NOT_A_START):
+                continue  # what is left must be a given name, not a stray mora
+            if d <= allowed:
+                scored.append((d, abs(cut - len(kana)), kanji + rest))
+                break
+    scored.sort(key=lambda s: s[:2])
+    return list(dict.fromkeys(s[2] for s in scored))[:limit]
+
+
+#: kana no word starts with (a long vowel, a small kana, the moraic n)
+_NOT_A_START = frozenset("ーッャュョァィゥェォン")
+
+_WEEKDAYS_JA = ("月", "火", "水", "木", "金", "土", "日")
+
+
+def _party_ja(lo: int, hi: int) -> list[str]:
+    return ["ひとり", "ふたり"] + [f"{n}{counter}" for n in range(lo, hi + 1) for counter in ("名", "人")]
+
+
+def _times_ja(hours: Sequence[int]) -> list[str]:
+    out = [f"{h}時{half}" for h in hours for half in ("", "半")]
+    out += [f"夜{h - 12}時" for h in hours if h >= 18] + [f"午後{h - 12}時" for h in hours if 12 < h < 18]
+    return out
+
+
+def _dates_ja() -> list[str]:
+    return ["今日", "明日", "あさって"] + [f"{week}の{w}曜日" for week in ("今週", "来週") for w in _WEEKDAYS_JA]
+
+
+#: the words a short Japanese answer ends with, after its value (「…でお願いします」「…です」); what
+#: whisper wrote from the first of them on is kept on every candidate, so that a candidate differs
+#: from whisper's text only where the value was misheard
+_JA_ENDING = re.compile(r"(?:で|に|から)?(?:お願い|おねがい|です|と申し|といい|でいい|で大丈夫|に行き|にし|で)")
+_JA_LEAD = re.compile(r"^(?:(?:えー+と?|えっと|あの+ー*|あー+|うーん|んー+)[、,\s]*)+")
+
+
+def _framed(text: str, cores: Sequence[str]) -> list[str]:
+    """Each core in ``text``'s frame: its leading filler and its ending kept (「えーと、耳で」 and 2名
+    → 「えーと、2名で」)."""
+    lead = m.group(0) if (m := _JA_LEAD.match(text)) else ""
+    body = text[len(lead):].rstrip("。.!?！？ ")
+    m = _JA_ENDING.search(body, 1)
+    tail = body[m.start():] if m else "です"
+    if not tail.startswith(("で", "に", "から")) and not tail.startswith("です"):
+        tail = "で" + tail
+    return [f"{lead}{core}{tail}" for core in cores]
+
+
+_YES_NO = {"ja": ["はい", "はい、お願いします", "いいえ", "いいえ、違います"],
+           "en": ["yes", "yes, please", "no", "no, that's wrong"]}
+
+
+def _party_en(lo: int, hi: int) -> list[str]:
+    words = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    return [f"{w} people" if n > 1 else "just one" for n, w in enumerate(words, 1) if lo <= n <= hi]
+
+
+def _times_en(hours: Sequence[int]) -> list[str]:
+    out = []
+    for h in hours:
+        twelve, half = (h - 1) % 12 + 1, "pm" if h >= 12 else "am"
+        out += [f"{twelve} {half}", f"{twelve}:30 {half}"]
+    return out
+
+
+#: what a question's answer is about, for the questions that expect the same kind as a slot's
+_ASKING_LIKE = {"manage_date": "date", "manage_confirm": "confirm"}
+
+
+def alternatives(text: str, asking: str | None, language: str | None, *, answered: Callable[[str], bool],
+                 party: tuple[int, int] = (1, 10), hours: Sequence[int] = range(11, 23)) -> list[str]:
+    """The answers to weigh against ``text`` (what whisper wrote for a turn that answers
+    ``asking``), or [] when ``answered(text)`` says it already answers, or there is nothing to weigh.
+
+    ``party`` is the smallest and largest party the restaurant takes (a few more are offered so that
+    a too-large party is heard as such), ``hours`` the hours it takes bookings at.
+    """
+    asking = _ASKING_LIKE.get(asking or "", asking)
+    if asking == "name" and language != "en":
+        # a name always answers; one that sounds like a common surname is weighed against it
+        from pipeline.dialog.understand.names import parse_name
+
+        name = parse_name(text) or text.strip("。、. ")
+        return [text.replace(name, other, 1) if name in text else other for other in sounds_like_surnames(name)]
+    if not asking or answered(text):
+        return []
+    lo, hi = party
+    hi = min(max(hi + 2, lo), 20)
+    if asking == "confirm":
+        return list(_YES_NO["en" if language == "en" else "ja"])
+    if language == "en":
+        table = {"party_size": lambda: _party_en(lo, hi), "time": lambda: _times_en(hours)}
+        make = table.get(asking)
+        return make() if make is not None else []
+    table = {"party_size": lambda: _party_ja(lo, hi), "time": lambda: _times_ja(hours), "date": _dates_ja}
+    make = table.get(asking)
+    return _framed(text, make()) if make is not None else []
+
+
+
+#: dialog acts that answer a question with something other than its value
+_MEANT = frozenset({"cancel_booking", "change_booking", "check_booking", "question", "person", "end", "wait",
+                    "repeat", "correct"})
+
+
+def expectation(asking: str | None, language: str | None, *, today: dt.date, party: tuple[int, int] = (1, 10),
+                hours: Sequence[int] = range(11, 23), yes_no: bool = False) -> Callable[[str], list[str]] | None:
+    """What the recogniser weighs against its text for a turn that answers ``asking`` (see
+    :data:`pipeline.stt.STTContext.expect`); ``yes_no``: the bot's last question was a yes-or-no one
+    (「山田様でよろしいでしょうか」), whatever slot it is about. None when nothing is expected."""
+    if yes_no:
+        asking = "confirm"
+    if not asking:
+        return None
+    from pipeline.dialog.understand import understand
+    from pipeline.dialog.understand.transcript import clean_transcript
+
+    slot = _ASKING_LIKE.get(asking, asking)
+
+    def answered(text: str) -> bool:
+        u = understand(text, today, asking=asking)
+        if u.acts & _MEANT:
+            return True  # the caller meant something else than a value: nothing to weigh
+        return bool(u.acts & {"affirm", "deny"}) if slot == "confirm" else slot in u.values
+
+    def expect(raw: str) -> list[str]:
+        return alternatives(clean_transcript(raw, language or "ja"), asking, language, answered=answered,
+                            party=party, hours=hours)
+
+    return expect
+
+
+def restaurant_ranges(cfg) -> tuple[tuple[int, int], range]:
+    """The party sizes and booking hours to expect, from the restaurant's configuration
+    (:class:`pipeline.config.RestaurantConfig`)."""
+    hours = [h for h in (cfg.weekday_hours, cfg.weekend_hours) if h is not None]
+    first = min(h.open.hour for h in hours) if hours else 11
+    last = max(h.close.hour for h in hours) if hours else 23
+    return (cfg.min_party_size, cfg.max_party_size), range(first, max(first + 1, last))

@@ -1,0 +1,95 @@
+"""What a misheard answer may have been (pipeline.dialog.understand.sound): readings, near-sounding
+surnames, and the candidate answers the recogniser weighs, framed like what whisper wrote."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from pipeline.dialog.understand.sound import (
+    alternatives,
+    distance,
+    expectation,
+    reading,
+    restaurant_ranges,
+    sounds_like_surnames,
+)
+
+TODAY = dt.date(2026, 12, 1)
+
+
+def never(_text: str) -> bool:
+    return False
+
+
+def test_reading_is_katakana_without_punctuation():
+    assert reading("田中です。") == "タナカデス"
+    assert reading("") == "" and reading("。、") == ""
+
+
+def test_distance_counts_a_change_of_voicing_as_half():
+    assert distance("ヨシダ", "ヨシタ") == 0.5
+    assert distance("スズキ", "ツズキ") == 1
+    assert distance("", "アイ") == 2 and distance("アイ", "アイ") == 0
+
+
+@pytest.mark.parametrize("heard,first", [("続き", "鈴木"), ("小話", "小林"), ("夜下", "吉田"),
+                                         ("キムだタクヤ", "木村タクヤ")])
+def test_a_name_that_sounds_like_a_common_surname_is_offered_it(heard, first):
+    assert first in sounds_like_surnames(heard)[:5]
+
+
+@pytest.mark.parametrize("heard", ["田中", "タナカ", "たなか", "ヒト", "ミニアストキ", ""])
+def test_a_surname_heard_as_such_or_nothing_near_offers_nothing(heard):
+    assert sounds_like_surnames(heard) == []
+
+
+def test_candidates_keep_the_filler_and_the_ending_whisper_wrote():
+    out = alternatives("えーと、耳で", "party_size", "ja", answered=never, party=(1, 4))
+    assert "えーと、2名で" in out and "えーと、ふたりで" in out
+    out = alternatives("読みんてお願いいします。", "party_size", "ja", answered=never, party=(1, 4))
+    assert "4人でお願いいします" in out
+    assert "20時です" in alternatives("水落ちです", "time", "ja", answered=never, hours=range(11, 22))
+    assert "あさってです" in alternatives("朝ってです。", "date", "ja", answered=never)
+
+
+def test_party_candidates_reach_a_little_beyond_the_largest_party():
+    out = alternatives("耳で", "party_size", "ja", answered=never, party=(1, 4))
+    assert "6名で" in out and "7名で" not in out
+
+
+def test_an_answer_already_read_offers_nothing():
+    assert alternatives("2名です", "party_size", "ja", answered=lambda t: True) == []
+    assert alternatives("2名です", None, "ja", answered=never) == []
+    assert alternatives("ケーキをお願いします", "note", "ja", answered=never) == []
+
+
+def test_yes_or_no_is_weighed_after_a_yes_or_no_question_whatever_the_slot():
+    expect = expectation("name", "ja", today=TODAY, yes_no=True)
+    assert expect("みな") == ["はい", "はい、お願いします", "いいえ", "いいえ、違います"]
+    assert expect("はい") == []  # read as a yes already
+
+
+def test_expectation_leaves_what_already_answers_or_means_something_else():
+    expect = expectation("party_size", "ja", today=TODAY, party=(1, 4))
+    assert expect("3名です") == []
+    assert expect("駐車場はありますか") == []  # a question
+    assert expect("予約をキャンセルしたいです") == []
+    assert "2名で" in expect("耳で")
+    assert expectation(None, "ja", today=TODAY) is None
+
+
+def test_english_candidates_are_plain_answers():
+    expect = expectation("party_size", "en", today=TODAY, party=(1, 4))
+    assert "two people" in expect("true peep hole")
+    assert expectation("confirm", "en", today=TODAY)("hmm hmm") == ["yes", "yes, please", "no", "no, that's wrong"]
+    assert expectation("confirm", "en", today=TODAY)("yes") == []
+
+
+def test_restaurant_ranges_follow_the_configuration():
+    from pipeline.config import RestaurantConfig
+
+    party, hours = restaurant_ranges(RestaurantConfig())
+    assert party == (1, 4)
+    assert hours[0] == 10 and hours[-1] == 22
