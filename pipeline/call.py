@@ -71,6 +71,9 @@ APOLOGY = {
 }
 #: audio is handed to FastRTC in pieces this long, so a barge-in can drop what was not yet sent
 CHUNK_S = 0.5
+#: an early transcription not back after this long is the turn's STT failure (an apology), not a call
+#: stuck for good on a wedged worker or a hung server
+EARLY_TRANSCRIPT_TIMEOUT_S = 30.0
 #: said instead of answering when every line is taken (``server.max_calls``); rendered at start-up
 BUSY = {
     "ja": "ただいま大変混み合っております。恐れ入りますが、しばらくしてからおかけ直しください。",
@@ -970,8 +973,10 @@ class VoiceCall:
         today = (clock() if clock is not None else dt.datetime.now(ZoneInfo(self.runtime.cfg.restaurant.timezone))).date()
         expect = expectation(asking, self.language, today=today, party=party, hours=hours,
                              yes_no=bool(getattr(state, "pending", None)))
+        # the caller may open in another language than the greeting's (the agent follows it early on)
+        detect = tuple(self.runtime.cfg.stt.detect_languages) if getattr(state, "turn", 0) < 2 else ()
         return STTContext(asking=asking, language=self.language, words=(self.runtime.cfg.restaurant.name,),
-                          expect=expect)
+                          expect=expect, detect=detect)
 
     def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
                     ready: str | Future | None = None) -> str | None:
@@ -995,7 +1000,8 @@ class VoiceCall:
             return tl.transcript
         if isinstance(ready, Future) and not ready.cancel():
             try:
-                result = ready.result()
+                # a worker stuck (a hung remote server, a wedged thread) is this turn's STT failure
+                result = ready.result(timeout=EARLY_TRANSCRIPT_TIMEOUT_S)
             except CancelledError:
                 result = None  # cancelled elsewhere (the runtime closing): transcribe here
             except Exception as e:

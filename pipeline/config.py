@@ -318,6 +318,11 @@ class STTConfig(_Section):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = "int8"
     language: Literal["ja", "en", "auto"] = "ja"
+    detect_languages: list[Literal["ja", "en"]] = Field(
+        default_factory=lambda: ["ja", "en"],
+        description="the languages a caller may open in: the first turns of a call are decoded in whichever of "
+                    "these whisper hears (and the call switches to it); [] = always the call's language",
+    )
     beam_size: int = Field(default=1, ge=1)
     hotwords: list[str] = Field(default_factory=lambda: ["AI-SHIFT", "予約"])
     cpu_threads: int = Field(default=0, ge=0, description="0 = library default")
@@ -447,6 +452,14 @@ class VADConfig(_Section):
                                     description="a burst longer than this from its onset is a barge-in")
     backchannel_gap_ms: int = Field(default=96, ge=VAD_WINDOW_MS, le=1000,
                                     description="silence that ends a burst (its words then decide)")
+    backchannel_words_ms: int = Field(
+        default=192, ge=0, le=2000,
+        description="a burst still going after this long is transcribed so far: a backchannel's first words "
+                    "(そう.., なる..) let it run to backchannel_long_ms, other words stop the bot at once; 0 = never",
+    )
+    backchannel_long_ms: int = Field(default=800, ge=VAD_WINDOW_MS, le=3000,
+                                     description="the length limit of a burst whose first words are a backchannel's "
+                                                 "(そうですね, なるほど)")
     backchannel_loud_db: float | None = Field(
         default=10.0, ge=0, description="a burst this much louder than the caller's usual level is a barge-in; "
                                         "null = no energy rule",
@@ -474,6 +487,8 @@ class VADConfig(_Section):
                              f"min_speech_ms and {4 * VAD_WINDOW_MS} ms, or turns end between syllables")
         if self.turn_incomplete_silence_ms < self.turn_complete_silence_ms:
             raise ValueError("turn_incomplete_silence_ms must be at least turn_complete_silence_ms")
+        if self.backchannel_long_ms < self.backchannel_max_ms:
+            raise ValueError("backchannel_long_ms must be at least backchannel_max_ms")
         shortest = min(self.end_silence_ms, self.end_silence_short_ms)
         if self.speculative_pause_ms and self.speculative_pause_ms >= shortest:
             raise ValueError(f"speculative_pause_ms ({self.speculative_pause_ms}) must be below the shortest "
@@ -499,7 +514,13 @@ class ServerConfig(_Section):
     max_calls: int | None = Field(
         default=None, ge=1,
         description="calls at once, phone and browser together; more get a spoken busy message; "
+                    "phone calls are counted across every `voicebot serve` worker on store.url; "
                     "null = concurrency_limit",
+    )
+    line_lease_s: float = Field(
+        default=60, ge=1, le=3600,
+        description="a phone call's line in the database (shared by the workers on store.url) is renewed every "
+                    "third of this; a worker that dies without giving its lines back loses them after this long",
     )
     silence_prompt_s: float = Field(
         default=8, ge=0, description="caller silence after the bot spoke before it asks whether they are there; 0 = never",

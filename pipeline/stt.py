@@ -67,6 +67,9 @@ class STTContext:
     #: audio ("2名です" when it wrote 「耳で」); [] when what it wrote already answers (see
     #: :func:`pipeline.dialog.understand.sound.alternatives`). None: take whisper's text as it is.
     expect: Callable[[str], Sequence[str]] | None = None
+    #: languages to choose among by ear for this turn (a call's first turns: the caller may open in
+    #: another language than the bot's greeting); () = decode in ``language``
+    detect: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -329,6 +332,10 @@ def _letters(text: str) -> str:
 #: a candidate is taken within this much mean token log-probability of whisper's own text, and
 #: never below the floor. Measured with ``python -m pipeline.sim.recognition`` (docs/benchmarks.md).
 RECONSIDER_MAX_S = 4.0
+#: a turn is heard in another language than the call's (``STTContext.detect``) only when it lasts
+#: this long and whisper finds that language this many times likelier (「はい」 reads as "Hi")
+DETECT_MIN_S = 2.0
+DETECT_ODDS = 2.0
 RECONSIDER_MAX_CANDIDATES = 48
 RESCORE_BATCH = 8
 RECONSIDER_MARGIN = 1.0
@@ -371,7 +378,8 @@ class FasterWhisperSTT:
         return " ".join(dict.fromkeys(w.strip() for w in words if w.strip())) or None
 
     def decode(self, x: np.ndarray, *, window_s: float | None, max_new_tokens: int | None = None,
-               prompt: str | None = None, hotwords: str | None = None) -> tuple[list, str]:
+               prompt: str | None = None, hotwords: str | None = None,
+               language: str | None = None) -> tuple[list, str]:
         """faster-whisper's segments for 16 kHz mono ``x``, encoded on ``window_s`` (None = 30 s), and
         the language they were decoded in. ``prompt`` is whisper's initial prompt (the text before
         the turn); ``hotwords`` default to the configured ones.
@@ -385,7 +393,7 @@ class FasterWhisperSTT:
         with encoder_window(window_s):
             segments, info = self.model.transcribe(
                 x,
-                language=self.language,
+                language=language or self.language,
                 beam_size=self.cfg.beam_size,
                 # One temperature: the fallback ladder re-decodes up to 6 times, seconds of dead air on
                 # a phone line; a garbled turn is cheaper to ask again.
@@ -406,16 +414,19 @@ class FasterWhisperSTT:
         cap = token_cap(duration)
         window = self.cfg.window_s
         context = context if context is not None else current_context()
-        prompt = prompt_for(context, self.language)
+        language = self.language_for(x, context, window)
+        prompt = prompt_for(context, language)
         hotwords = self.hotwords_for(context)
-        segments, language = self.decode(x, window_s=window, max_new_tokens=cap, prompt=prompt, hotwords=hotwords)
+        segments, language = self.decode(x, window_s=window, max_new_tokens=cap, prompt=prompt, hotwords=hotwords,
+                                         language=language)
         retried = False
         if window and degenerate(segments, cap):
             # the decoder looped on the short window: the 30 s window costs more but is what whisper
             # was trained on
             log.warning("whisper repeated itself on a %g s window (%.1f s of audio): decoding again on 30 s",
                         window, duration)
-            segments, language = self.decode(x, window_s=None, max_new_tokens=cap, prompt=prompt, hotwords=hotwords)
+            segments, language = self.decode(x, window_s=None, max_new_tokens=cap, prompt=prompt, hotwords=hotwords,
+                                             language=language)
             window, retried = None, True
         spoken = speech_segments(segments)
         text = "".join(seg.text for seg in spoken).strip()
@@ -430,6 +441,29 @@ class FasterWhisperSTT:
         return Transcript(text=text, language=language or self.language, duration_s=duration, elapsed_s=elapsed,
                           window_s=window, retried=retried, asking=context.asking if context is not None else None,
                           dropped=len(segments) - len(spoken))
+
+    def language_for(self, x: np.ndarray, context: STTContext | None, window_s: float | None) -> str | None:
+        """The language to decode ``x`` in: the configured one when that is ``auto`` (None: whisper
+        detects), else the one of ``context.detect`` whisper finds likeliest, else the call's."""
+        if self.language is None:
+            return None
+        language = context.language if context is not None and context.language else self.language
+        if context is None or len(context.detect) < 2 or x.size < DETECT_MIN_S * WHISPER_SAMPLE_RATE:
+            return language  # 「はい」 and "Hi" sound alike: a short turn stays in the call's language
+        try:
+            with encoder_window(window_s):
+                _, _, probs = self.model.detect_language(audio=x)
+        except Exception:  # noqa: BLE001 - no detection leaves the call's language
+            log.warning("language detection failed: decoding in %s", language, exc_info=True)
+            return language
+        odds = {code: p for code, p in probs if code in context.detect}
+        heard = max(odds, key=odds.__getitem__) if odds else language
+        if odds.get(heard, 0.0) < DETECT_ODDS * odds.get(language, 0.0):
+            heard = language  # another language only when it is clearly likelier
+        if heard != language:
+            log.info("heard %s rather than %s (%s)", heard, language,
+                     ", ".join(f"{c} {p:.2f}" for c, p in sorted(odds.items())))
+        return heard
 
     def reconsider(self, x: np.ndarray, text: str, candidates: Sequence[str], *, window_s: float | None,
                    prompt: str | None, hotwords: str | None, language: str | None) -> str:

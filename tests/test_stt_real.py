@@ -17,6 +17,7 @@ from real_models import SKIP_ENV, RealModelsMissing, locate
 from pipeline.config import STTConfig
 from pipeline.dialog.understand.transcript import clean_transcript
 from pipeline.sim.recognition import LINES, VOICES, caller_audio, heard_values, non_speech, slot_hits
+from pipeline.sim.voices import Voice
 from pipeline.stt import STTContext, listening_for
 
 #: lines whisper base gets right with the context in every voice measured; without it, it writes
@@ -159,3 +160,21 @@ def test_nothing_is_weighed_into_silence_or_noise(whisper, asking):
     for name, audio in non_speech():
         result = whisper.transcribe(audio, 16000, context=_expecting(asking, yes_no=asking == "confirm"))
         assert clean_transcript(result.text, "ja") == "", name
+
+
+# ------------------------------------------------------------------ a caller who opens in English
+@pytest.mark.parametrize("line,voice,language", [
+    ("Hi, I'd like a table tomorrow at 7 pm for two", Voice("espeak", "en-us", 160), "en"),
+    ("I want to book for Friday, please", Voice("espeak", "en-gb", 150), "en"),
+    ("明日の夜7時に2名で予約したいです", VOICES[0], "ja"),
+    ("はい", VOICES[1], "ja"),
+])
+def test_the_first_turns_are_heard_in_the_language_the_caller_speaks(whisper, line, voice, language):
+    """A Japanese line (stt.language ja) whose caller opens in English is decoded in English when the
+    context lets whisper choose between the bot's languages; a Japanese caller stays Japanese."""
+    audio = caller_audio(line, voice)
+    result = whisper.transcribe(audio, 16000, context=STTContext(asking="date", language="ja", detect=("ja", "en")))
+    assert result.language == language, result.text
+    if language == "en":
+        assert "table" in result.text.lower() or "book" in result.text.lower(), result.text
+    assert whisper.transcribe(audio, 16000, context=_context("date")).language == "ja"  # no detection: the call's
