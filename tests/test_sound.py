@@ -7,8 +7,10 @@ import datetime as dt
 
 import pytest
 
+from pipeline.dialog.understand import acts_of
 from pipeline.dialog.understand.sound import (
     alternatives,
+    booking_act_by_sound,
     distance,
     expectation,
     reading,
@@ -93,3 +95,16 @@ def test_restaurant_ranges_follow_the_configuration():
     party, hours = restaurant_ranges(RestaurantConfig())
     assert party == (1, 4)
     assert hours[0] == 10 and hours[-1] == 22
+
+
+@pytest.mark.parametrize("text,act", [
+    ("予約をパンセルしたいのですが", "cancel_booking"), ("予約を チャンセルしたいのですが", "cancel_booking"),
+    ("予約の人数を健康したいんですが", "change_booking"), ("予約の健康をお願いします", "change_booking"),
+    ("予約をキャンセルできますか", "cancel_booking"),
+    ("予約をお願いしたいんですが", None), ("明日の予約をしたいのですが", None),
+    ("予約をお願いします。健康診断の後で", None), ("予約したいです、キャンプ場", None), ("健康したいです", None),
+])
+def test_what_a_call_is_about_is_heard_by_sound_after_yoyaku(text, act):
+    assert booking_act_by_sound(text) == act
+    if act is not None:
+        assert act in acts_of(text)

@@ -404,6 +404,12 @@ class RulesAgent:
             if len(heard) >= 2 and not any(ch.isdigit() for ch in heard) and len(heard) <= 40:
                 st.name_heard = heard
         if asking == "note":
+            if not u.has("correct"):
+                # the request is the caller's words; its numbers stay in it, whether or not it reads
+                # as a request (「卵アレルギーの者が1名おります」 misheard is still no new party size)
+                for slot in ("date", "time", "party_size"):
+                    if slot in values and st.slots.is_filled(slot):
+                        values.pop(slot)
             if "note" not in values:
                 if u.has("none") or (u.has("deny") and not values):
                     values["note"] = "none"
@@ -411,11 +417,6 @@ class RulesAgent:
                     return self.p("note_what")  # "はい" to "any requests?": which one?
                 elif not values and not u.has("question") and len(norm) >= 4:
                     values["note"] = norm  # whatever they asked for, in their words
-            else:
-                # the request is the caller's words; its numbers stay in it
-                for slot in ("date", "time", "party_size"):
-                    if slot in values and st.slots.is_filled(slot) and not u.has("correct"):
-                        values.pop(slot)
         faq = None
         if u.has("question"):
             match = self.tools.faq.match(norm, self.lang)

@@ -105,6 +105,11 @@ def acts_of(text: str) -> frozenset[str]:
                      ("end", END)):
         if rx.search(t):
             acts.add(name)
+    if not acts & {"cancel_booking", "change_booking"}:
+        from pipeline.dialog.understand.sound import booking_act_by_sound
+
+        if (act := booking_act_by_sound(t)) is not None:
+            acts.add(act)
     if NONE.search(bare) or NONE.search(t):
         acts.add("none")
     yn = parse_yes_no(t)

@@ -49,19 +49,54 @@ def reading(text: str) -> str:
     return "".join(_KATAKANA.findall(kana))
 
 
+#: what a booking is done with, by sound: a word whisper wrote in near-sounding kanji or kana
+#: (「パンセル」 for キャンセル, 「健康」 for 変更) still names it after 予約 when a wish follows it
+_BOOKING_WORDS = (("キャンセル", "cancel_booking"), ("トリケシ", "cancel_booking"), ("ヘンコー", "change_booking"))
+_WISH_AFTER = ("シタイ", "シテ", "ヲオネガイ", "オネガイ", "デキ", "サセテ", "ヲシタイ")
+_SMALL = frozenset("ャュョァィゥェォヮ")
+
+
+def morae(kana: str) -> list[str]:
+    """A reading cut into morae: a small kana belongs to the one before it (キャ, ジュ)."""
+    out: list[str] = []
+    for ch in kana:
+        if ch in _SMALL and out:
+            out[-1] += ch
+        else:
+            out.append(ch)
+    return out
+
+
+def booking_act_by_sound(text: str) -> str | None:
+    """``cancel_booking`` or ``change_booking`` when ``text`` mentions 予約 and, by its reading, has a
+    word within one mora of キャンセル, 取り消し or 変更 followed by a wish (したい, をお願い, できます);
+    else None."""
+    if "予約" not in text and "よやく" not in text:
+        return None
+    heard = morae(reading(text[:80]))
+    for word, act in _BOOKING_WORDS:
+        target = morae(word)
+        n = len(target)
+        for i in range(1, len(heard) - n + 1):
+            after = "".join(heard[i + n:i + n + 5])
+            if after.startswith(_WISH_AFTER) and distance(heard[i:i + n], target) <= 1:
+                return act
+    return None
+
+
 def _base(kana: str) -> str:
     """The kana without its voicing mark (ダ -> タ, パ -> ハ)."""
     return unicodedata.normalize("NFD", kana)[0]
 
 
-def distance(a: str, b: str) -> float:
-    """Edit distance between two readings, a change of voicing alone (タ/ダ, ハ/バ/パ) counting
-    half; O(len(a) * len(b)), for short readings."""
+def distance(a: str | Sequence[str], b: str | Sequence[str]) -> float:
+    """Edit distance between two readings (strings of kana, or lists of morae), a change of voicing
+    alone (タ/ダ, ハ/バ/パ) counting half; O(len(a) * len(b)), for short readings."""
     prev = [float(j) for j in range(len(b) + 1)]
     for i, ca in enumerate(a, 1):
         cur = [float(i)]
         for j, cb in enumerate(b, 1):
-            sub = 0.0 if ca == cb else 0.5 if _base(ca) == _base(cb) else 1.0
+            sub = 0.0 if ca == cb else 0.5 if _base(ca) == _base(cb) and ca[1:] == cb[1:] else 1.0
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + sub))
         prev = cur
     return prev[-1]
