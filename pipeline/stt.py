@@ -331,7 +331,7 @@ def _letters(text: str) -> str:
 #: weighed against short answers), against at most this many candidates, scored this many at a time;
 #: a candidate is taken within this much mean token log-probability of whisper's own text, and
 #: never below the floor. Measured with ``python -m pipeline.sim.recognition`` (docs/benchmarks.md).
-RECONSIDER_MAX_S = 4.0
+RECONSIDER_MAX_S = 6.0
 #: a turn is heard in another language than the call's (``STTContext.detect``) only when it lasts
 #: this long and whisper finds that language this many times likelier (「はい」 reads as "Hi")
 DETECT_MIN_S = 2.0

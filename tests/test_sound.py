@@ -11,6 +11,7 @@ from pipeline.dialog.understand import acts_of
 from pipeline.dialog.understand.sound import (
     alternatives,
     booking_act_by_sound,
+    phone_repairs,
     distance,
     expectation,
     reading,
@@ -108,3 +109,16 @@ def test_what_a_call_is_about_is_heard_by_sound_after_yoyaku(text, act):
     assert booking_act_by_sound(text) == act
     if act is not None:
         assert act in acts_of(text)
+
+
+def test_a_number_with_a_digit_too_many_or_a_run_too_short_is_offered_its_valid_neighbours():
+    assert phone_repairs("090333334444") == ["090-3333-4444", "090-3333-3444"]
+    assert "070-5555-0123" in phone_repairs("0705550123")
+    assert phone_repairs("0908754321") == []  # a dropped digit outside a run is any digit: asked again
+    assert phone_repairs("12") == [] and phone_repairs("abc") == []
+
+
+def test_phone_candidates_only_for_a_whole_number_that_is_not_one():
+    expect = expectation("phone", "ja", today=TODAY)
+    assert expect("090333334444です") == ["090-3333-4444です", "090-3333-3444です"]
+    assert expect("090-1234-5678") == [] and expect("1234の") == []

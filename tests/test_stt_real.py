@@ -123,7 +123,7 @@ def reconsidered(whisper):
     out = []
     for voice in VOICES[:2]:
         for said in LINES:
-            if said.asking not in ("party_size", "time", "date", "name") or len(said.expect) != 1:
+            if said.asking not in ("party_size", "time", "date", "name", "phone") or len(said.expect) != 1:
                 continue
             audio = caller_audio(said.text, voice)
             plain = clean_transcript(whisper.transcribe(audio, 16000, context=_context(said.asking)).text, "ja")

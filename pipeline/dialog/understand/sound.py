@@ -198,6 +198,24 @@ def _framed(text: str, cores: Sequence[str]) -> list[str]:
     return [f"{lead}{core}{tail}" for core in cores]
 
 
+def phone_repairs(digits: str) -> list[str]:
+    """Valid numbers one doubled or dropped digit away from ``digits`` (whisper hears サンサンサンサン
+    as five 3s, or four as three): every single deletion of a digit, and a run of one digit made one
+    longer;
+    only the valid ones (:func:`~pipeline.dialog.understand.phone.is_valid_phone`), grouped as whisper
+    writes them (090-3333-4444)."""
+    from pipeline.dialog.speech import group_phone
+    from pipeline.dialog.understand.phone import is_valid_phone
+
+    if not digits.isdigit() or not 9 <= len(digits) <= 12:
+        return []
+    out = [digits[:i] + digits[i + 1:] for i in range(len(digits))]
+    # a digit is doubled only inside a run of it (サンサンサンサン heard as three 3s): a dropped digit
+    # elsewhere could be any digit, and is asked again rather than guessed
+    out += [digits[:i + 1] + digits[i:] for i in range(len(digits) - 1) if digits[i] == digits[i + 1]]
+    return [group_phone(d) for d in dict.fromkeys(out) if is_valid_phone(d)]
+
+
 _YES_NO = {"ja": ["はい", "はい、お願いします", "いいえ", "いいえ、違います"],
            "en": ["yes", "yes, please", "no", "no, that's wrong"]}
 
@@ -240,6 +258,10 @@ def alternatives(text: str, asking: str | None, language: str | None, *, answere
     hi = min(max(hi + 2, lo), 20)
     if asking == "confirm":
         return list(_YES_NO["en" if language == "en" else "ja"])
+    if asking == "phone":
+        digits = "".join(ch for ch in unicodedata.normalize("NFKC", text) if ch.isdigit())
+        tail = "です" if language != "en" and text.rstrip("。. ").endswith("です") else ""
+        return [f"{number}{tail}" for number in phone_repairs(digits)]
     if language == "en":
         table = {"party_size": lambda: _party_en(lo, hi), "time": lambda: _times_en(hours)}
         make = table.get(asking)
@@ -273,7 +295,15 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
         u = understand(text, today, asking=asking)
         if u.acts & _MEANT:
             return True  # the caller meant something else than a value: nothing to weigh
-        return bool(u.acts & {"affirm", "deny"}) if slot == "confirm" else slot in u.values
+        if slot == "confirm":
+            return bool(u.acts & {"affirm", "deny"})
+        if slot == "phone":
+            from pipeline.dialog.understand.phone import is_valid_phone, repair_phone
+
+            digits = u.values.get("phone") or ""
+            # a group of a number said in parts answers too; a whole one must be a number
+            return bool(digits) and (len(digits) < 9 or is_valid_phone(repair_phone(digits)))
+        return slot in u.values
 
     def expect(raw: str) -> list[str]:
         return alternatives(clean_transcript(raw, language or "ja"), asking, language, answered=answered,
