@@ -310,6 +310,12 @@ CASES = [
     ja("ja-garbled-request-keeps-party", ["12月17日の19時に3名で", "吉田です", "090-1234-5678", "玉壊れるギーのものが一名おります",
                                           "はい"], R("2026-12-17", "19:00", 3, "吉田", note="玉壊れるギーのものが一名おります"),
        never_says=["1名様に変更"]),
+    ja("ja-book-wish-first", ["予約をお願いしたいんですが", "予約したいです", "12月24日の19時に3名で", *JA_TAIL], JA_BOOKED,
+       bot_says=["ご予約ですね"], never_says=["もう一度", "うまくお伺いできませんでした"]),
+    en("en-book-wish-first", ["I'd like to make a reservation", "December 24th at 7 pm for three", *EN_TAIL], EN_BOOKED,
+       never_says=["say that again"]),
+    ja("ja-misheard-time-is-no-name", ["12月24日", "水落ちです", "19時です", "3名です", *JA_TAIL], JA_BOOKED,
+       never_says=["ミズオチ"]),
     # ------------------------------------------------------------ a person, please
     ja("ja-person", ["お店の人と話したいです", "12月24日", "19時", "2名", *JA_TAIL], R("2026-12-24", "19:00", 2, "田中"),
        bot_says=["03-1234-5678"]),

@@ -141,6 +141,10 @@ class RulesAgent:
             return self._start_manage(wants, u)
         if st.reservation is not None or (m is not None and m.done):
             return self._after_booking(u, norm)
+        if u.has("book") and not u.values and not u.has("question") and not st.awaiting_confirmation \
+                and st.pending is None:
+            # 「予約をお願いしたいんですが」 answers no question but is no failure either
+            return self._join(self.p("ack_book"), self._current_question())
         if st.awaiting_confirmation or st.asking == "correction":
             return self._confirming(u, norm)
         return self._collecting(u, norm)

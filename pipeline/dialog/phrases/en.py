@@ -40,6 +40,7 @@ PHRASES = {
     "anything_else": "Is there anything else?",
     "after_booking_change": "Your booking is already confirmed. To change or cancel it, please call the restaurant at {phone}.",
     "back_to_booking": "",
+    "ack_book": "Certainly, I can take a booking for you.",
     "ack_note": "Noted.",
     "ack_no_note": "All right.",
     "ack_phone": "Thank you, I have your phone number.",

@@ -40,6 +40,7 @@ PHRASES = {
     "anything_else": "ほかに何かございますか。",
     "after_booking_change": "ご予約はすでに確定しております。変更やキャンセルは、お店の電話番号{phone}までお願いいたします。",
     "back_to_booking": "",
+    "ack_book": "ご予約ですね、かしこまりました。",
     "ack_note": "ご要望を承りました。",
     "ack_no_note": "かしこまりました。",
     "ack_phone": "お電話番号を承りました。",

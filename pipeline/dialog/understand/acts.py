@@ -45,6 +45,13 @@ CANCEL_BOOKING = re.compile(
     r"|\bcancel(?:ling)? (?:my|our) \w+ (?:reservation|booking)\b",
     re.I,
 )
+#: a wish to book, with no details yet (「予約をお願いしたいんですが」, "I'd like to make a reservation")
+BOOK = re.compile(
+    r"(?:予約|よやく)(?:を|が|の)?\s*(?:お願い|おねがい|したい|取りたい|とりたい|入れたい|いれたい|できます|可能|頼みたい)"
+    r"|\b(?:make|book|have|get)\s+(?:a|an)\s+(?:reservation|booking|table)\b"
+    r"|\b(?:like|want|need)\s+to\s+(?:book|reserve)\b|\breserve\s+a\s+table\b",
+    re.I,
+)
 CHANGE_BOOKING = re.compile(
     r"(?:予約|よやく)(?:を|の|内容を?)?\S{0,8}(?:変更|変え|かえ|ずらし|動かし)"
     r"|予約(?:して|しており|した|を入れて|をして)(?:いる|います|おります|た|ある)?.{0,12}(?:変更|変え|ずらし)"
@@ -102,7 +109,7 @@ def acts_of(text: str) -> frozenset[str]:
     bare = t.strip("。.!！?？、, ")
     for name, rx in (("wait", WAIT), ("repeat", REPEAT), ("cancel_booking", CANCEL_BOOKING),
                      ("change_booking", CHANGE_BOOKING), ("check_booking", CHECK_BOOKING), ("person", PERSON),
-                     ("end", END)):
+                     ("end", END), ("book", BOOK)):
         if rx.search(t):
             acts.add(name)
     if not acts & {"cancel_booking", "change_booking"}:

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- all slots at once
 
 _SLOT_NAMES = ("date", "time", "party_size", "name", "phone", "note")
+#: questions whose answer is not a name
+_OTHER_ANSWERS = frozenset({"date", "time", "party_size", "phone", "manage_date", "manage_phone"})
+#: words that say a name is being given (と申します, 名前は, under the name)
+_NAME_SAID_RE = re.compile(r"と申|とい[いう]|と言[いう]|名前|名義|の名で|\bname\b|\bthis is\b|\bi'?m\b|\bi am\b", re.I)
 
 # "24", "24です", "7でお願いします": a bare number is a value only when it is the whole answer
 _BARE_ANSWER_RE = re.compile(
@@ -197,6 +201,11 @@ def analyze(
     name = parse_name_answer(text) if expecting == "name" else parse_name(text)
     if name and has_long_phone and _is_spoken_digits(name, minimum=1):
         name = None  # 「…、ハチ、ハチです」: the end of a number read out digit by digit, not a name
+    if (name and expecting in _OTHER_ANSWERS and not out.values and phone is None
+            and not _NAME_SAID_RE.search(text)):
+        # 「水落ちです」 said when a time was asked is a time whisper misheard, not a name volunteered:
+        # a name comes with the other items (「明日の19時に3名で、田中です」) or says it is one
+        name = None
     if name:
         out.values["name"] = name
         out.doubtful_name = not name_is_plausible(name)
