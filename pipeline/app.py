@@ -40,6 +40,7 @@ from fastrtc.websocket import WebSocketHandler
 from pipeline.audio import PHONE_RATE, mulaw_encode, resample, to_mono_float32
 from pipeline.call import PhoneLine
 from pipeline.dialog.state import SLOT_ORDER
+from pipeline.lines import SharedLines
 from pipeline.phone_socket import POLICY_VIOLATION, Mark, PhoneSocket
 from pipeline.twilio_auth import (
     MISSING_TOKEN_MESSAGE,
@@ -242,11 +243,14 @@ class VoiceStream(Stream):
     With a ``twilio_guard`` (``build_app`` sets one when validation is on) the webhook needs
     Twilio's signature and the media websocket the one-time token from its TwiML; without one
     (FastPhone, whose service calls these routes itself, or validation off) they are FastRTC's.
+    With ``shared_lines`` (``build_app`` sets them) a phone call also needs one of ``server.max_calls``
+    lines counted across every worker on the database.
     """
 
     def __init__(self, runtime, *args, **kwargs):
         self.runtime = runtime
         self.twilio_guard: TwilioGuard | None = None
+        self.shared_lines: SharedLines | None = None
         self._busy_cache: tuple[list[str], float] | None = None
         super().__init__(*args, **kwargs)
 
@@ -280,8 +284,16 @@ class VoiceStream(Stream):
             await self._say_busy(phone)
             phone.finish()
             return
+        shared = self.shared_lines
         try:
-            await self._serve_call(phone, grant)
+            if shared is not None and not await shared.take(sid):
+                await self._say_busy(phone)
+                return
+            try:
+                await self._serve_call(phone, grant)
+            finally:
+                if shared is not None:
+                    await shared.release(sid)
         finally:
             phone.finish()
             self.runtime.release_line(sid)
@@ -468,8 +480,12 @@ def build_app(
     validate_twilio: bool | None = None,
     stream: Stream | None = None,
     twilio_auth_token: str | None = None,
+    close_runtime: bool = False,
 ) -> FastAPI:
     """FastAPI with the stream's routes, ``/healthz`` and the Gradio page at ``/``.
+
+    ``close_runtime``: the app owns the runtime and closes it when the server shuts down (a
+    ``voicebot serve --workers`` worker, which has no caller of its own to do it).
 
     ``validate_twilio`` defaults to ``twilio.validate``; when on, the auth token is
     ``twilio_auth_token`` or else ``$TWILIO_AUTH_TOKEN``, and without one this raises
@@ -482,17 +498,28 @@ def build_app(
         token = twilio_auth_token or auth_token_from_env()
         if not token:
             raise TwilioAuthMissing(MISSING_TOKEN_MESSAGE)
-        guard = TwilioGuard(token, settings)
+        guard = TwilioGuard(token, settings, runtime.services.store)
     stream = stream or build_stream(runtime)
+    server = runtime.cfg.server
+    lines = SharedLines(runtime.services.store, server.max_calls or server.concurrency_limit, server.line_lease_s)
     if isinstance(stream, VoiceStream):
         stream.twilio_guard = guard
+        stream.shared_lines = lines
     elif guard is not None:
         raise TypeError("Twilio validation needs the stream from build_stream()")
     if guard is None:
         log.warning("Twilio validation is off (twilio.validate: false): anyone who can reach "
                     "/telephone/incoming and /telephone/handler can start a call")
-    app = FastAPI(title=TITLE, docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await lines.close()  # lines still held at shutdown are given back rather than left to their leases
+        if close_runtime:
+            await anyio.to_thread.run_sync(runtime.close)
+
+    app = FastAPI(title=TITLE, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.shared_lines = lines
     app.state.stream = stream
     app.state.twilio_guard = guard
 

@@ -10,7 +10,7 @@ import os
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable
-from typing import TextIO
+from typing import Any, TextIO
 
 from pipeline.config import ConfigError, load_config
 from pipeline.models import ModelsMissing
@@ -247,15 +247,39 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+#: how ``voicebot serve --workers N`` hands its arguments to the worker processes it starts
+WORKER_ARGS_ENV = "VOICEBOT_SERVE_WORKER_ARGS"
+
+
+def _uvicorn_options(cfg) -> dict[str, Any]:
+    # log_config=None: uvicorn's records go through the root handlers and their PII filter.
+    # Forwarded headers are only believed from a proxy the config says to trust.
+    # ws_max_size: Twilio's messages are a few hundred bytes; uvicorn's 16 MiB default would let a
+    # peer make the server buffer that much before the phone socket's own 64 KiB check sees it
+    return {"host": cfg.server.host, "port": cfg.server.port, "log_level": cfg.logging.level.lower(),
+            "log_config": None, "proxy_headers": cfg.twilio.trust_proxy, "ws_max_size": 1 << 20}
+
+
+def _serving(cfg, workers: int) -> None:
+    log.info("serving on http://%s:%d/ (Twilio webhook: POST /telephone/incoming; signatures %s; %d worker%s)",
+             cfg.server.host, cfg.server.port, "checked" if cfg.twilio.validate else "NOT checked",
+             workers, "" if workers == 1 else "s")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _server_config(args)
     clock = voice_clock(args, cfg)
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
     from pipeline.twilio_auth import MISSING_TOKEN_MESSAGE, auth_token_from_env
 
     # Before loading the models: a misconfiguration should not take a minute to report.
     if cfg.twilio.validate and not auth_token_from_env():
         print(f"error: {MISSING_TOKEN_MESSAGE}", file=sys.stderr)
         return 2
+    if workers > 1:
+        return _serve_workers(cfg, args, workers)
     janitor = _start_janitor(cfg)
     try:
         runtime = load_runtime(cfg, args, clock)
@@ -265,19 +289,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         try:
             app = build_app(runtime)
-            log.info("serving on http://%s:%d/ (Twilio webhook: POST /telephone/incoming; signatures %s)",
-                     cfg.server.host, cfg.server.port, "checked" if cfg.twilio.validate else "NOT checked")
-            # log_config=None: uvicorn's records go through the root handlers and their PII filter.
-            # Forwarded headers are only believed from a proxy the config says to trust.
-            # ws_max_size: Twilio's messages are a few hundred bytes; uvicorn's 16 MiB default would let a
-            # peer make the server buffer that much before the phone socket's own 64 KiB check sees it
-            uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, log_level=cfg.logging.level.lower(),
-                        log_config=None, proxy_headers=cfg.twilio.trust_proxy, ws_max_size=1 << 20)
+            _serving(cfg, 1)
+            uvicorn.run(app, **_uvicorn_options(cfg))
         finally:
             runtime.close()  # ends live calls in the call log and closes the database
     finally:
         _stop(janitor)
     return 0
+
+
+def _serve_workers(cfg, args: argparse.Namespace, workers: int) -> int:
+    """``workers`` processes sharing the port (uvicorn's workers: one socket, bound here), each with
+    its own models and runtime, all on ``store.url``: the database holds what they must agree on
+    (stream tokens, seen webhooks, the lines in use)."""
+    from pipeline.remote_speech import ensure_local_models
+    from pipeline.store import ReservationStore, mask_url
+
+    url = cfg.store_url()
+    if url.startswith("sqlite") and (":memory:" in url or url.rstrip("/") in ("sqlite:", "sqlite://")
+                                     or "mode=memory" in url):
+        raise UsageError(f"--workers {workers} needs a database the workers share: store.url {mask_url(url)} "
+                         "is in memory, one per process (use a SQLite file or PostgreSQL)")
+    # Once here rather than in every worker: the models fetched, the tables created.
+    download = not getattr(args, "no_download", False)
+    ensure_local_models(cfg, download)
+    ReservationStore(url).close()
+    os.environ[WORKER_ARGS_ENV] = json.dumps({"config": args.config, "host": cfg.server.host,
+                                              "port": cfg.server.port, "now": getattr(args, "now", None)})
+    janitor = _start_janitor(cfg)
+    try:
+        import uvicorn
+
+        _serving(cfg, workers)
+        uvicorn.run("pipeline.cli:worker_app", factory=True, workers=workers, **_uvicorn_options(cfg))
+    finally:
+        _stop(janitor)
+    return 0
+
+
+def worker_app():
+    """The app of one ``voicebot serve --workers N`` worker (uvicorn calls this in each process)."""
+    raw = os.environ.get(WORKER_ARGS_ENV)
+    if not raw:
+        raise RuntimeError(f"{WORKER_ARGS_ENV} is not set: worker_app is started by `voicebot serve --workers N`")
+    args = argparse.Namespace(**json.loads(raw), no_download=True)
+    cfg = _server_config(args)
+    from pipeline.app import build_app
+
+    runtime = load_runtime(cfg, args)
+    try:
+        return build_app(runtime, close_runtime=True)
+    except BaseException:
+        runtime.close()
+        raise
 
 
 FASTPHONE_API = "https://api.fastrtc.org"
@@ -401,6 +465,9 @@ def _add_voice_commands(sub) -> None:
 
     serve = sub.add_parser("serve", help="the FastAPI app: Twilio routes, /healthz and the Gradio page at /")
     add_server_args(serve)
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="N processes sharing the port, each with its own models, agreeing through store.url "
+                            "(a SQLite file on one host, PostgreSQL across hosts); default 1")
     serve.set_defaults(func=cmd_serve)
 
     phone = sub.add_parser("phone", help="a temporary phone number via FastRTC's FastPhone (needs HF_TOKEN)")

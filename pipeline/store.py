@@ -67,6 +67,8 @@ _WRITE = "voicebot_write"
 # No 0/O, 1/I/L: the code is read out over the phone and typed back by staff.
 _ID_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 _ID_LENGTH = 6
+#: the PostgreSQL advisory lock held while creating the tables (any fixed number: "voicebot")
+_SCHEMA_LOCK = 0x766F6963
 
 metadata = MetaData()
 
@@ -257,6 +259,10 @@ class ReservationStore:
         self.engine = self._create_engine(url)
         try:
             with self._write() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Workers starting together would race to create the same tables (and fail on
+                    # PostgreSQL's catalogue); SQLite's write lock already serialises them.
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
                 metadata.create_all(conn)
                 _phone_index.create(conn, checkfirst=True)
                 if conn.execute(select(line_lock.c.id)).first() is None:
@@ -622,8 +628,12 @@ class ReservationStore:
         return _row_to_reservation(changed)
 
     # ---- shared call state ----------------------------------------------------------------------
-    def issue_token(self, token: str, data: dict[str, Any], ttl_s: float, *, now: dt.datetime | None = None) -> None:
-        """Remember a one-time stream token and what it stands for (the call's SID, the caller's number)."""
+    def issue_token(self, token: str, data: dict[str, Any], ttl_s: float, *, max_pending: int | None = None,
+                    now: dt.datetime | None = None) -> None:
+        """Remember a one-time stream token and what it stands for (the call's SID, the caller's number).
+
+        With ``max_pending``, at most that many tokens wait unused: the oldest beyond it are forgotten
+        (their streams will be refused), so a flood of calls cannot grow the table without bound."""
         t = _utc_naive(now)
         try:
             with self._write() as conn:
@@ -631,6 +641,14 @@ class ReservationStore:
                 conn.execute(insert(stream_tokens).values(
                     token=token, data=json.dumps(data, ensure_ascii=False),
                     expires_at=t + dt.timedelta(seconds=ttl_s)))
+                if max_pending is not None:
+                    pending = (select(stream_tokens.c.token)
+                               .where(stream_tokens.c.used_at.is_(None), stream_tokens.c.expires_at > t)
+                               .order_by(stream_tokens.c.expires_at.desc()).offset(max_pending))
+                    dropped = conn.execute(delete(stream_tokens).where(stream_tokens.c.token.in_(
+                        select(pending.subquery().c.token)))).rowcount
+                    if dropped:
+                        log.warning("more than %d stream tokens pending: forgot the %d oldest", max_pending, dropped)
         except SQLAlchemyError as e:
             raise self._wrap("issuing a stream token", e) from e
 
@@ -698,6 +716,15 @@ class ReservationStore:
                              .values(heartbeat_at=_utc_naive(now)))
         except SQLAlchemyError as e:
             raise self._wrap("keeping a line", e) from e
+
+    def touch_lines(self, worker: str, *, now: dt.datetime | None = None) -> int:
+        """A heartbeat for every line ``worker`` holds (one statement, however many calls); how many."""
+        try:
+            with self._write() as conn:
+                return conn.execute(update(call_lines).where(call_lines.c.worker == worker[:128])
+                                    .values(heartbeat_at=_utc_naive(now))).rowcount
+        except SQLAlchemyError as e:
+            raise self._wrap("keeping a worker's lines", e) from e
 
     def release_line(self, call_id: str) -> None:
         try:

@@ -12,21 +12,23 @@ What the signed webhook said about the call (its ``CallSid`` and the caller's nu
 bound to the token as a :class:`StreamGrant` and handed to the admitted stream: the caller's number
 and the call to transfer come from Twilio's signed request, never from the websocket's own messages.
 
-Tokens live in this process's memory: run one server process per number (uvicorn's default).
+Tokens and the signatures already accepted live in the reservations database (``store.url``, see
+:mod:`pipeline.store`), so every ``voicebot serve`` worker on one database agrees: the webhook may reach
+one worker and the media stream another, and a token counts once, whichever worker sees it. The
+database calls run in worker threads, never on the event loop; a database that fails refuses the call
+(503 to the webhook, a closed stream) and says why in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
 import os
 import secrets
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,7 @@ from starlette.websockets import WebSocketDisconnect
 from twilio.request_validator import RequestValidator
 
 from pipeline.config import ConfigError
+from pipeline.store import ReservationStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,6 @@ POLICY_VIOLATION = 1008
 START_TIMEOUT_S = 10.0
 #: Twilio's signature has no timestamp: an accepted one is remembered this long to refuse replays
 REPLAY_WINDOW_S = 24 * 3600.0
-REPLAY_MEMORY = 10_000
 _TWILIO_EVENTS = frozenset({"connected", "start", "media", "mark", "dtmf", "stop"})
 
 MISSING_TOKEN_MESSAGE = (
@@ -85,61 +87,22 @@ def auth_token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     return token or None
 
 
-class _Expiring:
-    """Keys with a deadline, oldest first, at most ``limit`` of them."""
-
-    def __init__(self, ttl_s: float, limit: int, clock: Callable[[], float]):
-        self.ttl_s = ttl_s
-        self.limit = limit
-        self.clock = clock
-        self._items: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _expire(self, now: float) -> None:
-        while self._items:
-            key, (deadline, _) = next(iter(self._items.items()))
-            if deadline > now:
-                break
-            del self._items[key]
-
-    def add(self, key: str, value: Any = None) -> bool:
-        """Store ``key``; False when it was already there (and unexpired)."""
-        with self._lock:
-            now = self.clock()
-            self._expire(now)
-            if key in self._items:
-                return False
-            self._items[key] = (now + self.ttl_s, value)
-            if len(self._items) > self.limit:
-                self._items.popitem(last=False)
-                log.warning("more than %d Twilio tokens or signatures pending: forgetting the oldest", self.limit)
-            return True
-
-    def pop(self, key: str) -> tuple[bool, Any]:
-        """(found and unexpired, value); the key is gone afterwards either way."""
-        with self._lock:
-            now = self.clock()
-            item = self._items.pop(key, None)
-            self._expire(now)
-        if item is None or item[0] <= now:
-            return False, None
-        return True, item[1]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class TwilioGuard:
     """Checks Twilio's webhook signatures and hands out and redeems the media stream's tokens."""
 
-    def __init__(self, auth_token: str, cfg: Any, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, auth_token: str, cfg: Any, store: ReservationStore, *,
+                 clock: Callable[[], dt.datetime] | None = None):
         if not auth_token:
             raise TwilioAuthMissing(MISSING_TOKEN_MESSAGE)
         self.validator = RequestValidator(auth_token)
         self.public_url: str | None = cfg.public_url
         self.trust_proxy: bool = cfg.trust_proxy
-        self.tokens = _Expiring(cfg.stream_token_ttl_s, cfg.max_pending_tokens, clock)
-        self.seen = _Expiring(REPLAY_WINDOW_S, REPLAY_MEMORY, clock)
+        self.token_ttl_s: float = cfg.stream_token_ttl_s
+        self.max_pending: int = cfg.max_pending_tokens
+        #: where tokens and seen signatures are kept: shared by every worker on this database
+        self.store = store
+        #: wall-clock time (UTC) for the tokens' expiry: it is compared across workers and hosts
+        self.clock: Callable[[], dt.datetime] = clock or (lambda: dt.datetime.now(dt.UTC))
 
     # ------------------------------------------------------------------ the URL Twilio called
     def _base(self, request: Request) -> tuple[str, str, str]:
@@ -180,20 +143,28 @@ class TwilioGuard:
             return "unexpected file upload"
         if not self.validator.validate(self.signed_url(request), form, signature):
             return "bad signature (check TWILIO_AUTH_TOKEN and twilio.public_url / twilio.trust_proxy)"
-        if not self.seen.add(hashlib.sha256(signature.encode()).hexdigest()):
+        key = hashlib.sha256(signature.encode()).hexdigest()
+        if not await asyncio.to_thread(self.store.first_sighting, key, keep_s=REPLAY_WINDOW_S, now=self.clock()):
             return "replayed request (this signature was already used)"
         return None
 
     async def answer_incoming_call(self, request: Request) -> Response:
-        reason = await self.check_webhook(request)
+        try:
+            reason = await self.check_webhook(request)
+            if reason is None:
+                form = await request.form()
+                caller = form.get("From")
+                token = await asyncio.to_thread(self.issue, str(form.get("CallSid") or ""),
+                                                caller=caller if isinstance(caller, str) else None)
+        except StoreError as e:
+            # Twilio retries a failed webhook against its fallback URL; no TwiML means no stream token.
+            log.error("Twilio webhook refused (503): the call state database failed: %s", e)
+            return PlainTextResponse("call state unavailable", status_code=503)
         if reason is not None:
             log.warning("Twilio webhook refused (403): %s", reason)
             return PlainTextResponse("forbidden", status_code=403)
         from twilio.twiml.voice_response import Connect, VoiceResponse
 
-        form = await request.form()
-        caller = form.get("From")
-        token = self.issue(str(form.get("CallSid") or ""), caller=caller if isinstance(caller, str) else None)
         response = VoiceResponse()
         connect = Connect()
         connect.stream(url=self.stream_url(request)).parameter(name="token", value=token)
@@ -202,19 +173,27 @@ class TwilioGuard:
 
     # ------------------------------------------------------------------ stream tokens
     def issue(self, call_sid: str = "", *, caller: str | None = None) -> str:
-        """A fresh one-time token for the stream of call ``call_sid`` from ``caller`` (Twilio's ``From``)."""
+        """A fresh one-time token for the stream of call ``call_sid`` from ``caller`` (Twilio's ``From``).
+        Blocks on the database: call it off the event loop. Raises :class:`~pipeline.store.StoreError`."""
         token = secrets.token_urlsafe(32)
-        self.tokens.add(token, StreamGrant(call_sid, caller))
+        self.store.issue_token(token, {"call_sid": call_sid, "caller": caller}, self.token_ttl_s,
+                               max_pending=self.max_pending, now=self.clock())
         return token
 
     def redeem(self, token: Any, call_sid: Any = "") -> StreamGrant:
-        """The grant the token was issued with; raises :class:`StreamRefused`. A token counts once,
-        whatever the outcome."""
+        """The grant the token was issued with, by this worker or another on the same database; raises
+        :class:`StreamRefused`. A token counts once, whatever the outcome. Blocks on the database."""
         if not isinstance(token, str) or not token:
             raise StreamRefused("no token")
-        ok, grant = self.tokens.pop(token)
-        if not ok:
-            raise StreamRefused("unknown, used or expired token")
+        try:
+            got = self.store.redeem_token(token, now=self.clock())
+        except StoreError as e:
+            raise StreamRefused(f"the call state database failed ({e})") from None
+        if not got.ok:
+            raise StreamRefused(f"unknown, used or expired token ({got.reason})")
+        data = got.data if isinstance(got.data, dict) else {}
+        caller = data.get("caller")
+        grant = StreamGrant(str(data.get("call_sid") or ""), caller if isinstance(caller, str) else None)
         if grant.call_sid and call_sid != grant.call_sid:
             raise StreamRefused("token issued for another call")
         return grant
@@ -244,7 +223,7 @@ class TwilioGuard:
                     start = message.get("start") if isinstance(message.get("start"), dict) else {}
                     params = start.get("customParameters") if isinstance(start.get("customParameters"), dict) else {}
                     try:
-                        grant = self.redeem(params.get("token"), start.get("callSid") or "")
+                        grant = await asyncio.to_thread(self.redeem, params.get("token"), start.get("callSid") or "")
                     except StreamRefused as refused:
                         return await self._refuse(websocket, str(refused))
                     early.append(message)

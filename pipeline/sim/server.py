@@ -39,15 +39,18 @@ def _free_port() -> int:
 class ServeProcess:
     """``voicebot serve`` in a subprocess on 127.0.0.1, its output in ``workdir/server.log``."""
 
-    def __init__(self, workdir: Path, now: str, config: str | None = None):
+    def __init__(self, workdir: Path, now: str, config: str | None = None, *, store_url: str | None = None,
+                 token: str | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
+        """``store_url``, ``token`` (Twilio's auth token): shared with other servers when given (several
+        workers on one database); ``env``: more settings (``VOICEBOT__...``); ``args``: more flags."""
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.token = secrets.token_hex(16)
+        self.token = token or secrets.token_hex(16)
         self.log_path = workdir / "server.log"
-        self.store_url = f"sqlite:///{workdir / 'reservations.db'}"
+        self.store_url = store_url or f"sqlite:///{workdir / 'reservations.db'}"
         self.call_log = workdir / "calls.jsonl"
         command = [sys.executable, "-m", "pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--no-download", "--now", now, *(["--config", config] if config else [])]
+                   "--no-download", "--now", now, *(["--config", config] if config else []), *args]
         env = {**os.environ,
                "VOICEBOT__STORE__URL": self.store_url,
                "VOICEBOT__LOGGING__CALL_LOG": str(self.call_log),
@@ -57,7 +60,7 @@ class ServeProcess:
                # Twilio's checks on, against a token only this run knows
                "VOICEBOT__TWILIO__VALIDATE": "true", "VOICEBOT__TWILIO__PUBLIC_URL": "null",
                "VOICEBOT__TWILIO__TRUST_PROXY": "false", "TWILIO_AUTH_TOKEN": self.token,
-               "HF_HUB_OFFLINE": "1"}
+               "HF_HUB_OFFLINE": "1", **(env or {})}
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
