@@ -239,7 +239,9 @@ class RemoteSTT:
 
     def fields(self, context: STTContext | None) -> dict[str, str]:
         """The form fields sent with a turn's audio."""
-        fields = {"model": self.model, "response_format": "json", "temperature": "0"}
+        # Plain json carries the text only: with no language set, verbose_json says which one was heard.
+        fields = {"model": self.model, "response_format": "json" if self.language else "verbose_json",
+                  "temperature": "0"}
         if self.language:
             fields["language"] = self.language
         prompt = prompt_for(context, self.language)

@@ -206,6 +206,14 @@ def test_hotwords_and_the_api_key_reach_the_server_when_configured(local, test_c
             RemoteTTS(cfg.tts).synthesize("かしこまりました。", "ja")
 
 
+def test_with_language_auto_the_language_heard_is_named(engines, test_config):
+    # as tests/test_stt.py has it for the local engine: whatever the random model picks, it is named
+    cfg = getattr(engines, "cfg", test_config).stt.model_copy(update={"language": "auto"})
+    stt = make_stt(cfg, model_resolver(test_config))
+    result = stt.transcribe(voiced(1.0), SR)
+    assert stt.language is None and result.language
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -74,10 +74,11 @@ class _ServedWhisper:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)
 
-    def decode(self, x: np.ndarray, *, window_s: float | None, max_new_tokens: int | None = None,
-               prompt: str | None = None, hotwords: str | None = None) -> tuple[list, str]:
-        return self.engine.decode(x, window_s=window_s, max_new_tokens=max_new_tokens, prompt=self.prompt,
-                                  hotwords=self.hotwords if self.hotwords is not None else hotwords)
+    def decode(self, x: np.ndarray, *, prompt: str | None = None, hotwords: str | None = None,
+               **options: Any) -> tuple[list, str]:
+        # the engine's other options (window, token cap, language) pass through as it sets them
+        return self.engine.decode(x, prompt=self.prompt,
+                                  hotwords=self.hotwords if self.hotwords is not None else hotwords, **options)
 
     def transcribe(self, audio: np.ndarray, sample_rate: int) -> Transcript:
         return FasterWhisperSTT.transcribe(self, audio, sample_rate, None)  # type: ignore[arg-type]
