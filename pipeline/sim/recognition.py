@@ -8,9 +8,10 @@ talker's level and carried over a simulated phone line (8 kHz, G.711 mu-law, res
 way with :mod:`pipeline.audio`'s filter), with the silence the turn detector leaves around a turn.
 Each line is an answer to one of the bot's questions (:data:`LINES`: dates, times, party sizes,
 phone numbers whole and in groups, names, yes/no, requests, changes and cancellations) and is
-transcribed twice through the bot's own :meth:`~pipeline.stt.FasterWhisperSTT.transcribe`: without
-a dialog context, and with the context the call gives it (what the bot asked, the restaurant's
-name). Reported for each:
+transcribed three times through the bot's own :meth:`~pipeline.stt.FasterWhisperSTT.transcribe`:
+without a dialog context, with the context the call gives it (what the bot asked, the restaurant's
+name), and with that context's expected answers weighed on the audio as a call does
+(:func:`pipeline.dialog.understand.sound.expectation`). Reported for each:
 
 - CER by writing: characters of the cleaned transcript against the line as written (NFKC, no
   punctuation): 十九時 against 19時 counts as errors, as it does for the parsers;
@@ -289,11 +290,13 @@ class Tally:
 Transcribe = Callable[[np.ndarray, Any], str]
 
 
-def run(transcribe: Transcribe, context_for: Callable[[str | None], Any], *,
-        lines: Sequence[Said] = LINES, voices: Sequence[Voice] = VOICES[:2], modes: Sequence[str] = ("plain", "context"),
+def run(transcribe: Transcribe, context_for: Callable[..., Any], *,
+        lines: Sequence[Said] = LINES, voices: Sequence[Voice] = VOICES[:2],
+        modes: Sequence[str] = ("plain", "context", "weighed"),
         is_open: Callable[[dt.time], bool] | None = None, language: str = "ja") -> dict[str, Any]:
     """Transcribe every line in every voice once per mode ("plain": no context; "context":
-    ``context_for(asking)``), clean the text, score it, and read its slots."""
+    ``context_for(asking)``; "weighed": ``context_for(asking, weigh=True)``, the context with the
+    expected answers weighed on the audio), clean the text, score it, and read its slots."""
     from pipeline.dialog.understand.transcript import clean_transcript
 
     tallies = {mode: Tally() for mode in modes}
@@ -304,7 +307,7 @@ def run(transcribe: Transcribe, context_for: Callable[[str | None], Any], *,
         row: dict[str, Any] = {"line": said.text, "asking": said.asking, "voice": voice.describe(),
                                "expect": said.expect}
         for mode in modes:
-            context = context_for(said.asking) if mode == "context" else None
+            context = None if mode == "plain" else context_for(said.asking, weigh=mode == "weighed")
             start = time.perf_counter()
             raw = transcribe(audio, context)
             tally = tallies[mode]
@@ -331,7 +334,7 @@ def run(transcribe: Transcribe, context_for: Callable[[str | None], Any], *,
         rows.append(row)
     for name, audio in non_speech():
         for mode in modes:
-            context = context_for("date") if mode == "context" else None
+            context = None if mode == "plain" else context_for("date", weigh=mode == "weighed")
             raw = transcribe(audio, context)
             text = clean_transcript(raw, language)
             tallies[mode].non_speech += 1
@@ -383,8 +386,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--voices", type=int, default=2, help=f"caller voices, 1 to {len(VOICES)} (default 2)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N lines")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the report")
-    p.add_argument("--no-reconsider", dest="reconsider", action="store_false",
-                   help="take whisper's text as it is (no weighing of the expected answers on the audio)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -410,10 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def transcribe(audio: np.ndarray, context: STTContext | None) -> str:
         return stt.transcribe(audio, SAMPLE_RATE, context=context).text
 
-    def context_for(asking: str | None) -> STTContext:
+    def context_for(asking: str | None, weigh: bool = False) -> STTContext:
         return STTContext(asking=asking, language="ja", words=(cfg.restaurant.name,),
-                          expect=expectation(asking, "ja", today=TODAY, party=party, hours=hours)
-                          if args.reconsider else None)
+                          expect=expectation(asking, "ja", today=TODAY, party=party, hours=hours) if weigh else None)
 
     start = time.perf_counter()
     lines = LINES[: args.limit] if args.limit else LINES
