@@ -692,7 +692,7 @@ def test_is_correction(text: str, expected: bool) -> None:
         ("田中", "name", {"name": "田中"}),
         ("Smith", "name", {"name": "Smith"}),
         ("田中", None, {}),
-        ("3名です", "phone", {"party_size": 3, "phone": "3"}),
+        ("3名です", "phone", {"party_size": 3}),  # a party size said at the phone question is no digit of it
         ("090-1234", "phone", {"phone": "0901234"}),
         ("090-1234-5678", "party_size", {"phone": "09012345678"}),
         ("090-1234-5678", "time", {"phone": "09012345678"}),

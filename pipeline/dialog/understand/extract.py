@@ -209,6 +209,8 @@ def analyze(
     if name:
         out.values["name"] = name
         out.doubtful_name = not name_is_plausible(name)
+    if phone is not None and not has_long_phone and any(slot in out.values for slot in ("date", "time", "party_size")):
+        phone = None  # 「人数は4名です」: the 4 is a party size, not a group of a phone number
     if phone is not None:
         out.values["phone"] = phone
     note = parse_note(text)

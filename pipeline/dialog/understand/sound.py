@@ -91,13 +91,19 @@ def _base(kana: str) -> str:
 
 def distance(a: str | Sequence[str], b: str | Sequence[str]) -> float:
     """Edit distance between two readings (strings of kana, or lists of morae), a change of voicing
-    alone (タ/ダ, ハ/バ/パ) counting half; O(len(a) * len(b)), for short readings."""
-    prev = [float(j) for j in range(len(b) + 1)]
-    for i, ca in enumerate(a, 1):
-        cur = [float(i)]
+    alone (タ/ダ, ハ/バ/パ) and a long vowel mark missing or added counting half; O(len(a) * len(b)),
+    for short readings."""
+    def gap(kana: str) -> float:
+        return 0.5 if kana == "ー" else 1.0  # a long vowel is often lost or heard where there is none
+
+    prev = [0.0]
+    for cb in b:
+        prev.append(prev[-1] + gap(cb))
+    for ca in a:
+        cur = [prev[0] + gap(ca)]
         for j, cb in enumerate(b, 1):
             sub = 0.0 if ca == cb else 0.5 if _base(ca) == _base(cb) and ca[1:] == cb[1:] else 1.0
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + sub))
+            cur.append(min(prev[j] + gap(ca), cur[j - 1] + gap(cb), prev[j - 1] + sub))
         prev = cur
     return prev[-1]
 
