@@ -44,7 +44,7 @@ def test_a_name_that_sounds_like_a_common_surname_is_offered_it(heard, first):
     assert first in sounds_like_surnames(heard)[:5]
 
 
-@pytest.mark.parametrize("heard", ["田中", "タナカ", "たなか", "ミニアストキ", "ワタシ", ""])
+@pytest.mark.parametrize("heard", ["田中", "タナカ", "たなか", "ミニアストキ", "ヌルポ", ""])
 def test_a_surname_heard_as_such_or_nothing_near_offers_nothing(heard):
     assert sounds_like_surnames(heard) == []
 
