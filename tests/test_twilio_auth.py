@@ -126,6 +126,30 @@ def test_a_replayed_signed_webhook_gets_403(client):
     assert post_signed(client, params).status_code == 403
 
 
+def test_when_the_call_state_database_fails_the_webhook_gets_503_and_the_stream_is_refused(runtime, tmp_path,
+                                                                                          caplog):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from pipeline.store import ReservationStore
+    from pipeline.twilio_auth import StreamRefused, TwilioGuard
+
+    path = tmp_path / "state.db"
+    store = ReservationStore(f"sqlite:///{path}")
+    guard = TwilioGuard(AUTH_TOKEN, runtime.cfg.twilio, store)
+    token = guard.issue(CALL_SID)
+    store.engine.dispose()
+    path.unlink()  # the next connection opens an empty file: no tables
+    app = FastAPI()
+    app.add_api_route("/telephone/incoming", guard.answer_incoming_call, methods=["POST"])
+    r = post_signed(TestClient(app, base_url=PUBLIC), {**FORM, "CallSid": "CA-db-down"})
+    assert r.status_code == 503 and "<Response" not in r.text and "token" not in r.text
+    with pytest.raises(StreamRefused, match="database .* failed"):
+        guard.redeem(token, CALL_SID)
+    assert "the call state database failed" in caplog.text and "Traceback" not in caplog.text
+    store.close()
+
+
 def _guard_app(runtime, **twilio):
     from fastapi.testclient import TestClient
 

@@ -218,3 +218,25 @@ def test_serve_workers_must_be_at_least_one(test_models_dir, capsys):
 
     assert main(["serve", "--config", str(test_models_dir / "config.yaml"), "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_lines_are_refused_not_handed_out_when_the_database_fails(tmp_path, caplog):
+    from pipeline.lines import SharedLines
+
+    path = tmp_path / "lines.db"
+    store = ReservationStore(f"sqlite:///{path}")
+    lines = SharedLines(store, cap=2, lease_s=60)
+    assert asyncio.run(lines.take("MZ-before"))
+    store.engine.dispose()
+    path.unlink()  # the next connection opens an empty file: no tables
+
+    async def flow():
+        taken = await lines.take("MZ-after")
+        await lines.release("MZ-before")  # logged; its lease would free it
+        await lines.close()
+        return taken
+
+    assert asyncio.run(flow()) is False
+    assert lines.held == set()
+    assert "the lines in use cannot be counted" in caplog.text and "could not be given back" in caplog.text
+    store.close()
