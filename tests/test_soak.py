@@ -99,3 +99,16 @@ def test_the_audit_finds_lost_duplicate_and_overbooked_reservations(tmp_path):
     assert any(x.startswith("c2: 2 reservations") for x in found.duplicates)
     assert found.over_capacity == ["2026-12-24 19:00: 3 reservations for 2 tables"]
     assert set(found.ended) == {"c1", "c2"} and len(found.unannounced) == 2
+
+
+# ------------------------------------------------------------------ spread over two workers on one database
+def test_soak_spread_over_two_workers_loses_and_doubles_nothing(db_url, test_models_dir, tmp_path):
+    # Each call's webhook is signed by one worker and its stream served by the other (Twilio's checks
+    # on), both booking the same few tables through their own connections to one database.
+    opts = SoakOptions(calls=12, concurrency=4, seed=3, workers=2, store_url=db_url)
+    report = run_soak(opts, config_path=test_models_dir / "config.yaml", workdir=tmp_path)
+    counters = {k: report[k] for k in FAILURE_COUNTERS}
+    assert counters == dict.fromkeys(FAILURE_COUNTERS, 0), format_report(report)
+    assert report["workers"] == 2 and report["calls"] == 12
+    assert report["calls_not_ended"] == report["calls_not_logged"] == 0, format_report(report)
+    assert report["bookings"] >= 1, format_report(report)

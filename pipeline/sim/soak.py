@@ -23,7 +23,13 @@ The random test Whisper hears junk, so the recogniser reports the line the calle
 answers what the bot is waiting for, read from the call's dialog state in this process, as a person
 who understood the question would: the point is the plumbing under faults, not the dialog.
 
-``python -m pipeline.sim.soak --calls 60 --seed 3 [--concurrency 8] [--json]`` runs it (it needs
+With ``--workers 2`` (``SoakOptions.workers``) it runs two workers, each its own runtime, store
+connections and uvicorn server, on one database (``--store-url``, e.g. PostgreSQL), with Twilio's
+checks on: each call's webhook is signed by one worker and its media stream served by the other.
+They share this process (the callers read the dialog state and the faults are injected here);
+``tests/test_workers.py`` runs separate ``voicebot serve`` processes.
+
+``python -m pipeline.sim.soak --calls 60 --seed 3 [--concurrency 8] [--workers 2] [--json]`` runs it (it needs
 espeak-ng, and the dev dependency ``onnx`` to build the test models); the exit status is 1 when any
 of the five counters is not zero.
 """
@@ -40,6 +46,7 @@ import json
 import logging
 import random
 import re
+import secrets
 import sys
 import tempfile
 import threading
@@ -54,7 +61,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from pipeline.sim.openai_server import ScriptedOpenAI, Step, booking_policy, error, hang, text, tool
-from pipeline.sim.twilio_client import TwilioCaller
+from pipeline.sim.twilio_client import TwilioCaller, place_call
 from pipeline.store import FullyBooked, ReservationStore
 
 log = logging.getLogger(__name__)
@@ -96,6 +103,12 @@ class SoakOptions:
     #: longest one reply may keep playing, and one whole call may last
     reply_limit_s: float = 40.0
     call_limit_s: float = 240.0
+    #: ``voicebot serve`` workers on one database (each its own runtime, store connections and server):
+    #: from 2, Twilio's checks are on and each call's webhook is signed by one worker and its media
+    #: stream served by the next, so tokens, the line cap and the bookings cross workers
+    workers: int = 1
+    #: the database (SQLAlchemy URL); None: a SQLite file in the work folder
+    store_url: str | None = None
 
 
 # ====================================================================================== the caller's lines
@@ -518,12 +531,12 @@ class Soak:
         self.lines = all_lines()
 
     # ---------------------------------------------------------------- setup
-    def _config(self, base_url: str):
+    def _config(self, base_url: str, worker: int = 0):
         from pipeline.config import load_config
 
         cfg = load_config(self.config_path, environ={}).model_copy(deep=True)
-        cfg.store.url = f"sqlite:///{self.workdir / 'reservations.db'}"
-        cfg.logging.call_log = str(self.workdir / "calls.jsonl")
+        cfg.store.url = self.opts.store_url or f"sqlite:///{self.workdir / 'reservations.db'}"
+        cfg.logging.call_log = str(self.workdir / ("calls.jsonl" if worker == 0 else f"calls-{worker}.jsonl"))
         cfg.agent.kind = "llm"
         cfg.llm.base_url = base_url
         cfg.restaurant.tables_per_slot = self.opts.tables_per_slot
@@ -534,26 +547,36 @@ class Soak:
             server.max_calls = max(server.max_calls, 2 * self.opts.concurrency + 2)
         return cfg
 
-    def _runtime(self, cfg):
-        from pipeline.agents import Services, make_clock
-        from pipeline.call import VoiceRuntime
-        from pipeline.dialog.faq import FAQ
-        from pipeline.dialog.restaurant import Restaurant
+    def _runtimes(self, llm_url: str) -> list[Any]:
+        """One runtime per worker; the models are loaded once and shared (each ``serve`` process
+        would hold its own copy: nothing of the shared state is in them)."""
         from pipeline.models import model_resolver
         from pipeline.stt import make_stt
         from pipeline.tts import make_tts
         from pipeline.vad import make_vad
 
+        cfg = self._config(llm_url)
         stt = make_stt(cfg.stt, model_resolver(cfg))
         tts = make_tts(cfg.tts, model_resolver(cfg))
         vad = make_vad(cfg.vad)
         for part in (stt, tts, vad):
             part.warmup()
         self.ears = SoakEars(stt, self.faults, self.opts.stt_fault_rate)
-        self.store = CountingStore(cfg.store_url())
-        services = Services(cfg, Restaurant(cfg.restaurant), self.store, FAQ(cfg.restaurant.faq))
-        return VoiceRuntime(cfg, stt=self.ears, tts=SoakTTS(tts, self.faults, self.opts.tts_fault_rate), vad=vad,
-                            services=services, agent_kind="llm", clock=make_clock(NOW))
+        tts = SoakTTS(tts, self.faults, self.opts.tts_fault_rate)
+        self.stores = []
+        return [self._runtime(self._config(llm_url, i), tts, vad) for i in range(max(1, self.opts.workers))]
+
+    def _runtime(self, cfg, tts, vad):
+        from pipeline.agents import Services, make_clock
+        from pipeline.call import VoiceRuntime
+        from pipeline.dialog.faq import FAQ
+        from pipeline.dialog.restaurant import Restaurant
+
+        store = CountingStore(cfg.store_url())  # a worker's own connections to the shared database
+        self.stores.append(store)
+        services = Services(cfg, Restaurant(cfg.restaurant), store, FAQ(cfg.restaurant.faq))
+        return VoiceRuntime(cfg, stt=self.ears, tts=tts, vad=vad, services=services, agent_kind="llm",
+                            clock=make_clock(NOW))
 
     # ---------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -567,29 +590,35 @@ class Soak:
         plans = [CallPlan.make(i, rng, self.opts.drop_rate) for i in range(self.opts.calls)]
         model = SoakModel(self.lines, self.faults, self.opts.llm_fault_rate, self.opts.hang_s)
         with watching() as (records, tee, thread_errors), ScriptedOpenAI(responder=model) as llm:
-            cfg = self._config(llm.base_url)
-            runtime = self._runtime(cfg)
+            runtimes = self._runtimes(llm.base_url)
+            cfg = runtimes[0].cfg
+            # Several workers check Twilio's signatures and stream tokens, as in production.
+            self.twilio_token = secrets.token_hex(16) if len(runtimes) > 1 else None
             try:
                 self.faults.armed = True
-                app = build_app(runtime, validate_twilio=False)
-                with LoopbackServer(app, name="soak") as server:
-                    asyncio.run(self._calls(server.port, plans, speech, runtime))
-                    leaked = self._wait_ended(runtime)
-                    server_alive = server.thread.is_alive()
+                with contextlib.ExitStack() as stack:
+                    servers = [stack.enter_context(LoopbackServer(
+                        build_app(rt, validate_twilio=self.twilio_token is not None,
+                                  twilio_auth_token=self.twilio_token), name=f"soak-{i}"))
+                        for i, rt in enumerate(runtimes)]
+                    asyncio.run(self._calls([s.port for s in servers], plans, speech, runtimes))
+                    leaked = self._wait_ended(runtimes)
+                    dead = [i for i, s in enumerate(servers) if not s.thread.is_alive()]
                 self.faults.armed = False
             finally:
-                runtime.close()
+                for rt in runtimes:
+                    rt.close()
             incidents = [*records.errors, *thread_errors]
             incidents += [Incident("traceback", tb) for tb in tee.tracebacks()]
-            if not server_alive:
-                incidents.append(Incident("server", "the uvicorn thread died"))
+            incidents += [Incident("server", f"the uvicorn thread of worker {i} died") for i in dead]
             for r in self.results:
                 incidents += r.incidents
             llm_errors = list(llm.errors)
-        report = self._report(cfg, incidents, records, leaked, llm_errors, time.monotonic() - start)
+        logs = [rt.call_log for rt in runtimes if rt.call_log is not None]
+        report = self._report(cfg, logs, incidents, records, leaked, llm_errors, time.monotonic() - start)
         return report
 
-    async def _calls(self, port: int, plans: list[CallPlan], speech: dict, runtime) -> None:
+    async def _calls(self, ports: list[int], plans: list[CallPlan], speech: dict, runtimes: list[Any]) -> None:
         gate = asyncio.Semaphore(max(1, self.opts.concurrency))
 
         async def one(plan: CallPlan) -> None:
@@ -597,7 +626,7 @@ class Soak:
                 result = CallResult(plan.sid)
                 self.results.append(result)
                 try:
-                    await asyncio.wait_for(self._call(port, plan, speech, runtime, result),
+                    await asyncio.wait_for(self._call(ports, plan, speech, runtimes, result),
                                            self.opts.call_limit_s)
                 except TimeoutError:
                     result.timed_out = True
@@ -609,16 +638,25 @@ class Soak:
 
         await asyncio.gather(*(one(p) for p in plans))
 
-    async def _call(self, port: int, plan: CallPlan, speech: dict, runtime, result: CallResult) -> None:
+    async def _call(self, ports: list[int], plan: CallPlan, speech: dict, runtimes: list[Any],
+                    result: CallResult) -> None:
         import websockets
 
         opts = self.opts
         lead = np.zeros(int(0.3 * 16000), np.int16)
+        call_sid = "CA" + plan.sid[2:]
+        custom = None
+        port = ports[plan.index % len(ports)]
+        if self.twilio_token is not None:
+            # signed by one worker, streamed to the next
+            answer = await asyncio.to_thread(place_call, f"http://127.0.0.1:{port}", self.twilio_token, call_sid)
+            custom = answer.parameters
+            port = ports[(plan.index + 1) % len(ports)]
         async with websockets.connect(f"ws://127.0.0.1:{port}/telephone/handler", open_timeout=10,
                                       close_timeout=5, max_queue=None) as ws:
-            caller = TwilioCaller(ws, plan.sid, "CA" + plan.sid[2:])
+            caller = TwilioCaller(ws, plan.sid, call_sid)
             t0 = time.monotonic()
-            await caller.start()
+            await caller.start(custom)
             if await caller.wait_answer(t0, opts.silent_s) is None:
                 result.silent_lines.append("(greeting)")
                 return await self._finish(caller, result)
@@ -626,7 +664,7 @@ class Soak:
             for n in range(1, opts.max_lines + 1):
                 if caller.closed:
                     break
-                call = runtime.find_call(plan.sid)
+                call = next((c for rt in runtimes if (c := rt.find_call(plan.sid)) is not None), None)
                 line = plan.next_line(call.agent.state if call is not None else None)
                 if line is None:
                     result.ended_by_bot = True
@@ -675,17 +713,17 @@ class Soak:
             result.incidents.append(Incident("socket left open", "10 s after stop", result.sid))
             await caller.close()
 
-    def _wait_ended(self, runtime, limit: float = 15.0) -> list[str]:
+    def _wait_ended(self, runtimes: list[Any], limit: float = 15.0) -> list[str]:
         deadline = time.monotonic() + limit
-        while runtime.calls and time.monotonic() < deadline:
+        while any(rt.calls for rt in runtimes) and time.monotonic() < deadline:
             time.sleep(0.1)
-        return sorted(runtime.calls)
+        return sorted(sid for rt in runtimes for sid in rt.calls)
 
     # ---------------------------------------------------------------- verdict
-    def _report(self, cfg, incidents: list[Incident], records: _Records, leaked: list[str], llm_errors: list[str],
-                elapsed: float) -> dict[str, Any]:
+    def _report(self, cfg, call_logs: list[Path], incidents: list[Incident], records: _Records, leaked: list[str],
+                llm_errors: list[str], elapsed: float) -> dict[str, Any]:
         sids = {r.sid for r in self.results}
-        found = audit(cfg.store_url(), cfg.path(cfg.logging.call_log), sids, cfg.restaurant.tables_per_slot)
+        found = audit(cfg.store_url(), call_logs, sids, cfg.restaurant.tables_per_slot)
         ended, lost, duplicates, over = found.ended, found.lost, found.duplicates, found.over_capacity
         rows, unannounced = found.rows, found.unannounced
 
@@ -703,6 +741,7 @@ class Soak:
             "turns": sum(len(r.lines) for r in self.results),
             "seed": self.opts.seed,
             "concurrency": self.opts.concurrency,
+            "workers": max(1, self.opts.workers),
             "faults": faults,
             "crashes": len(incidents),
             "silent_calls": len(silent),
@@ -710,7 +749,7 @@ class Soak:
             "duplicate_reservations": len(duplicates),
             "over_capacity_slots": len(over),
             "bookings": len(rows),
-            "full_slot_refusals": self.store.refused,
+            "full_slot_refusals": sum(store.refused for store in self.stores),
             "dropped_calls": sum(1 for r in self.results if r.dropped),
             "completed_calls": sum(1 for r in self.results if r.ended_by_bot),
             "calls_not_ended": len(leaked),
@@ -747,7 +786,7 @@ class Audit:
     unannounced: list[str]  # booked, but the call never said so (a caller who hung up during it)
 
 
-def audit(store_url: str, call_log: Path, sids: set[str], capacity: int) -> Audit:
+def audit(store_url: str, call_log: Path | list[Path], sids: set[str], capacity: int) -> Audit:
     """Lost reservations (announced in a reply, or held in a call's state at its end, but not in the
     database as that call's, with the same details), duplicates (two rows for one call, or one call
     announcing two ids) and slots over capacity (more rows than tables, or a slot counter that
@@ -757,10 +796,11 @@ def audit(store_url: str, call_log: Path, sids: set[str], capacity: int) -> Audi
     from pipeline.store import slots
 
     log_records = []
-    if call_log.exists():
-        for raw in call_log.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(ValueError):
-                log_records.append(json.loads(raw))
+    for path in [call_log] if isinstance(call_log, Path) else call_log:  # one per worker
+        if path.exists():
+            for raw in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError):
+                    log_records.append(json.loads(raw))
     announced: dict[str, set[str]] = {sid: set() for sid in sids}
     held: dict[str, dict[str, Any]] = {}
     ended: dict[str, dict[str, Any]] = {}
@@ -861,7 +901,8 @@ def format_report(report: dict[str, Any]) -> str:
     faults = ", ".join(f"{k} {v}" for k, v in report["faults"].items())
     gap = report["answer_gap_s"]
     lines = [
-        f"fault soak: {report['calls']} calls ({report['concurrency']} at once), {report['turns']} caller turns, "
+        f"fault soak: {report['calls']} calls ({report['concurrency']} at once, {report['workers']} worker(s)), "
+        f"{report['turns']} caller turns, "
         f"seed {report['seed']}, {report['elapsed_s']} s",
         f"faults injected: {faults}",
         f"bookings {report['bookings']}, full-slot refusals {report['full_slot_refusals']}, "
@@ -887,13 +928,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=SoakOptions.concurrency)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="workers on one database; from 2 each call is signed by one and streamed to another")
+    parser.add_argument("--store-url", help="the shared database (default: a SQLite file in the work folder)")
     parser.add_argument("--config", type=Path, help="a config whose models to use (default: build the test models)")
     parser.add_argument("--workdir", type=Path, help="keep the database and call log here (default: a temp folder)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--verbose", action="store_true", help="the server's log on stderr")
     args = parser.parse_args(argv)
-    if args.calls < 1 or args.concurrency < 1:
-        parser.error("--calls and --concurrency must be at least 1")
+    if args.calls < 1 or args.concurrency < 1 or args.workers < 1:
+        parser.error("--calls, --concurrency and --workers must be at least 1")
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     else:
@@ -901,7 +945,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().addHandler(logging.NullHandler())
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-    opts = SoakOptions(calls=args.calls, seed=args.seed, concurrency=args.concurrency)
+    opts = SoakOptions(calls=args.calls, seed=args.seed, concurrency=args.concurrency, workers=args.workers,
+                       store_url=args.store_url)
     try:
         report = run_soak(opts, config_path=args.config, workdir=args.workdir)
     except RuntimeError as e:
