@@ -973,10 +973,15 @@ class VoiceCall:
         today = (clock() if clock is not None else dt.datetime.now(ZoneInfo(self.runtime.cfg.restaurant.timezone))).date()
         expect = expectation(asking, self.language, today=today, party=party, hours=hours,
                              yes_no=bool(getattr(state, "pending", None)))
+        if hasattr(state, "guess"):
+            state.guess = None  # a guess belongs to the turn it was made on
+
+        def guessed(text: str) -> None:
+            state.guess = text
         # the caller may open in another language than the greeting's (the agent follows it early on)
         detect = tuple(self.runtime.cfg.stt.detect_languages) if getattr(state, "turn", 0) < 2 else ()
         return STTContext(asking=asking, language=self.language, words=(self.runtime.cfg.restaurant.name,),
-                          expect=expect, detect=detect)
+                          expect=expect, detect=detect, guessed=guessed if hasattr(state, "guess") else None)
 
     def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
                     ready: str | Future | None = None) -> str | None:

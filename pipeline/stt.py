@@ -67,6 +67,9 @@ class STTContext:
     #: audio ("2名です" when it wrote 「耳で」); [] when what it wrote already answers (see
     #: :func:`pipeline.dialog.understand.sound.alternatives`). None: take whisper's text as it is.
     expect: Callable[[str], Sequence[str]] | None = None
+    #: told the answer whisper scored best but not well enough to take (a guess the dialog may ask
+    #: the caller about: 「20時でよろしいでしょうか」); not called when there is none
+    guessed: Callable[[str], None] | None = None
     #: languages to choose among by ear for this turn (a call's first turns: the caller may open in
     #: another language than the bot's greeting); () = decode in ``language``
     detect: tuple[str, ...] = ()
@@ -340,6 +343,9 @@ RECONSIDER_MAX_CANDIDATES = 48
 RESCORE_BATCH = 8
 RECONSIDER_MARGIN = 1.0
 RECONSIDER_FLOOR = -1.65
+#: short of that, the best candidate is still a guess worth asking about (「20時でよろしいでしょうか」)
+GUESS_MARGIN = 2.0
+GUESS_FLOOR = -2.5
 
 
 # ------------------------------------------------------------------------------------------ backends
@@ -435,7 +441,7 @@ class FasterWhisperSTT:
             text, spoken = "", []
         if text and context is not None and context.expect is not None and duration <= RECONSIDER_MAX_S:
             text = self.reconsider(x, text, context.expect(text), window_s=window, prompt=prompt,
-                                   hotwords=hotwords, language=language or self.language)
+                                   hotwords=hotwords, language=language or self.language, guessed=context.guessed)
         elapsed = time.perf_counter() - start
         log.debug("transcribed %.2f s of audio in %.3f s: %r", duration, elapsed, text)
         return Transcript(text=text, language=language or self.language, duration_s=duration, elapsed_s=elapsed,
@@ -466,7 +472,8 @@ class FasterWhisperSTT:
         return heard
 
     def reconsider(self, x: np.ndarray, text: str, candidates: Sequence[str], *, window_s: float | None,
-                   prompt: str | None, hotwords: str | None, language: str | None) -> str:
+                   prompt: str | None, hotwords: str | None, language: str | None,
+                   guessed: Callable[[str], None] | None = None) -> str:
         """``text``, or the candidate whisper finds about as likely as ``text`` on the same audio.
 
         Each is scored by teacher forcing (CTranslate2's ``align``: the probability of each of its
@@ -475,7 +482,9 @@ class FasterWhisperSTT:
         takes a wrong turn early (「2名です」 → 「耳で」); the answer the question expects, scored
         whole, can be nearly as likely as what greedy decoding found, or more. A candidate replaces
         ``text`` when it scores within :data:`RECONSIDER_MARGIN` of it (and above
-        :data:`RECONSIDER_FLOOR`); what the audio does not support scores far lower and is left.
+        :data:`RECONSIDER_FLOOR`); what the audio does not support scores far lower and is left. A
+        best candidate short of that but within :data:`GUESS_MARGIN` and above :data:`GUESS_FLOOR`
+        is passed to ``guessed``: the dialog may ask the caller whether it is what they said.
         """
         candidates = [c for c in dict.fromkeys(candidates) if c and c != text][:RECONSIDER_MAX_CANDIDATES]
         if not candidates:
@@ -492,7 +501,11 @@ class FasterWhisperSTT:
         log.info("reconsidered %r (%.2f) against %d candidates in %.3f s: best %r (%.2f)%s", text, own,
                  len(candidates), time.perf_counter() - start, candidates[best - 1], scores[best],
                  ", taken" if taken else "")
-        return candidates[best - 1] if taken else text
+        if taken:
+            return candidates[best - 1]
+        if guessed is not None and scores[best] >= own - GUESS_MARGIN and scores[best] >= GUESS_FLOOR:
+            guessed(candidates[best - 1])
+        return text
 
     def score_texts(self, x: np.ndarray, texts: Sequence[str], *, window_s: float | None = None,
                     prompt: str | None = None, hotwords: str | None = None,

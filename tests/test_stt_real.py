@@ -9,6 +9,7 @@ or skip with ``VOICEBOT_TEST_REAL_MODELS=0``. The full measurement, 54 lines in 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -127,8 +128,10 @@ def reconsidered(whisper):
                 continue
             audio = caller_audio(said.text, voice)
             plain = clean_transcript(whisper.transcribe(audio, 16000, context=_context(said.asking)).text, "ja")
-            weighed = clean_transcript(whisper.transcribe(audio, 16000, context=_expecting(said.asking)).text, "ja")
-            out.append((said, plain, weighed))
+            guesses: list[str] = []
+            context = dataclasses.replace(_expecting(said.asking), guessed=guesses.append)
+            weighed = clean_transcript(whisper.transcribe(audio, 16000, context=context).text, "ja")
+            out.append((said, plain, weighed, guesses))
     return out
 
 
@@ -136,15 +139,25 @@ def test_weighing_the_expected_answers_repairs_misheard_values_and_breaks_none(r
     def right(said, text) -> bool:
         return all(slot_hits(said.expect, heard_values(text, said.asking)).values())
 
-    broken = [(said.text, plain, weighed) for said, plain, weighed in reconsidered
+    broken = [(said.text, plain, weighed) for said, plain, weighed, _ in reconsidered
               if right(said, plain) and not right(said, weighed)]
-    repaired = [(said.text, plain, weighed) for said, plain, weighed in reconsidered
+    repaired = [(said.text, plain, weighed) for said, plain, weighed, _ in reconsidered
                 if not right(said, plain) and right(said, weighed)]
-    wrong_value = [(said.text, weighed) for said, plain, weighed in reconsidered
+    wrong_value = [(said.text, weighed) for said, plain, weighed, _ in reconsidered
                    if weighed != plain and not right(said, weighed)]
     assert not broken
     assert not wrong_value  # a replaced text always carries the right value
     assert len(repaired) >= 3, repaired
+
+
+def test_a_best_answer_too_weak_to_take_is_offered_as_a_guess_only_for_a_turn_not_understood(reconsidered):
+    def right(said, text) -> bool:
+        return all(slot_hits(said.expect, heard_values(text, said.asking)).values())
+
+    guessed = [(said, guesses) for said, plain, weighed, guesses in reconsidered if guesses]
+    assert all(not right(said, weighed) and weighed == plain for said, plain, weighed, guesses in reconsidered
+               if guesses)
+    assert any(right(said, guesses[0]) for said, guesses in guessed), guessed  # some guesses are the answer
 
 
 @pytest.mark.parametrize("line,asking", [("駐車場はありますか", "party_size"), ("予約をキャンセルしたいのですが", "date"),

@@ -134,3 +134,37 @@ def test_a_wish_to_cancel_told_to_one_agent_is_kept_for_the_next(cfg):
     tools.begin_turn("予約をキャンセルしたいのですが")  # as the LLM agent counts a turn it then fails on
     reply = rules.reply("12月24日です")
     assert "お電話番号" in reply and tools.state.manage is not None and tools.state.manage.intent == "cancel"
+
+
+def _guessing(cfg):
+    from pipeline.dialog.rules import RulesAgent
+
+    tools = desk(cfg)
+    rules = RulesAgent(tools)
+    rules.greeting()
+    assert "時ごろ" in rules.reply("12月24日です")
+    return tools, rules
+
+
+def test_the_recognisers_guess_is_asked_about_before_the_question_is_asked_again(cfg):
+    """Whisper wrote 「水落ちです」 for 20時; its best weighed answer, too weak to take, was 20時: the
+    bot asks about it as a yes-or-no question (as the call runtime sets ``state.guess``)."""
+    tools, rules = _guessing(cfg)
+    tools.state.guess = "20時です"
+    reply = rules.reply("水落ちです")
+    assert reply == "午後8時でよろしいでしょうか。"
+    reply = rules.reply("はい")
+    assert tools.state.slots.time == dt.time(20) and "何名様" in reply
+
+
+def test_a_wrong_guess_denied_asks_the_question_again_and_a_guess_is_used_once(cfg):
+    tools, rules = _guessing(cfg)
+    tools.state.guess = "22時です"
+    assert rules.reply("水落ちです") == "午後10時でよろしいでしょうか。"
+    reply = rules.reply("いいえ")
+    assert tools.state.slots.time is None and "何時ごろ" in reply
+    reply = rules.reply("水落ちです")  # no guess this time: the usual re-ask
+    assert "もう一度" in reply and tools.state.pending is None
+    tools.state.guess = "19時です"
+    rules.reply("水落ちです")
+    assert rules.reply("19時半です") and tools.state.slots.time == dt.time(19, 30)  # the answer said again wins

@@ -56,6 +56,10 @@ _FILLERS = re.compile(r"(?:えーっと|えっと|えーと|ええと|えー|あ
 _MANAGE_ASKS = {"manage_phone": "phone", "manage_date": "date", "manage_change": None, "manage_confirm": None}
 
 
+#: slots whose value the recogniser's guess may be asked about
+_GUESSABLE = frozenset({"date", "time", "party_size", "phone", "name"})
+
+
 class RulesAgent:
     kind = "rules"
 
@@ -193,6 +197,12 @@ class RulesAgent:
         st = self.state
         key = slot or "general"
         st.failures[key] = st.failures.get(key, 0) + 1
+        guess = self._guessed(slot)
+        if guess is not None:
+            # what the recogniser thought most likely, asked as a yes-or-no question: easier to hear
+            # than the answer said again, and before giving up
+            st.pending = {"kind": "guess", "slot": slot, "value": guess}
+            return self.p("confirm_guess", value=self._say_value(slot, guess))
         if st.failures[key] >= self.max_failures:
             if slot == "note":
                 st.slots.note_done = True
@@ -289,6 +299,15 @@ class RulesAgent:
             return None
         return match.answer
 
+    def _guessed(self, slot: str | None) -> object:
+        """The value of ``slot`` in the recogniser's guess at the turn just failed, or None."""
+        st = self.state
+        guess, st.guess = st.guess, None
+        if not guess or slot not in _GUESSABLE or st.pending is not None:
+            return None
+        value = self._understand(guess).values.get(slot)
+        return value if value is not None and value != getattr(st.slots, slot, None) else None
+
     def _slot_named(self, norm: str) -> str | None:
         for slot, pattern in _SLOT_WORDS.items():
             if re.search(pattern, norm, re.IGNORECASE):
@@ -315,6 +334,17 @@ class RulesAgent:
             if u.has("deny") and not values:
                 return self._join(self.p("ack_no_note"), self._current_question())
             return None
+        if kind == "guess":
+            st.pending = None
+            slot, value = pend["slot"], pend["value"]
+            if u.has("affirm") and not u.has("deny") and not values:
+                r = self.tools.update({slot: value}, decided=True)
+                lead = self._join(self._ack(r), *(i.message for i in r.issues))
+                return self._resume(lead)
+            if u.has("deny") and not values:
+                st.asking = slot
+                return self.question(slot)
+            return None  # the answer itself said again, or something else: the normal path
         if kind == "caller_id":
             st.pending = None
             if u.has("affirm") and not u.has("deny") and "phone" not in values:

@@ -83,6 +83,9 @@ class DialogState:
     #: a question the rules agent asked that the next answer settles: {"kind": "change"|"end"|"choose"|
     #: "name"|"note_what", ...}
     pending: dict[str, Any] | None = None
+    #: the recogniser's best guess at the last turn's answer when it could not take one
+    #: (``STTContext.guessed``): asked about before the question is asked again
+    guess: str | None = None
     #: the caller's own number as the phone network gave it (digits, a Japanese number), None when withheld
     caller_id: str | None = None
     #: the caller said the number they are calling from is not the one to book with
