@@ -316,6 +316,10 @@ CASES = [
        never_says=["say that again"]),
     ja("ja-misheard-time-is-no-name", ["12月24日", "水落ちです", "19時です", "3名です", *JA_TAIL], JA_BOOKED,
        never_says=["ミズオチ"]),
+    ja("ja-bare-name-corrects-the-readback", ["12月24日の19時に3名で", "作戦", "090-1234-5678", "特にありません", "田中", "はい"],
+       JA_BOOKED, bot_says=["お名前をタナカ様に変更いたしました"]),
+    ja("ja-same-name-at-readback-is-no-change", ["12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません", "タナカ",
+                                                 "はい"], JA_BOOKED, never_says=["変更いたしました"]),
     # ------------------------------------------------------------ a person, please
     ja("ja-person", ["お店の人と話したいです", "12月24日", "19時", "2名", *JA_TAIL], R("2026-12-24", "19:00", 2, "田中"),
        bot_says=["03-1234-5678"]),

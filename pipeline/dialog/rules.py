@@ -557,6 +557,13 @@ class RulesAgent:
         if u.has("end") and not values and yes_no is not True:
             st.pending = {"kind": "end"}
             return self.p("confirm_end")
+        if not values and not u.acts and st.slots.name:
+            # a bare name said to the read-back (「佐藤」: whisper dropped the いいえ and the です) corrects
+            # the name it read out, when it is a name and another one
+            name = parse.parse_name_answer(norm)
+            if name and parse.name_is_plausible(name) and speech.say_name(name, self.lang) != \
+                    speech.say_name(st.slots.name, self.lang):
+                values["name"] = name
         choice = next(iter(u.analysis.ambiguous.items()), None)
         if values or choice:
             r = self.tools.update(values, decided=True) if values else UpdateResult()
