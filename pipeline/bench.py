@@ -229,7 +229,9 @@ class ScriptedTranscripts:
     decoding is ``FasterWhisperSTT``'s own (its encoder window included).
 
     Audio shorter than the line's speech (an early transcription at a pause inside the line) is
-    reported as the same fraction of the line's text: half a phone number is not a phone number.
+    reported as what real weights heard of it (the turn-taking reads those words: 「12月24日の」
+    leaves the sentence hanging), and with random weights as the same fraction of the line's text:
+    half a phone number is not a phone number.
     """
 
     def __init__(self, stt: Any, random_weights: bool, current: Callable[[], Clip | None] | None = None):
@@ -265,6 +267,8 @@ class ScriptedTranscripts:
         text = heard
         if clip is not None and isinstance(clip.line, Over) and not self.random_weights:
             text = heard  # what is said over the bot is judged on what whisper really heard
+        elif clip is not None and duration < clip.speech_s and not self.random_weights:
+            text = heard  # part of the line (a pause inside it): what whisper made of that part
         elif clip is not None:
             text = clip.line.text
             if duration < clip.speech_s:

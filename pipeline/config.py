@@ -448,12 +448,12 @@ class VADConfig(_Section):
     )
     backchannels: bool = Field(default=True, description="a short burst while the bot speaks is judged "
                                                          "(backchannel or barge-in) instead of stopping it at once")
-    backchannel_max_ms: int = Field(default=320, ge=VAD_WINDOW_MS, le=2000,
+    backchannel_max_ms: int = Field(default=384, ge=VAD_WINDOW_MS, le=2000,
                                     description="a burst longer than this from its onset is a barge-in")
     backchannel_gap_ms: int = Field(default=96, ge=VAD_WINDOW_MS, le=1000,
                                     description="silence that ends a burst (its words then decide)")
     backchannel_words_ms: int = Field(
-        default=192, ge=0, le=2000,
+        default=160, ge=0, le=2000,
         description="a burst still going after this long is transcribed so far: a backchannel's first words "
                     "(そう.., なる..) let it run to backchannel_long_ms, other words stop the bot at once; 0 = never",
     )

@@ -628,3 +628,75 @@ def test_the_bots_fixed_phrases_are_rendered_ahead_of_the_calls(runtime_factory)
     assert not any("{" in text for _, text in cache)  # templates are filled per call, never rendered raw
     rt.close()
     assert rt.prerender_phrases() == 0  # a closing runtime stops rendering
+
+
+# ----------------------------------------------------------------------------------- speech over the bot
+def caller_voice(text: str) -> np.ndarray:
+    """Open JTalk's voice (not the bot's) through a phone line, at 16 kHz."""
+    from pipeline.sim.phone import phone_line
+    from pipeline.sim.voices import openjtalk
+
+    return phone_line(*openjtalk(text))
+
+
+def feed_until(h: CallHandler, done, limit_s: float = 30.0) -> None:
+    """A quiet line, 20 ms at a time in real time, until ``done()`` (bounded)."""
+    deadline = time.monotonic() + limit_s
+    while not done() and time.monotonic() < deadline:
+        feed(h, silence(0.02))
+        time.sleep(0.02)
+
+
+def test_a_hai_said_over_the_bot_neither_stops_it_nor_becomes_a_turn(runtime_factory, parts, loop):
+    ears = CountingEars(parts["stt"], ["はい"])
+    rt = runtime_factory(kind="rules", stt=ears)
+    h, cleared = start(rt, loop)
+    h.start_up()
+    drain(h)  # the greeting handed out: it plays for seconds yet
+    assert h.call.playing()
+    cleared.calls = 0
+    feed(h, np.concatenate([silence(0.3), caller_voice("はい")]))
+    feed_until(h, lambda: bool(ears.sizes))  # its words are read while the line goes on
+    feed_until(h, lambda: False, limit_s=0.6)
+    assert ears.sizes  # the burst's words were looked at
+    assert cleared.calls == 0  # the bot was not stopped
+    assert not h.call.timelines and not h.event.is_set()  # and it is not a turn
+
+
+def test_speech_that_goes_on_over_the_bot_stops_it_without_waiting_for_its_end(runtime_factory, parts, loop):
+    rt = runtime_factory(kind="rules", stt=CountingEars(parts["stt"], ["すみません、もう一度お願いします"]))
+    h, cleared = start(rt, loop)
+    h.start_up()
+    drain(h)
+    cleared.calls = 0
+    words = caller_voice("すみません、もういちど おねがいします")
+    feed(h, np.concatenate([silence(0.3), words[: SR]]))  # its first second, still going
+    feed_until(h, lambda: cleared.calls > 0, limit_s=5)
+    assert cleared.calls >= 1
+
+
+def test_with_backchannels_off_any_speech_over_the_bot_stops_it(runtime_factory, parts, loop):
+    rt = runtime_factory(kind="rules", stt=CountingEars(parts["stt"], ["はい"]))
+    rt.cfg.vad.backchannels = False
+    h, cleared = start(rt, loop)
+    h.start_up()
+    drain(h)
+    cleared.calls = 0
+    feed(h, np.concatenate([silence(0.3), caller_voice("はい")]))
+    assert cleared.calls >= 1
+
+
+def test_a_vad_model_that_fails_hands_the_call_to_the_level_detector_and_the_caller_is_heard(
+        runtime_factory, test_models_dir, loop, caplog):
+    from make_test_models import KOKORO_FILENAME
+
+    from pipeline.vad import BundledSileroVAD
+
+    rt = runtime_factory(kind="rules")
+    rt.vad = BundledSileroVAD(test_models_dir / KOKORO_FILENAME)  # loads, but fails on every window
+    h, _ = start(rt, loop)
+    greet(h)
+    with caplog.at_level("ERROR", logger="pipeline.handler"):
+        say(h, "たなかです")
+    assert sum("EnergyVAD" in r.getMessage() for r in caplog.records) == 1  # said once, as an error
+    assert len(h.call.timelines) == 1  # heard, and answered

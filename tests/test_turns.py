@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import VADConfig
-from pipeline.voice.backchannel import Burst, BurstJudge, rms_db
-from pipeline.voice.turns import Decision, EndOfTurnModel, Pause, TurnPolicy, end_of_turn_model
+from pipeline.voice.backchannel import Burst, BurstJudge, rms_db, starts_like_backchannel
+from pipeline.voice.turns import Decision, EndOfTurnModel, Pause, TurnPolicy, end_of_turn_model, holds_digits, sounds_finished, sounds_unfinished
 
 CFG = VADConfig()
 W = 32.0  # ms per VAD window
@@ -133,11 +133,66 @@ def test_a_loud_burst_is_a_barge_in_at_once():
 
 
 def test_speech_resuming_while_the_words_are_awaited_makes_the_transcript_stale():
-    judge = BurstJudge(CFG, W)
+    judge = BurstJudge(CFG.model_copy(update={"backchannel_words_ms": 0}), W)
     feed(judge, "vvv...")
     feed(judge, "v")
     assert judge.transcript("はい") is Burst.PENDING  # of half of it: ignored
     assert Burst.BARGE_IN in feed(judge, "v" * 10)
+
+
+def test_a_long_backchannel_whose_first_words_are_one_runs_past_the_length_limit():
+    judge = BurstJudge(CFG, W)
+    early = feed(judge, "v" * int(CFG.backchannel_words_ms // W))
+    assert early[-1] is Burst.TRANSCRIBE and judge.asked == "early"
+    assert judge.transcript("そうです") is Burst.PENDING  # 「そうですね」 so far
+    longest = int(CFG.backchannel_long_ms // W) - len(early) - 1
+    assert Burst.BARGE_IN not in feed(judge, "v" * longest)
+    assert feed(judge, "...")[-1] is Burst.TRANSCRIBE
+    assert judge.transcript("そうですね") is Burst.BACKCHANNEL
+
+
+def test_first_words_that_are_not_a_backchannel_stop_the_bot_before_the_length_limit():
+    judge = BurstJudge(CFG, W)
+    feed(judge, "v" * int(CFG.backchannel_words_ms // W))
+    assert judge.transcript("すみません") is Burst.BARGE_IN
+    assert judge.elapsed_ms < CFG.backchannel_max_ms
+
+
+def test_no_first_words_leave_the_length_rule_as_it_was():
+    judge = BurstJudge(CFG, W)
+    early = feed(judge, "v" * int(CFG.backchannel_words_ms // W))
+    assert judge.transcript("") is Burst.PENDING
+    out = feed(judge, "v" * 20)
+    assert (len(early) + out.index(Burst.BARGE_IN) + 1) * W <= CFG.backchannel_max_ms + W
+
+
+def test_backchannel_starts():
+    for words in ("はい", "そうです", "なる", "ええ、", "Okay", "uh"):
+        assert starts_like_backchannel(words), words
+    for words in ("すみません", "いいえ", "Sumi", "8時", "no, wait", ""):
+        assert not starts_like_backchannel(words), words
+
+
+def test_words_that_leave_a_sentence_hanging():
+    for text in ("12月24日の", "えーと", "明日の、", "特に", "予約をお願いしたいんですけど", "I'd like to book for", "so, um"):
+        assert sounds_unfinished(text), text
+    for text in ("12月24日の19時に2名でお願いします。", "田中です", "はい", "7時に", "2名で", "特にありません",
+                 "以上です", "ええ", "That's all.", ""):
+        assert not sounds_unfinished(text), text
+
+
+def test_words_that_close_a_sentence():
+    for text in ("特にありません", "田中です。", "はい", "That's all.", "お願いします"):
+        assert sounds_finished(text), text
+    for text in ("12月24日の", "えーと", "090 1234", "so, um.", "", "明日の、"):
+        assert not sounds_finished(text), text
+
+
+def test_digits_in_the_words_are_seen_however_whisper_writes_them():
+    for text in ("090", "０９０、", "ゼロキューゼロ", "〇九〇"):
+        assert holds_digits(text), text
+    for text in ("はい", "田中です", "携帯は持っていません"):
+        assert not holds_digits(text), text
 
 
 def test_no_transcript_in_time_or_a_failed_one_gives_the_caller_the_floor():

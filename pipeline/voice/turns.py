@@ -5,9 +5,17 @@ done): both end in a pause. With an end-of-turn model configured (``vad.turn_mod
 v3.2), the utterance so far is classified at each short pause, in a worker thread (never on the
 event loop or the audio path), and the silence that ends the turn follows its verdict: short
 (``vad.turn_complete_silence_ms``) when it says complete, long (``vad.turn_incomplete_silence_ms``,
-longer while a phone number is read) when it says incomplete. Until the verdict is back the
-silence-only rule stands: the slot-aware ``vad.end_silence*`` waits. A model that is off, missing
-or failing leaves the silence-only rule alone (said once in the log).
+longer while a phone number is read) when it says incomplete. Until the verdict is back the turn
+is taken as unfinished: only a "complete" ends it early. A model that is off, missing or failing
+leaves the silence-only rule, the slot-aware ``vad.end_silence*`` waits (said once in the log).
+
+Smart Turn hears prosody: a Japanese caller who stops after a particle with a falling tone
+(「12月24日の、」) sounds finished to it. The early transcript of the same pause, which the turn's
+reply needs anyway, has the words: one that ends on a connective particle, a filler or a comma
+(:func:`sounds_unfinished`) turns a "complete" into an "incomplete"; so do some digits but no
+whole number yet while a phone number is asked for (each group sounds finished). The other way
+round, words that close a sentence (:func:`sounds_finished`), or a whole phone number when one is
+asked for, turn an "incomplete" into no verdict: the silence rule decides.
 
 :class:`TurnPolicy` is pure: it is given the numbers (voiced windows, trailing silence, what the bot
 asked, whether the early transcript holds a whole phone number) and a verdict when there is one,
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +42,57 @@ log = logging.getLogger(__name__)
 
 #: what the bot asked when the caller's answer is a yes or a no: it can end after less silence
 SHORT_ANSWER = frozenset({"confirm", "anything_else"})
+
+
+# A Japanese phrase left hanging: a connective particle (の, を, が, は, と, も, や, から, けど, ...), a
+# filler (えーと, あの, その, えー, まあ, うーん) or an adverb/conjunction that leads somewhere (特に,
+# それで, あと). に and で are left out: 「7時に」「2名で」 are whole answers.
+_UNFINISHED_JA = re.compile(
+    r"(?:の|を|が|は|と|も|や|から|まで|けど|けれど|けども|ので|って|"
+    r"えーと|えっと|ええと|えー+|あの+|あのー+|その+|そのー+|まあ|うーん|んー|"
+    r"特に|とくに|それで|それから|あと|あとは|ただ|えっとですね)ー*$"
+)
+_UNFINISHED_EN = re.compile(
+    r"\b(?:and|or|but|so|because|the|a|an|to|at|for|on|of|with|my|uh+|um+|er+|like|is|are)$", re.IGNORECASE)
+#: a trailing comma in any script: whisper writes one where the speaker's voice stays up
+_COMMA = ("、", ",", "，", "…", "...")
+
+
+_DIGITS = re.compile(r"[0-9０-９]|ゼロ|イチ|ニー|サン|ヨン|ゴー|ロク|ナナ|ハチ|キュー|[〇一二三四五六七八九]")
+
+
+def holds_digits(text: str) -> bool:
+    """Some digits in the words (figures, kanji, or digits read out in katakana): while a phone
+    number is asked for, digits that do not make a whole number yet are a number being read."""
+    return bool(_DIGITS.search(text))
+
+
+# A Japanese sentence brought to its end: a polite predicate (です, ます, ません, ました, ください, ...),
+# a yes or a no.
+_FINISHED_JA = re.compile(r"(?:です|ます|ません|ました|でした|ましょう|ください|下さい|はい|いいえ|ない|ですか|ますか)$")
+
+
+def sounds_finished(text: str) -> bool:
+    """The words so far close a sentence (「特にありません」, "That's all."): Smart Turn, hearing a flat
+    tone, may still call it unfinished."""
+    t = text.strip()
+    if not t or sounds_unfinished(t):
+        return False
+    if _FINISHED_JA.search(t.rstrip("。.!?！？ 　")):
+        return True
+    return t.endswith((".", "?", "!")) and t.isascii()
+
+
+def sounds_unfinished(text: str) -> bool:
+    """The words so far leave the sentence hanging (see the module docstring); ``text`` is a raw
+    early transcript, final punctuation and all."""
+    t = text.strip()
+    if not t:
+        return False
+    if t.endswith(_COMMA):
+        return True
+    t = t.rstrip("。.!?！？ 　")
+    return bool(_UNFINISHED_JA.search(t) or _UNFINISHED_EN.search(t))
 
 
 class Decision(enum.Enum):
