@@ -51,6 +51,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -67,8 +68,10 @@ from pipeline.dialog.keypad import keypad_text
 from pipeline.dialog.parse import is_valid_phone, parse_phone
 from pipeline.phone_socket import Mark
 from pipeline.vad import WINDOW as VAD_WINDOW
+from pipeline.vad import EnergyVAD, silero_options
 from pipeline.vad import algo_options as vad_algo_options
-from pipeline.vad import silero_options
+from pipeline.voice.backchannel import Burst, BurstJudge, rms_db
+from pipeline.voice.turns import Pause, TurnPolicy, end_of_turn_model, holds_digits, sounds_finished, sounds_unfinished
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,14 @@ MAX_TURN_S = 30.0
 PREROLL_S = 0.3
 #: silence kept after the last voiced window in the audio given to STT
 TAIL_S = 0.2
-#: what the bot asked when the caller's answer is a yes or a no: it can end after less silence
-SHORT_ANSWER = frozenset({"confirm", "anything_else"})
+#: longest wait for the words of a burst said over the bot before the caller is given the floor
+BURST_WORDS_TIMEOUT_S = 1.5
+#: a window this quiet is no speech on any line: silero is not run on it (on an idle call, silero on
+#: every window would be most of the call's CPU)
+QUIET_DBFS = -60.0
+#: quiet windows (0.5 s) silero is given before the next sound: without them its state is cold and
+#: it rates the onset of a short 「はい」 too low to be speech
+QUIET_CONTEXT = 16
 #: a closing line the caller talks over is said again when they stop, this many times at most,
 #: and not for longer than this: a line that never falls quiet is hung up on
 FAREWELL_TRIES = 3
@@ -131,7 +140,9 @@ class TurnDetector:
         self.min_speech = self._windows(cfg.min_speech_ms)
         self.onset = self._windows(cfg.onset_ms)
         self.end_after = self._windows(cfg.end_silence_ms)  # the handler sets it per frame
-        self._failed = False
+        #: (above the threshold, level dBFS) of the last frame's windows from the utterance's first
+        #: voiced one on; without the hysteresis, whose tail would make a short 「はい」 look long
+        self.windows: list[tuple[bool, float]] = []
         self.reset()
 
     def _windows(self, ms: float) -> int:
@@ -143,6 +154,8 @@ class TurnDetector:
     def reset(self) -> None:
         self.state = self.model.get_initial_state(1)
         self._left = np.zeros(0, np.float32)  # samples short of a whole window
+        #: the last quiet windows silero was not run on, run before the next sound
+        self._skipped: deque[np.ndarray] = deque(maxlen=QUIET_CONTEXT)
         self.speaking = False
         self.total = 0  # samples received since reset
         self.processed = 0  # samples the VAD has seen
@@ -159,17 +172,31 @@ class TurnDetector:
         self.speech_end: float | None = None
 
     def feed(self, pcm: np.ndarray, arrived: float) -> set[str]:
-        """Take a frame (int16 mono at 16 kHz); returns the events it caused: ``"onset"`` (the
-        caller has been talking for ``onset_ms``) and/or ``"end"`` (the turn is over: ``take()``)."""
+        """Take a frame (int16 mono at 16 kHz); returns the events it caused: ``"start"`` (a first
+        voiced window), ``"onset"`` (the caller has been talking for ``onset_ms``) and/or ``"end"``
+        (the turn is over: ``take()``)."""
         events: set[str] = set()
+        self.windows = []
         self._buffer.append(pcm)
         self.total += pcm.size
         self._left = np.concatenate([self._left, pcm.astype(np.float32) / 32768.0])
         while self._left.size >= VAD_WINDOW:
             window, self._left = self._left[:VAD_WINDOW], self._left[VAD_WINDOW:]
             self.processed += VAD_WINDOW
-            prob = self._prob(window)
+            level = rms_db(window)
+            if level > QUIET_DBFS:
+                for quiet in self._skipped:  # silero's state wants the quiet just before the sound
+                    self._prob(quiet)
+                self._skipped.clear()
+                prob = self._prob(window)
+            else:
+                self._skipped.append(window)
+                prob = 0.0
             self.speaking = prob >= (self.leave if self.speaking else self.enter)
+            if self.speaking and not self.in_utterance:
+                events.add("start")
+            if self.speaking or self.in_utterance:
+                self.windows.append((prob >= self.enter, level))
             if self.speaking:
                 self.in_utterance = True
                 self.voiced += 1
@@ -197,12 +224,16 @@ class TurnDetector:
             prob, self.state = self.model(window, self.state, VAD_RATE)
             return float(np.asarray(prob).ravel()[0])
         except Exception:
-            # On the audio path an exception would end the call; a window taken as silence
-            # at worst ends a turn early.
-            if not self._failed:
-                log.warning("VAD failed on a window; taking it as silence", exc_info=True)
-            self._failed = True
-            return 0.0
+            # A fault, not silence: taking every window as silence would leave the call deaf (and an
+            # exception on the audio path would end it). The rest of the call is heard by level.
+            if isinstance(self.model, EnergyVAD):
+                log.exception("the fallback VAD failed on a window; taking it as silence")
+                return 0.0
+            log.error("the VAD model failed; this call goes on with the level-based detector (EnergyVAD)",
+                      exc_info=True)
+            self.model = EnergyVAD()
+            self.state = self.model.get_initial_state(1)
+            return self._prob(window)
 
     def _trim(self) -> None:
         """Keep only the pre-roll while nobody talks."""
@@ -309,6 +340,16 @@ class CallHandler(ReplyOnPause):
         self._keys_due = 0.0
         self._handing_over = False  # the call is being put through to a person: the caller is not listened to
         self._line_gone = threading.Event()
+        self._policy = TurnPolicy(vad_cfg)
+        self._turn_model = end_of_turn_model(vad_cfg, runtime.cfg.path)
+        #: the end-of-turn model's verdict on the utterance as it stood at its last short pause
+        self._verdict: tuple[int, Future] | None = None
+        #: a burst said over the bot, being judged; the words asked of it; an utterance it ended
+        self._burst: BurstJudge | None = None
+        self._burst_words: Future | None = None
+        self._burst_asked_at = 0.0
+        self._burst_held: tuple[np.ndarray, float | None, Future | None] | None = None
+        self._caller_db: float | None = None  # the caller's usual speaking level (dBFS)
 
     def copy(self) -> CallHandler:
         return CallHandler(self.runtime, input_sample_rate=self.input_sample_rate, idle_wait_s=self.idle_wait_s)
@@ -362,11 +403,30 @@ class CallHandler(ReplyOnPause):
             det = self._detector
             det.set_end_silence(self._end_silence_ms())
             events = det.feed(pcm, arrived)
+            if "start" in events and self._burst is None and self._bot_audible(arrived):
+                self._burst = BurstJudge(self.vad_cfg, det.window_s * 1000, caller_db=self._caller_db)
+            verdict = self._judge_burst(arrived)
+            if self._burst is not None:
+                events.discard("onset")  # said over the bot: not a barge-in until judged one
+            elif verdict is None and det.in_utterance:
+                self._note_level()
             if "end" in events:
+                log.debug("call %s: end of turn after %d ms of silence", self._call_key,
+                          det.silence * det.window_s * 1000)
                 audio, speech_end, voiced = det.take()
                 utterance = (audio, speech_end, self._take_speculation(voiced))
-            else:
+                if self._burst is not None:
+                    self._burst_held, utterance = utterance, None  # its verdict says what it was
+            elif self._burst is None:
                 self._maybe_speculate()
+            if verdict is Burst.BACKCHANNEL and self._bot_audible(arrived):
+                self._drop_burst(utterance)
+                utterance = None
+            elif verdict is not None:
+                # a barge-in; or a 「はい」 that outlasted the bot's words: after the read-back it is the answer
+                if verdict is Burst.BARGE_IN:
+                    events.add("onset")
+                utterance, self._burst_held = utterance or self._burst_held, None
         if "onset" in events:
             self._send_log("started_talking")
             self._barge_in(arrived, "caller started talking")
@@ -381,6 +441,73 @@ class CallHandler(ReplyOnPause):
             with self._lock:
                 self._pending = (tl, (VAD_RATE, audio.reshape(1, -1)), spec)
                 self.event.set()
+
+    # ------------------------------------------------------------------ bursts said over the bot
+    def _bot_audible(self, now: float) -> bool:
+        """Under the lock: the bot is talking (or about to), so speech is judged (backchannel or
+        barge-in) rather than stopping it at once."""
+        if not self.vad_cfg.backchannels:
+            return False
+        call = self._call_obj
+        return self.generator is not None or (call is not None and call.playing(now))
+
+    def _judge_burst(self, now: float) -> Burst | None:
+        """Under the lock: the burst's new windows (and its words, when back) to a verdict, once."""
+        judge = self._burst
+        if judge is None:
+            return None
+        det = self._detector
+        for voiced, level in det.windows:
+            if judge.decided:
+                break
+            if judge.window(voiced, level) is Burst.TRANSCRIBE:
+                if self._burst_words is not None:
+                    self._burst_words.cancel()
+                self._burst_words = self.runtime.transcribe_soon(det.audio(det.processed), VAD_RATE,
+                                                                 context=self.call.stt_context())
+                self._burst_asked_at = now
+        words = self._burst_words
+        if not judge.decided and judge.asked is not None and words is not None:
+            if words.done():
+                self._burst_words = None
+                try:
+                    text = words.result().text or ""
+                except Exception:  # cancelled or failed
+                    text = None
+                log.debug("call %s: %s words of speech over the bot: %r", self._call_key, judge.asked, text)
+                judge.transcript(text)
+            elif judge.asked == "final" and now - self._burst_asked_at > BURST_WORDS_TIMEOUT_S:
+                judge.timed_out()
+        if not judge.decided:
+            return None
+        log.debug("call %s: speech over the bot: %s (%.0f ms, %.0f ms voiced, peak %.1f dB, caller %s dB)",
+                  self._call_key, judge.verdict.value, judge.elapsed_ms, judge.voiced_ms, judge.peak_db,
+                  None if self._caller_db is None else round(self._caller_db, 1))
+        self._burst = None
+        if self._burst_words is not None:
+            self._burst_words.cancel()
+            self._burst_words = None
+        return judge.verdict
+
+    def _drop_burst(self, ended: tuple[np.ndarray, float | None, Future | None] | None) -> None:
+        """Under the lock: a backchannel is not a turn: forget its audio and what was started on it."""
+        held, self._burst_held = self._burst_held, None
+        futures = [u[2] for u in (held, ended) if u is not None and u[2] is not None]
+        det = self._detector
+        if det.in_utterance:
+            _audio, _end, voiced = det.take()
+            futures.append(self._take_speculation(voiced))
+        for future in futures:
+            if future is not None:
+                future.cancel()
+        self._verdict = None
+
+    def _note_level(self) -> None:
+        """Under the lock: the caller's speaking level, from their loudest windows (slowly forgotten),
+        for the energy rule of bursts said over the bot."""
+        for voiced, level in self._detector.windows:
+            if voiced:
+                self._caller_db = level if self._caller_db is None else max(level, self._caller_db - 0.02)
 
     def press(self, key: str) -> None:
         """A key the caller pressed on the phone (0-9, *, #). The first of a run stops the bot talking;
@@ -460,16 +587,45 @@ class CallHandler(ReplyOnPause):
 
     # ------------------------------------------------------------------ end of turn
     def _end_silence_ms(self) -> int:
-        """How much silence ends the caller's turn, given what the bot asked."""
-        cfg = self.vad_cfg
+        """How much silence ends the caller's turn, given what the bot asked and, when one is
+        configured, the end-of-turn model's verdict on the utterance as it stands."""
         call = self._call_obj
         asking = getattr(getattr(getattr(call, "agent", None), "state", None), "asking", None)
-        if asking == "phone":
-            # callers pause between digit groups; a whole number already heard needs no waiting
-            return cfg.end_silence_ms if self._speculated_phone() else cfg.end_silence_phone_ms
-        if asking in SHORT_ANSWER:
-            return cfg.end_silence_short_ms
-        return cfg.end_silence_ms
+        asking = asking if isinstance(asking, str) else None
+        det = self._detector
+        phone_heard = asking == "phone" and self._speculated_phone()
+        pause = Pause(det.voiced, det.silence * det.window_s * 1000, asking, phone_heard)
+        return self._policy.end_silence_ms(pause, self._complete(asking == "phone", phone_heard))
+
+    def _complete(self, asking_phone: bool = False, phone_heard: bool = False) -> bool | None:
+        """Under the lock: whether the utterance as it stands is a finished turn. None: the silence
+        rule decides (no model, a failed one, or the words and the model disagree that it is
+        unfinished). Until the model's verdict is back, and while the early transcript that can
+        overrule it is still being made, it is not finished."""
+        if self._turn_model is None or self._turn_model.failed:
+            return None
+        det = self._detector
+        verdict = self._verdict
+        if verdict is None or verdict[0] != det.voiced or not verdict[1].done():
+            return False
+        try:
+            complete = verdict[1].result()
+        except Exception:  # cancelled
+            return False
+        if complete is None:
+            return None  # the model failed just now: silence alone
+        spec = self._spec
+        if spec is None or spec.voiced != det.voiced:
+            return complete  # no early transcript of it (one still runs): the model alone
+        if not spec.future.done():
+            return False
+        try:
+            text = spec.future.result().text or ""
+        except Exception:
+            return complete
+        if complete:
+            return not (sounds_unfinished(text) or (asking_phone and not phone_heard and holds_digits(text)))
+        return None if phone_heard or sounds_finished(text) else False
 
     def _speculated_phone(self) -> bool:
         spec = self._spec
@@ -487,19 +643,25 @@ class CallHandler(ReplyOnPause):
 
     def _maybe_speculate(self) -> None:
         """Under the lock: transcribe the utterance so far once the caller pauses briefly."""
-        pause_ms = self.vad_cfg.speculative_pause_ms
+        cfg = self.vad_cfg
+        pause_ms = cfg.speculative_pause_ms
         det = self._detector
         spec = self._spec
         if spec is not None and spec.voiced != det.voiced:
             spec.future.cancel()  # the caller went on: that transcript is of half the sentence
             self._spec = spec = None
-        if not pause_ms or not det.in_utterance or det.voiced < det.min_speech or spec is not None:
+        if not det.in_utterance or det.voiced < det.min_speech:
             return
-        if det.silence * det.window_s * 1000 < pause_ms:
+        silence_ms = det.silence * det.window_s * 1000
+        verdict = self._verdict
+        if (self._turn_model is not None and (verdict is None or verdict[0] != det.voiced)
+                and silence_ms >= (pause_ms or cfg.turn_complete_silence_ms // 2)):
+            # the end-of-turn model on the utterance so far, in its own pool
+            self._verdict = (det.voiced, self._turn_model.classify_soon(det.audio(det.processed)))
+        if not pause_ms or spec is not None or silence_ms < pause_ms:
             return
         if self._spec_running is not None and not self._spec_running.done():
             return  # at most one per call: a stale one still runs; try again on the next frame
-        # decoded knowing what the bot asked (prompt, expected answers), as the turn's own transcription
         future = self.runtime.transcribe_soon(det.audio(det.processed), VAD_RATE, context=self.call.stt_context())
         self._spec = _Speculation(future, det.voiced)
         self._spec_running = future
@@ -592,6 +754,7 @@ class CallHandler(ReplyOnPause):
             self._pending = None
             self._resampler = None
             self._keys = ""
+            self._burst = self._burst_held = self._verdict = None
         if spec is not None:
             spec.future.cancel()
 
