@@ -12,6 +12,7 @@ from pipeline.dialog.understand.sound import (
     alternatives,
     booking_act_by_sound,
     phone_repairs,
+    relative_date_by_sound,
     distance,
     expectation,
     reading,
@@ -123,3 +124,16 @@ def test_phone_candidates_only_for_a_whole_number_that_is_not_one():
     expect = expectation("phone", "ja", today=TODAY)
     assert expect("090333334444です") == ["090-3333-4444です", "090-3333-3444です"]
     assert expect("090-1234-5678") == [] and expect("1234の") == []
+
+
+@pytest.mark.parametrize("text,days", [("朝ってです", 2), ("アサテです", 2), ("あさっての夜", 2), ("しあさってで", 3),
+                                       ("朝です", None), ("浅田です", None), ("朝から", None), ("明日です", None)])
+def test_a_relative_date_in_the_wrong_kanji_is_heard_by_its_sound(text, days):
+    assert relative_date_by_sound(text) == days
+
+
+def test_understanding_takes_a_date_by_sound_only_where_a_date_may_be_meant():
+    from pipeline.dialog.understand import understand
+
+    assert understand("朝ってです", TODAY, asking="date").values["date"] == dt.date(2026, 12, 3)
+    assert "date" not in understand("朝ってです", TODAY, asking="name").values

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ from pipeline.dialog.understand.names import parse_name
 from pipeline.dialog.understand.text import MAX_UTTERANCE, IsOpen
 
 log = logging.getLogger(__name__)
+
+_JA_TEXT = re.compile("[\u3040-\u30ff\u3400-\u9fff]")
 
 __all__ = ["Understanding", "acts_of", "is_backchannel", "reservation_id", "understand"]
 
@@ -58,6 +61,12 @@ def understand(
     body = RESERVATION_ID.sub(" ", raw) if rid else raw
     acts = acts_of(body)
     analysis = analyze(body, today, expecting=asking, is_open=is_open, filled=filled)
+    if "date" not in analysis.values and asking in (None, "date", "manage_date") and _JA_TEXT.search(body):
+        from pipeline.dialog.understand.sound import relative_date_by_sound
+
+        days = relative_date_by_sound(body)
+        if days is not None:  # 「朝手の18時に」: あさって in the wrong kanji
+            analysis.values["date"] = today + dt.timedelta(days=days)
     if "name" in analysis.values and acts & _NOT_A_NAME_ACTS and not parse_name(body):
         # 「やめる」「ちょっと待って」 answer the name question without being a name
         del analysis.values["name"]

@@ -84,6 +84,30 @@ def booking_act_by_sound(text: str) -> str | None:
     return None
 
 
+#: relative dates whisper writes in near-sounding kanji (あさって -> 「朝って」「朝手」), by reading:
+#: the word, how many days from today, and the slips allowed
+_RELATIVE_BY_SOUND = (("シアサッテ", 3, 1), ("アサッテ", 2, 1), ("ミョーゴニチ", 2, 1))
+
+
+def relative_date_by_sound(text: str) -> int | None:
+    """Days from today of a relative date ``text`` says by its sound only (「朝手の18時」: あさって,
+    2), or None; the word must stand before a particle or the end (の, に, で, は, です)."""
+    heard = morae(reading(text[:80]))
+    best: tuple[float, int] | None = None
+    for word, days, slips in _RELATIVE_BY_SOUND:
+        target = morae(word)
+        n = len(target)
+        for size in (n - 1, n, n + 1):
+            for i in range(0, len(heard) - size + 1):
+                after = "".join(heard[i + size:i + size + 2])
+                if after and after[0] not in "ノニデハ":
+                    continue
+                d = distance(heard[i:i + size], target)
+                if d <= slips and (best is None or d < best[0]):
+                    best = (d, days)
+    return best[1] if best is not None else None
+
+
 def _base(kana: str) -> str:
     """The kana without its voicing mark (ダ -> タ, パ -> ハ)."""
     return unicodedata.normalize("NFD", kana)[0]
