@@ -189,9 +189,9 @@ def test_words_that_close_a_sentence():
 
 
 def test_digits_in_the_words_are_seen_however_whisper_writes_them():
-    for text in ("090", "０９０、", "ゼロキューゼロ", "〇九〇"):
+    for text in ("090", "０９０、", "ゼロキューゼロ"):
         assert holds_digits(text), text
-    for text in ("はい", "田中です", "携帯は持っていません"):
+    for text in ("はい", "田中です", "携帯は持っていません", "すみません、もう一度お願いします"):
         assert not holds_digits(text), text
 
 

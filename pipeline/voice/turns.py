@@ -58,12 +58,13 @@ _UNFINISHED_EN = re.compile(
 _COMMA = ("、", ",", "，", "…", "...")
 
 
-_DIGITS = re.compile(r"[0-9０-９]|ゼロ|イチ|ニー|サン|ヨン|ゴー|ロク|ナナ|ハチ|キュー|[〇一二三四五六七八九]")
+# figures, or digits read out in katakana; not kanji numerals: 「もう一度」 is no number
+_DIGITS = re.compile(r"[0-9０-９]|ゼロ|イチ|ニー|サン|ヨン|ゴー|ロク|ナナ|ハチ|キュー")
 
 
 def holds_digits(text: str) -> bool:
-    """Some digits in the words (figures, kanji, or digits read out in katakana): while a phone
-    number is asked for, digits that do not make a whole number yet are a number being read."""
+    """Some digits in the words: while a phone number is asked for, digits that do not make a
+    whole number yet are a number being read."""
     return bool(_DIGITS.search(text))
 
 
