@@ -339,13 +339,13 @@ RECONSIDER_MAX_S = 6.0
 #: this long and whisper finds that language this many times likelier (「はい」 reads as "Hi")
 DETECT_MIN_S = 2.0
 DETECT_ODDS = 2.0
-RECONSIDER_MAX_CANDIDATES = 48
+RECONSIDER_MAX_CANDIDATES = 32
 RESCORE_BATCH = 8
 RECONSIDER_MARGIN = 1.0
 RECONSIDER_FLOOR = -1.65
 #: short of that, the best candidate is still a guess worth asking about (「20時でよろしいでしょうか」)
-GUESS_MARGIN = 2.0
-GUESS_FLOOR = -2.5
+GUESS_MARGIN = 2.2
+GUESS_FLOOR = -3.0
 
 
 # ------------------------------------------------------------------------------------------ backends

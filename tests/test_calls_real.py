@@ -318,6 +318,8 @@ CASES = [
        never_says=["ミズオチ"]),
     ja("ja-bare-name-corrects-the-readback", ["12月24日の19時に3名で", "作戦", "090-1234-5678", "特にありません", "田中", "はい"],
        JA_BOOKED, bot_says=["お名前をタナカ様に変更いたしました"]),
+    ja("ja-garble-at-readback-is-no-name", ["12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません", "リンエ",
+                                            "はい"], JA_BOOKED, never_says=["変更いたしました"]),
     ja("ja-same-name-at-readback-is-no-change", ["12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません", "タナカ",
                                                  "はい"], JA_BOOKED, never_says=["変更いたしました"]),
     ja("ja-asatte-misheard", ["予約をお願いします", "朝ってです", "19時です", "3名です", *JA_TAIL],

@@ -11,6 +11,7 @@ from pipeline.dialog.understand import acts_of
 from pipeline.dialog.understand.sound import (
     alternatives,
     booking_act_by_sound,
+    common_surname,
     phone_repairs,
     relative_date_by_sound,
     distance,
@@ -137,3 +138,13 @@ def test_understanding_takes_a_date_by_sound_only_where_a_date_may_be_meant():
 
     assert understand("朝ってです", TODAY, asking="date").values["date"] == dt.date(2026, 12, 3)
     assert "date" not in understand("朝ってです", TODAY, asking="name").values
+
+
+def test_a_common_surname_is_known_by_its_sound():
+    assert common_surname("砂糖") == "佐藤" and common_surname("サトウ") == "佐藤" and common_surname("鈴木") == "鈴木"
+    assert common_surname("リンエ") is None and common_surname("") is None
+
+
+def test_a_turn_that_means_something_else_is_not_weighed():
+    expect = expectation("date", "ja", today=TODAY)
+    assert expect("はい") == [] and expect("いいえ") == [] and expect("予約をお願いしたいんですが") == []

@@ -22,6 +22,7 @@ from pipeline.dialog.state import Manage
 from pipeline.dialog.tools import BookingTools, UpdateResult
 from pipeline.dialog.understand import Understanding, understand
 from pipeline.dialog.understand.acts import looks_like_question
+from pipeline.dialog.understand.sound import common_surname
 from pipeline.store import FullyBooked, ReservationNotFound, StoreError
 
 log = logging.getLogger(__name__)
@@ -557,13 +558,14 @@ class RulesAgent:
         if u.has("end") and not values and yes_no is not True:
             st.pending = {"kind": "end"}
             return self.p("confirm_end")
-        if not values and not u.acts and st.slots.name:
-            # a bare name said to the read-back (「佐藤」: whisper dropped the いいえ and the です) corrects
-            # the name it read out, when it is a name and another one
+        if not values and not u.acts and st.slots.name and self.lang == "ja":
+            # a bare common surname said to the read-back (「佐藤」: whisper dropped the いいえ and the です)
+            # corrects the name it read out when it sounds otherwise; any other bare word is no name
+            # (「リンエ」 is whisper's start of 「いいえ、…」)
             name = parse.parse_name_answer(norm)
-            if name and parse.name_is_plausible(name) and speech.say_name(name, self.lang) != \
-                    speech.say_name(st.slots.name, self.lang):
-                values["name"] = name
+            surname = common_surname(name) if name else None
+            if surname and speech.say_name(surname, self.lang) != speech.say_name(st.slots.name, self.lang):
+                values["name"] = surname
         choice = next(iter(u.analysis.ambiguous.items()), None)
         if values or choice:
             r = self.tools.update(values, decided=True) if values else UpdateResult()
