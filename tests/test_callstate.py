@@ -105,3 +105,24 @@ def test_processes_racing_for_the_last_lines_never_exceed_the_cap(db_url):
     got = [out.get(timeout=5) for _ in procs]
     assert got.count(True) == 3
     assert ReservationStore(db_url).lines_in_use() == 3
+
+
+def test_beyond_max_pending_the_oldest_unused_tokens_are_forgotten(two, caplog):
+    a, b = two
+    for i in range(4):
+        a.issue_token(f"tok-p{i}", {"i": i}, ttl_s=60 + i, max_pending=3, now=T0)
+    assert b.redeem_token("tok-p0", now=T0).reason == "unknown"  # the oldest, forgotten
+    assert [b.redeem_token(f"tok-p{i}", now=T0).ok for i in (1, 2, 3)] == [True, True, True]
+    assert "more than 3 stream tokens pending" in caplog.text
+
+
+def test_one_heartbeat_renews_every_line_of_a_worker_and_no_other(two):
+    a, b = two
+    assert a.take_line("c1", 3, worker="a", now=T0, stale_s=30)
+    assert a.take_line("c2", 3, worker="a", now=T0, stale_s=30)
+    assert b.take_line("c3", 3, worker="b", now=T0, stale_s=30)
+    assert a.touch_lines("a", now=T0 + dt.timedelta(seconds=25)) == 2
+    # b's line was not renewed: it is taken back; a's two stand
+    assert b.take_line("c4", 3, worker="b", now=T0 + dt.timedelta(seconds=40), stale_s=30)
+    assert a.lines_in_use(stale_s=30, now=T0 + dt.timedelta(seconds=40)) == 3
+    assert not b.take_line("c5", 3, worker="b", now=T0 + dt.timedelta(seconds=40), stale_s=30)
