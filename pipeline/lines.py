@@ -76,10 +76,18 @@ class SharedLines:
             await asyncio.sleep(self.lease_s / 3)
             if not self.held:
                 break
+            before = set(self.held)
             try:
-                await asyncio.to_thread(self.store.touch_lines, self.worker)
+                renewed = await asyncio.to_thread(self.store.touch_lines, self.worker)
             except StoreError as e:
                 log.warning("the leases of %d lines could not be renewed: %s", len(self.held), e)
+                continue
+            # lines given back meanwhile leave ``held`` before the database; lines taken meanwhile only add
+            expected = len(before & self.held)
+            if renewed < expected:
+                # another worker took them back: this one went longer than line_lease_s without renewing
+                log.warning("%d of this worker's %d lines had run out of their lease (server.line_lease_s %g s): "
+                            "their calls go on uncounted", expected - renewed, expected, self.lease_s)
 
     async def close(self) -> None:
         task, self._renewing = self._renewing, None

@@ -9,6 +9,7 @@ all of them, and a worker that dies gives its lines back when their lease runs o
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import secrets
 import time
@@ -240,3 +241,26 @@ def test_lines_are_refused_not_handed_out_when_the_database_fails(tmp_path, capl
     assert lines.held == set()
     assert "the lines in use cannot be counted" in caplog.text and "could not be given back" in caplog.text
     store.close()
+
+
+def test_a_worker_whose_lines_were_taken_back_says_so_at_its_next_renewal(tmp_path, caplog):
+    from pipeline.lines import SharedLines
+
+    url = f"sqlite:///{tmp_path / 'lines.db'}"
+    mine, other = ReservationStore(url), ReservationStore(url)
+    lines = SharedLines(mine, cap=2, lease_s=1.5)
+
+    async def flow():
+        assert await lines.take("MZ-mine")
+        # another worker, later than this one's lease: the line counts as a dead worker's
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+        assert other.take_line("MZ-other", 2, worker="other", stale_s=1.5, now=later)
+        deadline = time.monotonic() + 30
+        while "had run out of their lease" not in caplog.text and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await lines.close()
+
+    asyncio.run(flow())
+    assert "1 of this worker's 1 lines had run out of their lease" in caplog.text
+    mine.close()
+    other.close()
