@@ -322,6 +322,8 @@ CASES = [
                                             "はい"], JA_BOOKED, never_says=["変更いたしました"]),
     ja("ja-same-name-at-readback-is-no-change", ["12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません", "タナカ",
                                                  "はい"], JA_BOOKED, never_says=["変更いたしました"]),
+    ja("ja-yes-to-an-open-question-is-listening", ["はい", "はい、お願いします", "12月24日の19時に3名で", *JA_TAIL], JA_BOOKED,
+       never_says=["もう一度"]),
     ja("ja-asatte-misheard", ["予約をお願いします", "朝ってです", "19時です", "3名です", *JA_TAIL],
        R("2026-12-03", "19:00", 3, "田中")),
     # ------------------------------------------------------------ a person, please

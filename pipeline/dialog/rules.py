@@ -432,6 +432,12 @@ class RulesAgent:
             st.pending = {"kind": "end"}
             return self.p("confirm_end")
         values = dict(u.values)
+        if u.acts == {"affirm"} and not values and asking in ("date", "time", "party_size", "name", "phone") \
+                and len(norm) <= 12 and st.failures.get("listening", 0) < 2:
+            # 「はい」 to an open question (a backchannel to the greeting that outlasted it): the
+            # caller is listening, not answering; the question again, not counted as a failure (twice)
+            st.failures["listening"] = st.failures.get("listening", 0) + 1
+            return self._current_question()
         if asking != "note" and "note" in values and not parse.parse_note(norm):
             values.pop("note")
         if asking == "name" and not u.acts & {"wait", "repeat", "none", "deny", "question"}:
