@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from pipeline.config import VADConfig
-from pipeline.voice.backchannel import Burst, BurstJudge, rms_db, starts_like_backchannel
+from pipeline.voice.backchannel import (
+    WORDS_GRACE_MS,
+    Burst,
+    BurstJudge,
+    rms_db,
+    sounds_like_backchannel,
+    starts_like_backchannel,
+)
 from pipeline.voice.turns import Decision, EndOfTurnModel, Pause, TurnPolicy, end_of_turn_model, holds_digits, sounds_finished, sounds_unfinished
 
 CFG = VADConfig()
@@ -122,9 +129,9 @@ def test_a_short_burst_saying_something_else_is_a_barge_in():
 
 def test_speech_that_goes_on_is_a_barge_in_within_the_length_limit():
     judge = BurstJudge(CFG, W)
-    out = feed(judge, "v" * 40)
+    out = feed(judge, "v" * 40)  # its first words are asked for, and never come
     first = out.index(Burst.BARGE_IN)
-    assert (first + 1) * W <= CFG.backchannel_max_ms + W
+    assert (first + 1) * W <= CFG.backchannel_max_ms + WORDS_GRACE_MS + W
 
 
 def test_a_loud_burst_is_a_barge_in_at_once():
@@ -164,6 +171,13 @@ def test_no_first_words_leave_the_length_rule_as_it_was():
     assert judge.transcript("") is Burst.PENDING
     out = feed(judge, "v" * 20)
     assert (len(early) + out.index(Burst.BARGE_IN) + 1) * W <= CFG.backchannel_max_ms + W
+
+
+def test_the_words_of_a_whole_burst():
+    for words in ("はい。", "はいよ", "ええ、ええ", "うんうん", "そうですね", "Uh-huh.", "mm"):
+        assert sounds_like_backchannel(words), words
+    for words in ("ええと", "はい、8時です", "いいえ", "すみません", "wait"):
+        assert not sounds_like_backchannel(words), words
 
 
 def test_backchannel_starts():

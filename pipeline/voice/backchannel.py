@@ -9,14 +9,14 @@ read-back. While the bot is audible each burst of caller speech is judged here, 
 2. **energy**: a burst well above the caller's own speaking level (``vad.backchannel_loud_db``
    louder) is a barge-in at once (someone raising their voice to stop the bot);
 3. **words**: a burst that ends (``vad.backchannel_gap_ms`` of silence) before that is transcribed
-   (the STT worker), and it is a backchannel when
-   :func:`~pipeline.dialog.understand.is_backchannel` says so, or when nothing was heard; anything
-   else is a barge-in. Speech resuming while the transcript is awaited goes back to the length rule.
+   (the STT worker), and it is a backchannel when its words are one (:func:`sounds_like_backchannel`:
+   :func:`~pipeline.dialog.understand.is_backchannel`, or a few characters starting with one), or
+   when nothing was heard; anything else is a barge-in. Speech resuming while the transcript is awaited goes back to the length rule.
 4. **first words**: 「そうですね」「なるほど」 last 0.5-0.7 s, longer than the length rule allows. A burst
    still going after ``vad.backchannel_words_ms`` is transcribed so far: words that start like a
    backchannel (:func:`starts_like_backchannel`) give it up to ``vad.backchannel_long_ms``; other
-   words (the start of a correction, a question) are a barge-in at once; nothing heard, or no
-   words back in time, leaves the length rule as it was.
+   words (the start of a correction, a question) are a barge-in at once; nothing heard leaves the
+   length rule as it was (while the words are awaited it allows ``WORDS_GRACE_MS`` more).
 
 Until the verdict the bot goes on talking; nothing is cleared. What a 「はい」 *means* is the
 dialog's: one said while the bot talks is listening; after the read-back has finished it is an
@@ -48,6 +48,26 @@ def starts_like_backchannel(words: str) -> bool:
 
     t = words.strip().lower().lstrip("、,。. ")
     return bool(t) and (is_backchannel(t) or t.startswith(_STARTS))
+
+
+#: a whole backchannel word a short burst's words may start with (「はいよ」「ええ、ええ」「うんうん」)
+_WHOLE = ("はい", "ええ", "うん", "そう", "yeah", "yes", "okay", "ok", "mm", "uh-huh", "right")
+
+
+def sounds_like_backchannel(words: str) -> bool:
+    """The words of a whole burst are a backchannel: :func:`is_backchannel`, or a few characters that
+    begin with one (whisper writes 「ええ」 as 「はいよ」) and leave nothing hanging (「ええと」 wants the floor)."""
+    from pipeline.dialog.understand import is_backchannel
+    from pipeline.voice.turns import sounds_unfinished
+
+    t = words.strip().lower().rstrip("、,。.!！?？ ")
+    if is_backchannel(t):
+        return True
+    return 0 < len(t) <= 4 and t.startswith(_WHOLE) and not sounds_unfinished(t)
+
+
+#: how much longer than ``vad.backchannel_max_ms`` a burst may go on while its first words are awaited
+WORDS_GRACE_MS = 64
 
 
 class Burst(enum.Enum):
@@ -103,7 +123,10 @@ class BurstJudge:
             loud = cfg.backchannel_loud_db
             if loud is not None and self.caller_db is not None and self.peak_db >= self.caller_db + loud:
                 return self._set(Burst.BARGE_IN)
-            if self.elapsed_ms >= (cfg.backchannel_long_ms if self.long else cfg.backchannel_max_ms):
+            limit = cfg.backchannel_long_ms if self.long else cfg.backchannel_max_ms
+            if self.asked == "early":
+                limit += WORDS_GRACE_MS  # its first words are on their way: a little longer for them
+            if self.elapsed_ms >= limit:
                 return self._set(Burst.BARGE_IN)
             if not self.early_asked and cfg.backchannel_words_ms and self.elapsed_ms >= cfg.backchannel_words_ms:
                 self.early_asked = True
@@ -118,8 +141,6 @@ class BurstJudge:
 
     def transcript(self, text: str | None) -> Burst:
         """The words asked for last (None: the transcription failed)."""
-        from pipeline.dialog.understand import is_backchannel
-
         if self.decided or self.asked is None:
             return self.verdict  # decided meanwhile, or stale (the caller went on)
         words = None if text is None else text.strip()
@@ -132,7 +153,7 @@ class BurstJudge:
             return self.verdict
         if words is None:
             return self._set(Burst.BARGE_IN)  # when in doubt, the caller has the floor
-        return self._set(Burst.BACKCHANNEL if not words or is_backchannel(words) else Burst.BARGE_IN)
+        return self._set(Burst.BACKCHANNEL if not words or sounds_like_backchannel(words) else Burst.BARGE_IN)
 
     def timed_out(self) -> Burst:
         """No transcript of the ended burst in time: the caller has the floor."""
