@@ -324,6 +324,8 @@ CASES = [
                                                  "はい"], JA_BOOKED, never_says=["変更いたしました"]),
     ja("ja-yes-to-an-open-question-is-listening", ["はい", "はい、お願いします", "12月24日の19時に3名で", *JA_TAIL], JA_BOOKED,
        never_says=["もう一度"]),
+    ja("ja-same-value-again-is-said-back", ["明後日の18時に3名で", "やっぱり3名でお願いします", *JA_TAIL],
+       R("2026-12-03", "18:00", 3, "田中"), bot_says=["3名様ですね。ご予約のお名前"], never_says=["もう一度"]),
     ja("ja-asatte-misheard", ["予約をお願いします", "朝ってです", "19時です", "3名です", *JA_TAIL],
        R("2026-12-03", "19:00", 3, "田中")),
     # ------------------------------------------------------------ a person, please

@@ -57,6 +57,8 @@ _FILLERS = re.compile(r"(?:えーっと|えっと|えーと|ええと|えー|あ
 _MANAGE_ASKS = {"manage_phone": "phone", "manage_date": "date", "manage_change": None, "manage_confirm": None}
 
 
+#: slots said back as 「…ですね」
+_WHEN_SLOTS = ("date", "time", "party_size")
 #: slots whose value the recogniser's guess may be asked about
 _GUESSABLE = frozenset({"date", "time", "party_size", "phone", "name"})
 
@@ -491,11 +493,13 @@ class RulesAgent:
         choice = next(iter(u.analysis.ambiguous.items()), None)
         # a filled slot changes only when the caller corrects it; otherwise ask
         change_q = None
+        same: list[str] = []
         for slot in list(values):
             if slot in ("note", "phone") or not st.slots.is_filled(slot):
                 continue
             if values[slot] == getattr(st.slots, slot):
                 values.pop(slot)
+                same.append(slot)
                 continue
             explicit = u.has("correct") or slot == asking or self._slot_named(norm) == slot
             if not explicit:
@@ -518,6 +522,10 @@ class RulesAgent:
             st.pending = {"kind": "name", "value": doubtful}
             return self._join(lead, self.p("confirm_name", name=speech.say_name(doubtful, self.lang)))
         asked_issues = [i for i in r.issues if i.slot == asking]
+        if not r.applied and not r.issues and same and asking not in same:
+            # 「やっぱり3名で」 for the 3 already taken: said back, and the question asked again, no failure
+            said = [self._say_value(slot, getattr(st.slots, slot)) for slot in same if slot in _WHEN_SLOTS]
+            return self._join(lead, self.p("ack_when", when="、".join(said)) if said else "", self._current_question())
         if not r.applied:
             if r.issues and not asked_issues:
                 return self._next(lead)
