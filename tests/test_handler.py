@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import threading
 import time
 from zoneinfo import ZoneInfo
@@ -700,3 +701,56 @@ def test_a_vad_model_that_fails_hands_the_call_to_the_level_detector_and_the_cal
         say(h, "たなかです")
     assert sum("EnergyVAD" in r.getMessage() for r in caplog.records) == 1  # said once, as an error
     assert len(h.call.timelines) == 1  # heard, and answered
+
+
+# ----------------------------------------------------------------------------------- the end-of-turn model
+@pytest.fixture(scope="module")
+def smart_turn():
+    """The real Smart Turn v3.2 file (from the pipecat-ai wheel in the real-model cache)."""
+    from real_models import SKIP_ENV, RealModelsMissing, locate
+
+    try:
+        return locate().smart_turn
+    except RealModelsMissing as e:
+        if os.environ.get(SKIP_ENV) == "0":
+            pytest.skip(f"{SKIP_ENV}=0: {e}")
+        pytest.fail(str(e), pytrace=False)
+
+
+def paced_turns(h: CallHandler, audio: np.ndarray) -> int:
+    """Feed 20 ms frames at the wall clock's pace (the model and the early words come back during the
+    pauses, as on a call); answer each turn that ends. Returns how many turns the audio made."""
+    turns, due = 0, time.monotonic()
+    for i in range(0, len(audio), 320):
+        was = h.event.is_set()
+        h.receive((SR, audio[i : i + 320].reshape(1, -1)))
+        if not was and h.event.is_set():
+            turns += 1
+            drain(h)
+            h.call.assume_played()
+        due += 0.02
+        time.sleep(max(0.0, due - time.monotonic()))
+    return turns
+
+
+def test_with_the_model_a_caller_who_stops_after_a_particle_is_waited_for(runtime_factory, parts, loop, smart_turn):
+    # Smart Turn hears 「…よっかの」 said with a falling tone as finished; its words say otherwise
+    ears = CountingEars(parts["stt"], ["12月24日の", "12月24日の19時に2名でお願いします"])
+    rt = runtime_factory(kind="rules", stt=ears)
+    rt.cfg.vad.turn_model = str(smart_turn)
+    h, _ = start(rt, loop)
+    greet(h)
+    # Open JTalk pads each part with ~0.3 s of silence: a pause of ~0.9 s, twice the silence rule's 450 ms
+    line = np.concatenate([silence(0.3), caller_voice("じゅうにがつ にじゅうよっかの"), silence(0.3),
+                           caller_voice("じゅうくじに にめいで おねがいします"), silence(1.6)])
+    assert paced_turns(h, line) == 1
+    assert h.call.timelines[-1].transcript == "12月24日の19時に2名でお願いします"
+
+
+def test_with_the_model_a_finished_sentence_is_answered(runtime_factory, parts, loop, smart_turn):
+    rt = runtime_factory(kind="rules", stt=CountingEars(parts["stt"], ["田中です"]))
+    rt.cfg.vad.turn_model = str(smart_turn)
+    h, _ = start(rt, loop)
+    greet(h)
+    assert paced_turns(h, np.concatenate([silence(0.3), caller_voice("たなかです"), silence(1.6)])) == 1
+    assert h.call.timelines[-1].transcript == "田中です"
