@@ -168,3 +168,25 @@ def test_a_wrong_guess_denied_asks_the_question_again_and_a_guess_is_used_once(c
     tools.state.guess = "19時です"
     rules.reply("水落ちです")
     assert rules.reply("19時半です") and tools.state.slots.time == dt.time(19, 30)  # the answer said again wins
+
+
+def test_a_common_surname_guessed_for_a_name_heard_otherwise_is_asked_about(cfg):
+    """Whisper wrote 「小話」 and found 小林 nearly as likely: the bot asks about 小林."""
+    from pipeline.dialog.rules import RulesAgent
+
+    tools = desk(cfg)
+    rules = RulesAgent(tools)
+    rules.greeting()
+    assert "お名前" in rules.reply("12月24日の19時に3名で")
+    tools.state.guess = "小林です"
+    assert rules.reply("小話です") == "お名前はコバヤシ様でよろしいでしょうか。"
+    rules.reply("はい")
+    assert tools.state.slots.name == "小林"
+    tools2 = desk(cfg)
+    rules2 = RulesAgent(tools2)
+    rules2.greeting()
+    rules2.reply("12月24日の19時に3名で")
+    tools2.state.guess = "小林です"
+    assert rules2.reply("小話です") == "お名前はコバヤシ様でよろしいでしょうか。"
+    reply = rules2.reply("いいえ")
+    assert tools2.state.slots.name is None and "お名前" in reply and "コバヤシ" not in reply

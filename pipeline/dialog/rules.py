@@ -506,6 +506,12 @@ class RulesAgent:
                 value = values.pop(slot)
                 if change_q is None:
                     change_q = (slot, value)
+        if asking == "name" and "name" in values and self.lang == "ja":
+            guess = self._guessed("name")
+            if guess is not None and speech.say_name(guess, self.lang) != speech.say_name(values["name"], self.lang):
+                # whisper wrote 「小話」 but found 小林 nearly as likely: the common surname is asked about
+                st.pending = {"kind": "guess", "slot": "name", "value": guess}
+                return self.p("confirm_name", name=speech.say_name(guess, self.lang))
         doubtful = None
         if "name" in values and u.analysis.doubtful_name and not st.slots.name:
             doubtful = values.pop("name")
