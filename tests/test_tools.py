@@ -190,3 +190,5 @@ def test_a_common_surname_guessed_for_a_name_heard_otherwise_is_asked_about(cfg)
     assert rules2.reply("小話です") == "お名前はコバヤシ様でよろしいでしょうか。"
     reply = rules2.reply("いいえ")
     assert tools2.state.slots.name is None and "お名前" in reply and "コバヤシ" not in reply
+    tools2.state.guess = "小林です"  # the same mishearing again: the guess was refused, the name is taken
+    assert rules2.reply("小話です").startswith("コバナシ様ですね")

@@ -309,7 +309,9 @@ class RulesAgent:
         if not guess or slot not in _GUESSABLE or st.pending is not None:
             return None
         value = self._understand(guess).values.get(slot)
-        return value if value is not None and value != getattr(st.slots, slot, None) else None
+        if value is None or value == getattr(st.slots, slot, None) or repr(value) in st.guesses_denied:
+            return None
+        return value
 
     def _slot_named(self, norm: str) -> str | None:
         for slot, pattern in _SLOT_WORDS.items():
@@ -345,6 +347,7 @@ class RulesAgent:
                 lead = self._join(self._ack(r), *(i.message for i in r.issues))
                 return self._resume(lead)
             if u.has("deny") and not values:
+                st.guesses_denied.append(repr(value))
                 st.asking = slot
                 return self.question(slot)
             return None  # the answer itself said again, or something else: the normal path

@@ -86,6 +86,8 @@ class DialogState:
     #: the recogniser's best guess at the last turn's answer when it could not take one
     #: (``STTContext.guessed``): asked about before the question is asked again
     guess: str | None = None
+    #: guesses the caller said no to (as values' reprs): never asked about again in this call
+    guesses_denied: list[str] = field(default_factory=list)
     #: the caller's own number as the phone network gave it (digits, a Japanese number), None when withheld
     caller_id: str | None = None
     #: the caller said the number they are calling from is not the one to book with
