@@ -346,6 +346,9 @@ RECONSIDER_FLOOR = -1.65
 #: short of that, the best candidate is still a guess worth asking about (「20時でよろしいでしょうか」)
 GUESS_MARGIN = 2.2
 GUESS_FLOOR = -3.0
+#: ... and it stands out from the next best by this much, and whisper wrote three letters or more
+#: (「いと」 for a backchannel is no answer to guess at)
+GUESS_DISTINCT = 0.2
 
 
 # ------------------------------------------------------------------------------------------ backends
@@ -483,8 +486,9 @@ class FasterWhisperSTT:
         whole, can be nearly as likely as what greedy decoding found, or more. A candidate replaces
         ``text`` when it scores within :data:`RECONSIDER_MARGIN` of it (and above
         :data:`RECONSIDER_FLOOR`); what the audio does not support scores far lower and is left. A
-        best candidate short of that but within :data:`GUESS_MARGIN` and above :data:`GUESS_FLOOR`
-        is passed to ``guessed``: the dialog may ask the caller whether it is what they said.
+        best candidate short of that but within :data:`GUESS_MARGIN`, above :data:`GUESS_FLOOR` and
+        :data:`GUESS_DISTINCT` ahead of the next is passed to ``guessed``: the dialog may ask the
+        caller whether it is what they said.
         """
         candidates = [c for c in dict.fromkeys(candidates) if c and c != text][:RECONSIDER_MAX_CANDIDATES]
         if not candidates:
@@ -503,7 +507,9 @@ class FasterWhisperSTT:
                  ", taken" if taken else "")
         if taken:
             return candidates[best - 1]
-        if guessed is not None and scores[best] >= own - GUESS_MARGIN and scores[best] >= GUESS_FLOOR:
+        runner_up = max((x for i, x in enumerate(scores[1:], 1) if i != best), default=float("-inf"))
+        if (guessed is not None and scores[best] >= own - GUESS_MARGIN and scores[best] >= GUESS_FLOOR
+                and scores[best] - runner_up >= GUESS_DISTINCT and len(_letters(text)) >= 3):
             guessed(candidates[best - 1])
         return text
 

@@ -22,6 +22,7 @@ from pipeline.dialog.state import Manage
 from pipeline.dialog.tools import BookingTools, UpdateResult
 from pipeline.dialog.understand import Understanding, understand
 from pipeline.dialog.understand.acts import looks_like_question
+from pipeline.dialog.understand.extract import says_it_is_a_name
 from pipeline.dialog.understand.sound import common_surname
 from pipeline.store import FullyBooked, ReservationNotFound, StoreError
 
@@ -581,6 +582,15 @@ class RulesAgent:
         if u.has("end") and not values and yes_no is not True:
             st.pending = {"kind": "end"}
             return self.p("confirm_end")
+        if "name" in values and self.lang == "ja" and not u.acts & {"deny", "correct"} \
+                and not says_it_is_a_name(norm):
+            # 「キノビです」 said to the read-back is whisper's end of 「12月11日、金曜日です」 as often as a
+            # name: without いいえ or 名前は, only a common surname (by its sound) corrects the name
+            surname = common_surname(values["name"])
+            if surname is None or speech.say_name(surname, self.lang) == speech.say_name(st.slots.name or "", self.lang):
+                values.pop("name")
+            else:
+                values["name"] = surname
         if not values and not u.acts and st.slots.name and self.lang == "ja":
             # a bare common surname said to the read-back (「佐藤」: whisper dropped the いいえ and the です)
             # corrects the name it read out when it sounds otherwise; any other bare word is no name

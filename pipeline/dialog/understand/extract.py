@@ -220,6 +220,11 @@ def analyze(
     return out
 
 
+def says_it_is_a_name(text: str) -> bool:
+    """Whether ``text`` says a name is being given (と申します, 名前は, "my name is")."""
+    return bool(_NAME_SAID_RE.search(text or ""))
+
+
 def extract_slots(
     text: str,
     today: dt.date,
