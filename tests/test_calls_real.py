@@ -321,7 +321,7 @@ CASES = [
     ja("ja-garble-at-readback-is-no-name", ["12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません", "リンエ",
                                             "はい"], JA_BOOKED, never_says=["変更いたしました"]),
     ja("ja-x-desu-at-readback-is-no-name", ["12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません", "キノビです",
-                                            "はい"], JA_BOOKED, never_says=["キノビ"]),
+                                            "はい"], JA_BOOKED, never_says=["キノビ様"]),
     ja("ja-no-and-a-name-at-readback-corrects-it", ["12月24日の19時に3名で", "作戦です", "090-1234-5678", "特にありません",
                                                     "いいえ、田中です", "はい"], JA_BOOKED),
     ja("ja-same-name-at-readback-is-no-change", ["12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません", "タナカ",
