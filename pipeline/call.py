@@ -74,6 +74,8 @@ CHUNK_S = 0.5
 #: an early transcription not back after this long is the turn's STT failure (an apology), not a call
 #: stuck for good on a wedged worker or a hung server
 EARLY_TRANSCRIPT_TIMEOUT_S = 30.0
+#: longest wait for a reply prepared ahead to finish its first clause
+AHEAD_WAIT_S = 2.0
 #: said instead of answering when every line is taken (``server.max_calls``); rendered at start-up
 BUSY = {
     "ja": "ただいま大変混み合っております。恐れ入りますが、しばらくしてからおかけ直しください。",
@@ -676,6 +678,8 @@ class VoiceCall:
         self._last_reply: _Reply | None = None
         self._prompt_reply: _Reply | None = None  # the silence prompt, while nothing came after it
         self._own_entries: list[dict[str, Any]] = []  # transcript lines the bot said on its own
+        #: the reply to these words being prepared ahead (``pipeline/voice/speculation.py``)
+        self.ahead: tuple[str, Future] | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -795,6 +799,7 @@ class VoiceCall:
             self.timelines.append(tl)
             self.transcript.append({"role": "user", "text": text})
             log.debug("call %s: caller: %s", self.id, text)
+            self._await_ahead(text)
             yield AdditionalOutputs(self.snapshot())
             reply = self._begin_reply()
             entry: dict[str, Any] = {"role": "bot", "text": ""}
@@ -814,6 +819,17 @@ class VoiceCall:
         finally:
             if not logged and not tl.skipped:
                 self._log_turn(tl)
+
+    def _await_ahead(self, text: str) -> None:
+        """The reply to ``text`` is being prepared ahead: let its first clause finish rendering
+        rather than render it a second time beside it."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None or ahead[0] != text:
+            return
+        try:
+            ahead[1].result(timeout=AHEAD_WAIT_S)
+        except Exception:  # slow or failed: the clause is rendered as usual
+            pass
 
     # ------------------------------------------------------------------ barge-in
     def barge_in(self, now: float | None = None) -> str | None:

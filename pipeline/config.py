@@ -446,9 +446,14 @@ class VADConfig(_Section):
     turn_incomplete_phone_silence_ms: int = Field(
         default=2000, le=10000, description="the same while a phone number is read out",
     )
+    prepare_reply: bool = Field(
+        default=True, description="once a short pause's early words leave nothing hanging, the rules agent answers "
+                                  "them on a copy of the dialog state and the reply's first clause is synthesised "
+                                  "ahead (used when the turn ends on those words)",
+    )
     backchannels: bool = Field(default=True, description="a short burst while the bot speaks is judged "
                                                          "(backchannel or barge-in) instead of stopping it at once")
-    backchannel_max_ms: int = Field(default=384, ge=VAD_WINDOW_MS, le=2000,
+    backchannel_max_ms: int = Field(default=448, ge=VAD_WINDOW_MS, le=2000,
                                     description="a burst longer than this from its onset is a barge-in")
     backchannel_gap_ms: int = Field(default=96, ge=VAD_WINDOW_MS, le=1000,
                                     description="silence that ends a burst (its words then decide)")

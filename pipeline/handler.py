@@ -71,6 +71,7 @@ from pipeline.vad import WINDOW as VAD_WINDOW
 from pipeline.vad import EnergyVAD, silero_options
 from pipeline.vad import algo_options as vad_algo_options
 from pipeline.voice.backchannel import Burst, BurstJudge, rms_db
+from pipeline.voice.speculation import prepare_soon
 from pipeline.voice.turns import Pause, TurnPolicy, end_of_turn_model, holds_digits, sounds_finished, sounds_unfinished
 
 log = logging.getLogger(__name__)
@@ -283,6 +284,7 @@ class _Speculation:
     voiced: int  # the utterance's voiced windows when it started: more since, and it is stale
     phone: str | None = None  # a whole valid phone number in its transcript, once looked at
     checked: bool = False
+    prepared: bool = False  # its words were looked at for a reply prepared ahead
 
 
 class CallHandler(ReplyOnPause):
@@ -419,6 +421,7 @@ class CallHandler(ReplyOnPause):
                     self._burst_held, utterance = utterance, None  # its verdict says what it was
             elif self._burst is None:
                 self._maybe_speculate()
+                self._maybe_prepare_reply()
             if verdict is Burst.BACKCHANNEL and self._bot_audible(arrived):
                 self._drop_burst(utterance)
                 utterance = None
@@ -665,6 +668,23 @@ class CallHandler(ReplyOnPause):
         future = self.runtime.transcribe_soon(det.audio(det.processed), VAD_RATE, context=self.call.stt_context())
         self._spec = _Speculation(future, det.voiced)
         self._spec_running = future
+
+    def _maybe_prepare_reply(self) -> None:
+        """Under the lock: once the early words of the utterance as it stands are back and leave
+        nothing hanging, have the reply to them prepared ahead (``pipeline/voice/speculation.py``)."""
+        spec = self._spec
+        if (not self.vad_cfg.prepare_reply or spec is None or spec.prepared or spec.voiced != self._detector.voiced
+                or not spec.future.done()):
+            return
+        spec.prepared = True
+        try:
+            text = spec.future.result().text or ""
+        except Exception:  # failed or cancelled: nothing to prepare
+            return
+        asking = getattr(self.call.agent.state, "asking", None)
+        reading_phone = asking == "phone" and not self._speculated_phone() and holds_digits(text)
+        if text.strip() and not sounds_unfinished(text) and not reading_phone:
+            prepare_soon(self.call, text)
 
     def _take_speculation(self, voiced: int) -> Future | None:
         """Under the lock: the early transcription if it heard the whole utterance."""
