@@ -148,3 +148,10 @@ def test_a_common_surname_is_known_by_its_sound():
 def test_a_turn_that_means_something_else_is_not_weighed():
     expect = expectation("date", "ja", today=TODAY)
     assert expect("はい") == [] and expect("いいえ") == [] and expect("予約をお願いしたいんですが") == []
+
+
+def test_a_name_candidate_gets_back_the_desu_whisper_left_one_mora_of():
+    expect = expectation("name", "ja", today=TODAY)
+    assert expect("また投げて。")[0] == "渡辺です。"
+    assert expect("よしだぜ")[0] == "吉田です"
+    assert expect("糸と申します。")[0] == "伊藤と申します。"  # no です where another ending follows

@@ -190,10 +190,13 @@ def sounds_like_surnames(name: str, limit: int = 8) -> list[str]:
             rest = heard[cut:]
             if d == 0 and not rest:
                 return []  # the heard name is this surname, in other kanji or kana: keep it as heard
-            if rest and (len(rest) < 2 or rest[0] in _NOT_A_START):
+            if len(rest) == 1:
+                rest = ""  # 「また投げて」「よしだぜ」: one mora left is what whisper kept of です
+            if rest and rest[0] in _NOT_A_START:
                 continue  # what is left must be a given name, not a stray mora
             if d <= allowed:
-                scored.append((d, abs(cut - len(kana)), kanji + rest))
+                # a whole name near a surname before a surname with a given name left over
+                scored.append((d + 0.5 * len(rest), abs(cut - len(kana)), kanji + rest))
                 break
     scored.sort(key=lambda s: s[:2])
     return list(dict.fromkeys(s[2] for s in scored))[:limit]
@@ -295,10 +298,15 @@ def alternatives(text: str, asking: str | None, language: str | None, *, answere
     asking = _ASKING_LIKE.get(asking or "", asking)
     if asking == "name" and language != "en":
         # a name always answers; one that sounds like a common surname is weighed against it
-        from pipeline.dialog.understand.names import parse_name
+        from pipeline.dialog.understand.names import parse_name_answer
 
-        name = parse_name(text) or text.strip("。、. ")
-        return [text.replace(name, other, 1) if name in text else other for other in sounds_like_surnames(name)]
+        name = parse_name_answer(text) or text.strip("。、.!！ ")
+        others = sounds_like_surnames(name)
+        after = text[text.find(name) + len(name):] if name in text else ""
+        if not after.strip("。、.!！？? "):
+            # 「また投げて」 for 渡辺です: a surname in place of a name with a mora of です left gets its です back
+            others = [o + "です" if o in SURNAMES else o for o in others]
+        return [text.replace(name, other, 1) if name in text else other for other in others]
     if not asking or answered(text):
         return []
     lo, hi = party
