@@ -403,7 +403,8 @@ class CallHandler(ReplyOnPause):
         utterance = None
         with self._lock:
             det = self._detector
-            det.set_end_silence(self._end_silence_ms())
+            if det.in_utterance:  # nobody talking: nothing to end (and an idle call does no more per frame)
+                det.set_end_silence(self._end_silence_ms())
             events = det.feed(pcm, arrived)
             if "start" in events and self._burst is None and self._bot_audible(arrived):
                 self._burst = BurstJudge(self.vad_cfg, det.window_s * 1000, caller_db=self._caller_db)
