@@ -451,16 +451,23 @@ class RulesAgent:
             if len(heard) >= 2 and not any(ch.isdigit() for ch in heard) and len(heard) <= 40:
                 st.name_heard = heard
         if asking == "note":
+            kept_in_request = False
             if not u.has("correct"):
                 # the request is the caller's words; its numbers stay in it, whether or not it reads
                 # as a request (「卵アレルギーの者が1名おります」 misheard is still no new party size)
                 for slot in ("date", "time", "party_size"):
                     if slot in values and st.slots.is_filled(slot):
                         values.pop(slot)
+                        kept_in_request = True
             if "note" not in values:
                 if u.has("none") or (u.has("deny") and not values):
                     values["note"] = "none"
+                elif kept_in_request and not values and len(norm) >= 4:
+                    values["note"] = norm  # 「子供が一人いるので、一応お願いします」: a request, numbers and all
                 elif u.has("affirm") and not values:
+                    st.failures["note_what"] = st.failures.get("note_what", 0) + 1
+                    if st.failures["note_what"] > 2:
+                        return self._fail("note", self.p("sorry_again"))
                     return self.p("note_what")  # "はい" to "any requests?": which one?
                 elif not values and not u.has("question") and len(norm) >= 4:
                     values["note"] = norm  # whatever they asked for, in their words
