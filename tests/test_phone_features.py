@@ -274,8 +274,9 @@ class Caller:
     async def say(self, text: str) -> None:
         """Say ``text`` (espeak-ng's voice, the recogniser reports ``text``) and hear the whole answer."""
         self.line.lines.text = text
-        await self.phone.audio(np.concatenate([speech(text, "ja"), silence(0.2)]))
-        said = time.monotonic()
+        await self.phone.audio(speech(text, "ja"))
+        said = time.monotonic()  # the answer may start within the silence that follows (a turn ends fast)
+        await self.phone.audio(silence(0.2))
         await self.phone.heard_reply(said)
 
     async def press(self, keys: str) -> None:
