@@ -72,7 +72,14 @@ from pipeline.vad import EnergyVAD, silero_options
 from pipeline.vad import algo_options as vad_algo_options
 from pipeline.voice.backchannel import Burst, BurstJudge, rms_db
 from pipeline.voice.speculation import prepare_soon
-from pipeline.voice.turns import Pause, TurnPolicy, end_of_turn_model, holds_digits, sounds_finished, sounds_unfinished
+from pipeline.voice.turns import (
+    Pause,
+    TurnPolicy,
+    end_of_turn_model,
+    holds_digits,
+    sounds_finished,
+    sounds_unfinished,
+)
 
 log = logging.getLogger(__name__)
 

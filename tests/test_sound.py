@@ -12,11 +12,11 @@ from pipeline.dialog.understand.sound import (
     alternatives,
     booking_act_by_sound,
     common_surname,
-    phone_repairs,
-    relative_date_by_sound,
     distance,
     expectation,
+    phone_repairs,
     reading,
+    relative_date_by_sound,
     restaurant_ranges,
     sounds_like_surnames,
 )

@@ -18,7 +18,16 @@ from pipeline.voice.backchannel import (
     sounds_like_backchannel,
     starts_like_backchannel,
 )
-from pipeline.voice.turns import Decision, EndOfTurnModel, Pause, TurnPolicy, end_of_turn_model, holds_digits, sounds_finished, sounds_unfinished
+from pipeline.voice.turns import (
+    Decision,
+    EndOfTurnModel,
+    Pause,
+    TurnPolicy,
+    end_of_turn_model,
+    holds_digits,
+    sounds_finished,
+    sounds_unfinished,
+)
 
 CFG = VADConfig()
 W = 32.0  # ms per VAD window

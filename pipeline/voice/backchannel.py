@@ -35,7 +35,6 @@ import numpy as np
 
 from pipeline.config import VADConfig
 
-
 #: how a backchannel starts, once lowercased and without punctuation: the first words of a long one
 #: (「そうで…」「なる…」, whisper's guess at 0.2 s of 「なるほど」 is often 「な…」 and no more)
 _STARTS = ("はい", "ええ", "うん", "ふん", "へえ", "ほう", "そう", "な", "ですね", "了解", "わか", "かしこま",
