@@ -145,9 +145,9 @@ def say_name(name: str, lang: str) -> str:
     if lang != "ja" or not any("\u3041" <= c <= "\u3096" or "\u3400" <= c <= "\u9fff" or c == "\u3005" for c in name):
         return name
     try:
-        import pyopenjtalk
+        from pipeline.dialog.understand.sound import kana_of
 
-        reading = pyopenjtalk.g2p(name, kana=True)
+        reading = kana_of(name)
     except Exception:  # a missing or failing dictionary must not cost the call its read-back
         return name
     reading = "".join(c for c in reading if c not in "、。 ")

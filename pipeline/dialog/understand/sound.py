@@ -5,7 +5,8 @@ Whisper base on a phone line writes the right sound in the wrong kanji (あさ�
 the bot asked:
 
 - :func:`reading` gives a text's katakana reading (Open JTalk's), so that a word can be found by
-  its sound (:mod:`.dates` reads 「朝って」 as あさって through it).
+  its sound: a relative date in the wrong kanji (「朝って」 is あさって), キャンセル or 変更 misheard after
+  予約, a common surname the name whisper wrote sounds like.
 - :func:`alternatives` lists the answers the caller may have given instead of what whisper wrote,
   when that text does not answer the question: every party size the restaurant takes, the times
   it is open, the dates said in words, yes and no, and common surnames that sound like the name
@@ -31,6 +32,15 @@ _KATAKANA = re.compile("[\u30a1-\u30fa\u30fc]+")
 _lock = threading.Lock()  # Open JTalk's front end is not thread-safe
 
 
+def kana_of(text: str) -> str:
+    """Open JTalk's kana for ``text`` as it gives it (punctuation kept), one caller at a time (its
+    front end is not thread-safe); raises what the front end raises."""
+    import pyopenjtalk
+
+    with _lock:
+        return pyopenjtalk.g2p(text, kana=True)
+
+
 @functools.lru_cache(maxsize=4096)
 def reading(text: str) -> str:
     """The katakana reading of Japanese ``text`` (Open JTalk's), without punctuation or spaces; ""
@@ -39,10 +49,7 @@ def reading(text: str) -> str:
     if not text:
         return ""
     try:
-        import pyopenjtalk
-
-        with _lock:
-            kana = pyopenjtalk.g2p(text, kana=True)
+        kana = kana_of(text)
     except Exception:  # noqa: BLE001 - no reading is an answer, not an error
         log.debug("no reading for %r", text, exc_info=True)
         return ""
