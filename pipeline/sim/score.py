@@ -98,13 +98,12 @@ def strip_fillers(text: str, language: str) -> str:
 def reading(text: str) -> str:
     """The katakana reading of Japanese ``text`` (Open JTalk's), long-vowel marks dropped
     (じゅう and ジュー read alike), anything without a reading left out."""
-    import pyopenjtalk
+    from pipeline.dialog.understand.sound import kana_of  # the front end's one lock
 
     text = unicodedata.normalize("NFKC", text).strip()
     if not text:
         return ""
-    kana = pyopenjtalk.g2p(text, kana=True)
-    return "".join(_KATAKANA.findall(kana))
+    return "".join(_KATAKANA.findall(kana_of(text)))
 
 
 def spoken_units(text: str, language: str) -> list[str]:
