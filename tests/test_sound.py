@@ -104,7 +104,8 @@ def test_restaurant_ranges_follow_the_configuration():
 @pytest.mark.parametrize("text,act", [
     ("予約をパンセルしたいのですが", "cancel_booking"), ("予約を チャンセルしたいのですが", "cancel_booking"),
     ("予約の人数を健康したいんですが", "change_booking"), ("予約の健康をお願いします", "change_booking"),
-    ("予約をキャンセルできますか", "cancel_booking"),
+    ("予約をキャンセルできますか", "cancel_booking"), ("予約をカンセルしたいです", "cancel_booking"),
+    ("予約の時間をへんこしたいです", "change_booking"),
     ("予約をお願いしたいんですが", None), ("明日の予約をしたいのですが", None),
     ("予約をお願いします。健康診断の後で", None), ("予約したいです、キャンプ場", None), ("健康したいです", None),
 ])

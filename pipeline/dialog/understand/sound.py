@@ -76,18 +76,14 @@ def morae(kana: str) -> list[str]:
 
 def booking_act_by_sound(text: str) -> str | None:
     """``cancel_booking`` or ``change_booking`` when ``text`` mentions 予約 and, by its reading, has a
-    word within one mora of キャンセル, 取り消し or 変更 followed by a wish (したい, をお願い, できます);
+    stretch within one slip of キャンセル, 取り消し or 変更 (a mora more or less) followed by a wish (したい, をお願い, できます);
     else None."""
     if "予約" not in text and "よやく" not in text:
         return None
     heard = morae(reading(text[:80]))
     for word, act in _BOOKING_WORDS:
-        target = morae(word)
-        n = len(target)
-        for i in range(1, len(heard) - n + 1):
-            after = "".join(heard[i + n:i + n + 5])
-            if after.startswith(_WISH_AFTER) and distance(heard[i:i + n], target) <= 1:
-                return act
+        if nearest(heard, word, 1, lambda after: after.startswith(_WISH_AFTER), start=1) is not None:
+            return act
     return None
 
 
@@ -100,19 +96,26 @@ def relative_date_by_sound(text: str) -> int | None:
     """Days from today of a relative date ``text`` says by its sound only (「朝手の18時」: あさって,
     2), or None; the word must stand before a particle or the end (の, に, で, は, です)."""
     heard = morae(reading(text[:80]))
-    best: tuple[float, int] | None = None
-    for word, days, slips in _RELATIVE_BY_SOUND:
-        target = morae(word)
-        n = len(target)
-        for size in (n - 1, n, n + 1):
-            for i in range(0, len(heard) - size + 1):
-                after = "".join(heard[i + size:i + size + 2])
-                if after and after[0] not in "ノニデハ":
-                    continue
-                d = distance(heard[i:i + size], target)
-                if d <= slips and (best is None or d < best[0]):
-                    best = (d, days)
-    return best[1] if best is not None else None
+    found = [(d, days) for word, days, slips in _RELATIVE_BY_SOUND
+             if (d := nearest(heard, word, slips, lambda after: not after or after[0] in "ノニデハ")) is not None]
+    return min(found, key=lambda f: f[0])[1] if found else None  # on a tie, the longer word (シアサッテ)
+
+
+def nearest(heard: list[str], word: str, slips: float, fits: Callable[[str], bool], *, start: int = 0) -> float | None:
+    """The least distance of ``word`` to a stretch of ``heard`` (morae) one mora shorter, as long or
+    one longer than it, followed by what ``fits`` (the next five morae, joined), if within ``slips``;
+    else None."""
+    target = morae(word)
+    n = len(target)
+    best: float | None = None
+    for size in (n - 1, n, n + 1):
+        for i in range(start, len(heard) - size + 1):
+            if not fits("".join(heard[i + size:i + size + 5])):
+                continue
+            d = distance(heard[i:i + size], target)
+            if d <= slips and (best is None or d < best):
+                best = d
+    return best
 
 
 def _base(kana: str) -> str:
