@@ -105,6 +105,10 @@ def test_names_that_may_be_mishearings_are_flagged():
     assert u("よしみ", "name").analysis.doubtful_name
     assert u("読みん", "name").analysis.doubtful_name
     assert not u("田中です", "name").analysis.doubtful_name
+    # hiragana that reads as a common surname is a name written in kana, not a mishearing
+    assert not u("かとうです。", "name").analysis.doubtful_name
+    assert not u("わたなべ", "name").analysis.doubtful_name
+    assert u("かとおり", "name").analysis.doubtful_name
 
 
 def test_whisper_zero_after_the_area_code_is_repaired():

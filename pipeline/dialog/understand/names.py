@@ -565,12 +565,16 @@ def parse_name(text: str) -> str | None:
 
 def name_is_plausible(name: str) -> bool:
     """A name Whisper is unlikely to have made up from other words: kanji, katakana or Latin letters
-    as names are written. Hiragana-only names and one kanji with verb endings (「読みん」) are often
-    mishearings, so the dialog checks them with the caller first."""
+    as names are written, or hiragana that reads as a common surname. Other hiragana-only names and one
+    kanji with verb endings (「読みん」) are often mishearings, so the dialog checks them with the caller
+    first."""
     x = name.replace(" ", "")
-    if _HIRA_ONLY_RE.fullmatch(x) or _ONE_KANJI_OKURIGANA_RE.fullmatch(x):
-        return False
-    return True
+    if _HIRA_ONLY_RE.fullmatch(x):
+        # 「かとう」 reads as a common surname (加藤): whisper wrote a name in kana, it did not make one up
+        from pipeline.dialog.understand.sound import common_surname
+
+        return common_surname(x) is not None
+    return not _ONE_KANJI_OKURIGANA_RE.fullmatch(x)
 
 
 # "S-M-I-T-H", "s m i t h", "Smith, S. M. I. T. H.": a name spelled letter by letter
