@@ -192,3 +192,21 @@ def test_a_common_surname_guessed_for_a_name_heard_otherwise_is_asked_about(cfg)
     assert tools2.state.slots.name is None and "お名前" in reply and "コバヤシ" not in reply
     tools2.state.guess = "小林です"  # the same mishearing again: the guess was refused, the name is taken
     assert rules2.reply("小話です").startswith("コバナシ様ですね")
+
+
+def test_no_request_said_to_the_read_back_drops_a_request_taken_from_other_words(cfg):
+    """A caller still answering the request question (「特にありません」) at the read-back: the request
+    the bot took from a mishearing is dropped and the booking read back again, not re-asked until the
+    bot gives up; the booking still waits for a clear yes."""
+    from pipeline.dialog.rules import RulesAgent
+
+    tools = desk(cfg)
+    rules = RulesAgent(tools)
+    rules.greeting()
+    for line in ("12月24日の19時に3名で", "田中です", "090-1234-5678"):
+        rules.reply(line)
+    assert "ご予約内容を確認" in rules.reply("窓際の席で")
+    reply = rules.reply("特にありません")
+    assert tools.state.slots.note in (None, "none") and "ご予約内容を確認" in reply and "窓際" not in reply
+    assert tools.state.reservation is None
+    assert "承りました" in rules.reply("はい") and tools.state.reservation["note"] is None
