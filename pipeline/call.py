@@ -108,6 +108,9 @@ TRANSFER_FAILED = {
     "ja": "申し訳ございません、ただいまおつなぎできませんでした。お手数ですが、{phone}までおかけ直しください。",
     "en": "I'm sorry, I couldn't put you through. Please call us at {phone}.",
 }
+#: a turn this long (seconds, with its closing silence) in which whisper found no words was speech
+#: not understood, not a cough or a click: the caller is asked to say it again
+UNHEARD_S = 1.2
 #: what the silence prompt re-asks when the bot's last line gives nothing to repeat
 REASK = {
     "ja": "ご用件をお聞かせいただけますか。",
@@ -674,6 +677,8 @@ class VoiceCall:
         self.closed: str | None = None
         self._reply: _Reply | None = None
         self._turns = 0
+        #: the last turn had no words and the caller was asked to say it again (once in a row)
+        self._asked_unheard = False
         #: the latest reply of any kind (``_reply`` is reset when a turn starts, even a skipped one)
         self._last_reply: _Reply | None = None
         self._prompt_reply: _Reply | None = None  # the silence prompt, while nothing came after it
@@ -793,9 +798,20 @@ class VoiceCall:
                 tl.reply = APOLOGY.get(self.language, APOLOGY["en"])
                 return
             if not meaningful(text):
+                if tl.audio_s >= UNHEARD_S and not self._asked_unheard:
+                    # a caller spoke for a while and whisper found no words in it: asked to say it
+                    # again (once: noise that goes on is left to the "are you there?" prompt)
+                    self._asked_unheard = True
+                    log.info("call %s: turn %d (%.1f s) had no words (%r): asked again", self.id, tl.turn,
+                             tl.audio_s, text)
+                    self.timelines.append(tl)
+                    tl.reply = APOLOGY.get(self.language, APOLOGY["en"])
+                    yield from self.say(tl.reply)
+                    return
                 tl.skipped = True
                 log.debug("call %s: turn %d skipped (transcript %r)", self.id, tl.turn, text)
                 return
+            self._asked_unheard = False
             self.timelines.append(tl)
             self.transcript.append({"role": "user", "text": text})
             log.debug("call %s: caller: %s", self.id, text)
@@ -977,6 +993,30 @@ class VoiceCall:
         booked = bool(self.agent.state.reservation)
         return _join(lang, _pick(lead, lang), _pick(KEPT if booked else CALL_AGAIN, lang))
 
+    def words_lead_on(self, text: str) -> bool:
+        """The early words of a turn (``text``, raw) do not answer the bot's question yet, so the caller
+        is likely to go on: nothing in them is understood (whisper's 「りね」 for the start of
+        「いいえ、加藤です」), or they are a bare no to a yes-or-no question, which a correction usually
+        follows. Whisper's text being mangled, a pause after 「いいえ、」 must not end the turn."""
+        state = self.agent.state
+        asking = getattr(state, "asking", None)
+        pending = getattr(state, "pending", None) or getattr(state, "awaiting_confirmation", False)
+        if not isinstance(asking, str) and not pending:
+            return False  # no question asked: an opening line is whatever it is
+        words = clean_transcript(text, self.language)
+        if not meaningful(words):
+            return False
+        from pipeline.dialog.understand import understand
+
+        u = understand(words, self._today(), asking="confirm" if pending else asking)
+        if not u.acts and not u.values:
+            return True
+        return bool(pending) and not u.values and u.acts <= {"deny", "none"}
+
+    def _today(self) -> dt.date:
+        clock = self.runtime.clock
+        return (clock() if clock is not None else dt.datetime.now(ZoneInfo(self.runtime.cfg.restaurant.timezone))).date()
+
     # ------------------------------------------------------------------ internals
     def stt_context(self) -> STTContext:
         """What the recogniser should expect of the caller's next turn: an answer to what the bot
@@ -985,9 +1025,7 @@ class VoiceCall:
         asking = getattr(state, "asking", None)
         asking = asking if isinstance(asking, str) else None
         party, hours = restaurant_ranges(self.runtime.cfg.restaurant)
-        clock = self.runtime.clock
-        today = (clock() if clock is not None else dt.datetime.now(ZoneInfo(self.runtime.cfg.restaurant.timezone))).date()
-        expect = expectation(asking, self.language, today=today, party=party, hours=hours,
+        expect = expectation(asking, self.language, today=self._today(), party=party, hours=hours,
                              yes_no=bool(getattr(state, "pending", None)))
         if hasattr(state, "guess"):
             state.guess = None  # a guess belongs to the turn it was made on

@@ -292,6 +292,7 @@ class _Speculation:
     phone: str | None = None  # a whole valid phone number in its transcript, once looked at
     checked: bool = False
     prepared: bool = False  # its words were looked at for a reply prepared ahead
+    leads_on: bool | None = None  # its words leave the caller going on (None: not judged yet)
 
 
 class CallHandler(ReplyOnPause):
@@ -614,7 +615,8 @@ class CallHandler(ReplyOnPause):
         unfinished). Until the model's verdict is back, and while the early transcript that can
         overrule it is still being made, it is not finished."""
         if self._turn_model is None or self._turn_model.failed:
-            return None
+            # no model: the silence rule, unless the early words say the caller is going on
+            return False if self._words_lead_on() else None
         det = self._detector
         verdict = self._verdict
         if verdict is None or verdict[0] != det.voiced or not verdict[1].done():
@@ -635,8 +637,24 @@ class CallHandler(ReplyOnPause):
         except Exception:
             return complete
         if complete:
-            return not (sounds_unfinished(text) or (asking_phone and not phone_heard and holds_digits(text)))
+            return not (sounds_unfinished(text) or (asking_phone and not phone_heard and holds_digits(text))
+                        or self._words_lead_on())
         return None if phone_heard or sounds_finished(text) else False
+
+    def _words_lead_on(self) -> bool:
+        """Under the lock: the early transcript of the utterance as it stands is back and leaves the
+        caller going on: hanging on a particle or a filler, or not yet an answer to what the bot asked
+        (:meth:`VoiceCall.words_lead_on`). Judged once per early transcript."""
+        spec = self._spec
+        if spec is None or spec.voiced != self._detector.voiced or not spec.future.done():
+            return False
+        if spec.leads_on is None:
+            try:
+                text = spec.future.result().text or ""
+            except Exception:  # failed or cancelled: the turn's own STT will say
+                text = ""
+            spec.leads_on = bool(text.strip()) and (sounds_unfinished(text) or self.call.words_lead_on(text))
+        return spec.leads_on
 
     def _speculated_phone(self) -> bool:
         spec = self._spec

@@ -756,6 +756,41 @@ def test_with_the_model_a_finished_sentence_is_answered(runtime_factory, parts, 
     assert h.call.timelines[-1].transcript == "田中です"
 
 
+def _at_name_confirmation(h: CallHandler) -> None:
+    for words in ("12月24日の19時に2名でお願いします", "よみんです"):
+        "".join(h.call.agent.respond(words))
+    assert h.call.agent.state.pending  # 「お名前はヨミン様でよろしいでしょうか」
+
+
+@pytest.mark.parametrize("first_words", ["いいえ", "りね"])
+def test_a_no_said_to_a_confirmation_waits_for_the_correction_after_its_pause(runtime_factory, parts, loop,
+                                                                              first_words):
+    """No end-of-turn model: at a yes-or-no question the silence rule is 300 ms, and 「いいえ、加藤です」
+    said with a pause after the comma was two turns, the correction cut off (in the voice eval whisper
+    wrote the 「いいえ」 as 「りね」「リア」「みな」 as often as not). Early words that are a bare no, or
+    answer nothing, leave the caller going on."""
+    ears = CountingEars(parts["stt"], [first_words, "いいえ、加藤です"])
+    rt = runtime_factory(kind="rules", stt=ears)
+    h, _ = start(rt, loop)
+    greet(h)
+    _at_name_confirmation(h)
+    line = np.concatenate([silence(0.3), caller_voice("いいえ"), silence(0.3), caller_voice("かとうです"),
+                           silence(2.0)])
+    assert paced_turns(h, line) == 1
+    assert h.call.timelines[-1].transcript == "いいえ、加藤です"
+
+
+def test_a_yes_to_a_confirmation_is_answered_after_the_short_silence(runtime_factory, parts, loop):
+    ears = CountingEars(parts["stt"], ["はい"])
+    rt = runtime_factory(kind="rules", stt=ears)
+    h, _ = start(rt, loop)
+    greet(h)
+    _at_name_confirmation(h)
+    # a second 「はい」 0.9 s later is a second turn: the first was not waited on
+    line = np.concatenate([silence(0.3), caller_voice("はい"), silence(0.3), caller_voice("はい"), silence(1.0)])
+    assert paced_turns(h, line) == 2
+
+
 # ----------------------------------------------------------------------------------- the reply prepared ahead
 def test_a_reply_prepared_ahead_changes_nothing_and_its_first_clause_is_then_ready(runtime_factory, loop):
     import copy
