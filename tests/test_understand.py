@@ -140,3 +140,9 @@ def test_not_backchannels(text):
     from pipeline.dialog.understand import is_backchannel
 
     assert not is_backchannel(text)
+
+
+def test_an_impossible_date_after_a_real_one_is_a_mishearing_not_a_correction():
+    # whisper's 「19月2、3映」 for 「19時に3名」 must not throw away the 12月18日 said before it
+    assert u("12月18日の19月2、3映でお願いします。", "date").values["date"] == dt.date(2026, 12, 18)
+    assert "date" not in u("19月2日でお願いします", "date").values  # alone, it is no date

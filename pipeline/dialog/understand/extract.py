@@ -178,6 +178,10 @@ def analyze(
         out.ambiguous["time"] = time_choice
 
     date = None if "date" in out.ambiguous else _last_value(t, dates)
+    if date is None and "date" not in out.ambiguous:
+        # 「12月18日の19月2、3映」: a date no calendar has after a real one is whisper's mishearing of
+        # what followed (the time), not a correction; the real one stands
+        date = next((c.value for c in reversed(_live(t, dates)) if c.value is not None), None)
     time = None if "time" in out.ambiguous else _last_value(t, times)
     party = _party_value(t, parties)
 
