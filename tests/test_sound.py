@@ -120,12 +120,17 @@ def test_a_number_with_a_digit_too_many_or_a_run_too_short_is_offered_its_valid_
     assert "070-5555-0123" in phone_repairs("0705550123")
     assert phone_repairs("0908754321") == []  # a dropped digit outside a run is any digit: asked again
     assert phone_repairs("12") == [] and phone_repairs("abc") == []
+    # the border of two runs a digit off: five 3s and three 4s for サンサンサンサン、ヨンヨンヨンヨン
+    assert "090-3333-4444" in phone_repairs("09033333444")
 
 
 def test_phone_candidates_only_for_a_whole_number_that_is_not_one():
     expect = expectation("phone", "ja", today=TODAY)
     assert expect("090333334444です") == ["090-3333-4444です", "090-3333-3444です"]
     assert expect("090-1234-5678") == [] and expect("1234の") == []
+    # a valid number whisper wrote in groups no number has (the last group is always four digits)
+    assert "090-3333-4444" in expect("090-33333-444")
+    assert expect("090-3333-4444") == [] and expect("03-1234-5678") == []
 
 
 @pytest.mark.parametrize("text,days", [("朝ってです", 2), ("アサテです", 2), ("あさっての夜", 2), ("しあさってで", 3),

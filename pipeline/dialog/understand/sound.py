@@ -260,8 +260,8 @@ def _framed(text: str, cores: Sequence[str]) -> list[str]:
 
 def phone_repairs(digits: str) -> list[str]:
     """Valid numbers one doubled or dropped digit away from ``digits`` (whisper hears サンサンサンサン
-    as five 3s, or four as three): every single deletion of a digit, and a run of one digit made one
-    longer;
+    as five 3s, or four as three): every single deletion of a digit, a run of one digit made one
+    longer, and the border of two runs moved by a digit;
     only the valid ones (:func:`~pipeline.dialog.understand.phone.is_valid_phone`), grouped as whisper
     writes them (090-3333-4444)."""
     from pipeline.dialog.speech import group_phone
@@ -273,6 +273,14 @@ def phone_repairs(digits: str) -> list[str]:
     # a digit is doubled only inside a run of it (サンサンサンサン heard as three 3s): a dropped digit
     # elsewhere could be any digit, and is asked again rather than guessed
     out += [digits[:i + 1] + digits[i:] for i in range(len(digits) - 1) if digits[i] == digits[i + 1]]
+    # two runs side by side with their border a digit off (サンサンサンサン、ヨンヨンヨンヨン heard as five
+    # 3s and three 4s): the digit at the border belongs to the other run
+    for i in range(1, len(digits)):
+        a, b = digits[i - 1], digits[i]
+        if a != b and i >= 2 and digits[i - 2] == a:
+            out.append(digits[:i - 1] + b + digits[i:])
+        if a != b and i + 1 < len(digits) and digits[i + 1] == b:
+            out.append(digits[:i] + a + digits[i + 1:])
     return [group_phone(d) for d in dict.fromkeys(out) if is_valid_phone(d)]
 
 
@@ -366,7 +374,12 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
             from pipeline.dialog.understand.phone import is_valid_phone, repair_phone
 
             digits = u.values.get("phone") or ""
-            # a group of a number said in parts answers too; a whole one must be a number
+            # a group of a number said in parts answers too; a whole one must be a number, and one
+            # that whisper wrote in groups must end in the four digits every number here ends in
+            # (「090-33333-444」 is 0903333 4444 with a digit heard twice)
+            groups = re.findall(r"\d+", unicodedata.normalize("NFKC", text))
+            if len(digits) >= 9 and len(groups) >= 2 and len(groups[-1]) != 4:
+                return False
             return bool(digits) and (len(digits) < 9 or is_valid_phone(repair_phone(digits)))
         return slot in u.values
 
