@@ -679,6 +679,10 @@ class VoiceCall:
         self._turns = 0
         #: the last turn had no words and the caller was asked to say it again (once in a row)
         self._asked_unheard = False
+        #: the last turn the agent was given; the words of a turn cut short before that (the caller
+        #: went on at once), to be put before the next turn's
+        self._agent_turn = 0
+        self._carried: str | None = None
         #: the latest reply of any kind (``_reply`` is reset when a turn starts, even a skipped one)
         self._last_reply: _Reply | None = None
         self._prompt_reply: _Reply | None = None  # the silence prompt, while nothing came after it
@@ -815,14 +819,24 @@ class VoiceCall:
             self.timelines.append(tl)
             self.transcript.append({"role": "user", "text": text})
             log.debug("call %s: caller: %s", self.id, text)
+            carried, self._carried = self._carried, None
+            if carried:
+                # the caller went on before the agent read their last words: they are this turn's start
+                text = f"{carried} {text}" if self.language == "en" else f"{carried}、{text}"
             self._await_ahead(text)
-            yield AdditionalOutputs(self.snapshot())
+            try:
+                yield AdditionalOutputs(self.snapshot())
+            except BaseException:
+                self._carried = text  # cut short here: kept for the next turn
+                raise
             reply = self._begin_reply()
             entry: dict[str, Any] = {"role": "bot", "text": ""}
             self.transcript.append(entry)
             try:
                 yield from self._speak(reply, self._agent_text(text, tl), tl, entry)
             finally:
+                if self._agent_turn != tl.turn:
+                    self._carried = text  # cut short before the agent read them: kept for the next turn
                 self._end_reply(reply, entry)
                 tl.reply = reply.raw
                 tl.heard = reply.heard
@@ -1099,6 +1113,7 @@ class VoiceCall:
         return text
 
     def _agent_text(self, text: str, tl: TurnTimeline) -> Iterator[str]:
+        self._agent_turn = tl.turn
         stream = self.agent.respond(text)
         try:
             for chunk in stream:

@@ -823,3 +823,25 @@ def test_a_reply_that_would_book_is_not_prepared_ahead(runtime_factory, loop):
     assert call.agent.state.asking == "confirm"
     assert prepare(call, "はい") is None
     assert not rt.services.store.all() and call.agent.state.asking == "confirm"  # nothing booked, nothing moved
+
+
+# ----------------------------------------------------------------------------------- a turn cut short
+def test_words_of_a_turn_cut_short_before_the_agent_read_them_start_the_next_turn(runtime_factory, loop):
+    """「12月12日、」 ended a turn on its pause, and the caller went on (「土曜日のお昼1時に2名で」) before
+    the agent was given the words: the barge-in closed the turn, and the date was lost (voice eval)."""
+    from pipeline.call import AdditionalOutputs
+
+    rt = runtime_factory(kind="rules")
+    h, _ = start(rt, loop)
+    greet(h)
+    call = h.call
+    cut = call.turn((SR, silence(1.0)), transcript="12月12日")
+    assert isinstance(next(cut), AdditionalOutputs)
+    cut.close()  # the caller spoke again: the turn is stopped
+    assert call.agent.state.slots.date is None
+    list(call.turn((SR, silence(1.0)), transcript="土曜日のお昼1時に2名で"))
+    slots = call.agent.state.slots
+    assert (str(slots.date), str(slots.time)[:5], slots.party_size) == ("2026-12-12", "13:00", 2)
+    # a turn the agent answered is not carried
+    list(call.turn((SR, silence(1.0)), transcript="田中です"))
+    assert call.agent.state.slots.name == "田中"
