@@ -146,3 +146,12 @@ def test_an_impossible_date_after_a_real_one_is_a_mishearing_not_a_correction():
     # whisper's 「19月2、3映」 for 「19時に3名」 must not throw away the 12月18日 said before it
     assert u("12月18日の19月2、3映でお願いします。", "date").values["date"] == dt.date(2026, 12, 18)
     assert "date" not in u("19月2日でお願いします", "date").values  # alone, it is no date
+
+
+@pytest.mark.parametrize("text,asking,want", [
+    ("18時間で", "time", dt.time(18, 30)), ("いいえ、18時間です", "confirm", dt.time(18, 30)),
+    ("明日の19時間に4名で", None, dt.time(19, 30)),
+    ("2時間くらいで帰ります", "note", None), ("18時間後", "time", None), ("5時間も待った", "note", None),
+])
+def test_whispers_jikan_for_jihan_is_a_half_hour_never_a_duration(text, asking, want):
+    assert u(text, asking).values.get("time") == want

@@ -60,6 +60,8 @@ _NOT_PEOPLE = r"(?!\s*(?:people|persons?|guests?|of us|adults?|children|kids?|pa
 _T_JA = re.compile(
     r"(?<![\d.:/])(\d{1,2})\s*時\s*(?:(半)|(\d{1,2})\s*分|(\d{2})(?![\d名人日月様分]))?(?!間(?!違))"
 )
+#: 「18時間で」: whisper's 時間 for 時半 (じかん, じはん); never a stay that long, and no duration follows
+_T_JA_KAN = re.compile(r"(?<![\d.:/])([5-9]|1\d|2[0-3])\s*時間(?=\s*(?:に|で|です|から|、|。|$))")
 _T_SHOGO = re.compile(r"正午|\bnoon\b|\bmidday\b")
 _T_MIDNIGHT = re.compile(r"\bmidnight\b")
 _T_COLON = re.compile(r"(?<![\d.:/])(\d{1,2}):(\d{2})(?![\d:])")
@@ -84,6 +86,8 @@ def _time_cands(t: str, is_open: IsOpen | None) -> list[_Cand]:
     for m in _T_JA.finditer(t):
         minute = 30 if m.group(2) else int(m.group(3) or m.group(4) or 0)
         raw.append((m.start(), m.end(), int(m.group(1)), minute, 0, ""))
+    for m in _T_JA_KAN.finditer(t):
+        raw.append((m.start(), m.end(), int(m.group(1)), 30, 0, ""))
     for m in _T_SHOGO.finditer(t):
         raw.append((m.start(), m.end(), 12, 0, 0, "fixed"))
     for m in _T_MIDNIGHT.finditer(t):
