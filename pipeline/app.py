@@ -8,7 +8,7 @@
   Twilio with TwiML, ``/telephone/handler`` is the Twilio media websocket, ``/webrtc/offer`` and
   ``/websocket/offer``), ``GET /healthz``, and the Gradio page at ``/``. With ``twilio.validate``
   (the default) the two telephone routes only serve calls Twilio signed (see
-  :mod:`pipeline.twilio_auth`); ``voicebot phone`` and ``voicebot ui`` use the stream alone and are
+  :mod:`pipeline.transport.twilio.auth`); ``voicebot phone`` and ``voicebot ui`` use the stream alone and are
   not gated. A signed call's stream carries what the webhook said of it (the caller's number, its
   CallSid) to its handler as a :class:`~pipeline.call.PhoneLine`, with the keys the caller presses.
 
@@ -40,9 +40,8 @@ from fastrtc.websocket import WebSocketHandler
 from pipeline.audio import PHONE_RATE, mulaw_encode, resample, to_mono_float32
 from pipeline.call import PhoneLine
 from pipeline.dialog.state import SLOT_ORDER
-from pipeline.lines import SharedLines
-from pipeline.phone_socket import POLICY_VIOLATION, Mark, PhoneSocket
-from pipeline.twilio_auth import (
+from pipeline.transport.lines import SharedLines
+from pipeline.transport.twilio.auth import (
     MISSING_TOKEN_MESSAGE,
     START_TIMEOUT_S,
     StreamGrant,
@@ -50,6 +49,7 @@ from pipeline.twilio_auth import (
     TwilioGuard,
     auth_token_from_env,
 )
+from pipeline.transport.twilio.media import POLICY_VIOLATION, Mark, PhoneSocket
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +489,7 @@ def build_app(
 
     ``validate_twilio`` defaults to ``twilio.validate``; when on, the auth token is
     ``twilio_auth_token`` or else ``$TWILIO_AUTH_TOKEN``, and without one this raises
-    :class:`~pipeline.twilio_auth.TwilioAuthMissing` rather than serve unchecked routes.
+    :class:`~pipeline.transport.twilio.auth.TwilioAuthMissing` rather than serve unchecked routes.
     """
     settings = runtime.cfg.twilio
     validate = settings.validate if validate_twilio is None else validate_twilio

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from fastrtc import AdditionalOutputs
 
-from pipeline.agents import (
+from pipeline.agents.factory import (
     Agent,
     AgentKind,
     AgentUnavailable,
@@ -50,9 +50,9 @@ from pipeline.dialog.rules import QUESTIONS, stock_phrases
 from pipeline.dialog.understand.sound import expectation, restaurant_ranges
 from pipeline.dialog.understand.transcript import clean_transcript
 from pipeline.privacy import append_call_log, call_log_record
+from pipeline.speech.tts import CACHE_MAX_CHARS, TTS, SentenceSplitter, split_sentences
 from pipeline.stt import STT, STTContext, Transcript, is_silent, listening_for
-from pipeline.tts import CACHE_MAX_CHARS, TTS, SentenceSplitter, split_sentences
-from pipeline.twilio_rest import (
+from pipeline.transport.twilio.rest import (
     TwilioREST,
     TwilioRESTError,
     confirmation_text,
@@ -369,11 +369,11 @@ class VoiceRuntime:
         clock: Callable[[], dt.datetime] | None = None,
     ) -> VoiceRuntime:
         """Models ensured (fetched when ``download``; else ``ModelsMissing``), loaded and warmed up."""
-        from pipeline.models import model_resolver
-        from pipeline.remote_speech import ensure_local_models
+        from pipeline.speech.models import model_resolver
+        from pipeline.speech.remote import ensure_local_models
+        from pipeline.speech.tts import make_tts
+        from pipeline.speech.vad import make_vad
         from pipeline.stt import make_stt
-        from pipeline.tts import make_tts
-        from pipeline.vad import make_vad
 
         start = time.perf_counter()
         paths = ensure_local_models(cfg, download, progress=progress)  # none for a stage on a speech server

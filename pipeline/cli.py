@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from pipeline.config import ConfigError, load_config
-from pipeline.models import ModelsMissing
+from pipeline.speech.models import ModelsMissing
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def run_chat(
     caller_id: str | None = None,
 ) -> int:
     """The text chat: one caller utterance per line until EOF or the call ends. Returns the exit code."""
-    from pipeline.agents import AgentUnavailable, make_clock, new_agent, open_services, parse_now
+    from pipeline.agents.factory import AgentUnavailable, make_clock, new_agent, open_services, parse_now
 
     try:
         fixed = parse_now(now, cfg.restaurant.timezone) if now else None
@@ -174,7 +174,7 @@ def voice_clock(args: argparse.Namespace, cfg) -> Callable[[], dt.datetime] | No
     now = getattr(args, "now", None)
     if not now:
         return None
-    from pipeline.agents import make_clock, parse_now
+    from pipeline.agents.factory import make_clock, parse_now
 
     try:
         return make_clock(parse_now(now, cfg.restaurant.timezone))
@@ -272,7 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = getattr(args, "workers", 1)
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    from pipeline.twilio_auth import MISSING_TOKEN_MESSAGE, auth_token_from_env
+    from pipeline.transport.twilio.auth import MISSING_TOKEN_MESSAGE, auth_token_from_env
 
     # Before loading the models: a misconfiguration should not take a minute to report.
     if cfg.twilio.validate and not auth_token_from_env():
@@ -302,7 +302,7 @@ def _serve_workers(cfg, args: argparse.Namespace, workers: int) -> int:
     """``workers`` processes sharing the port (uvicorn's workers: one socket, bound here), each with
     its own models and runtime, all on ``store.url``: the database holds what they must agree on
     (stream tokens, seen webhooks, the lines in use)."""
-    from pipeline.remote_speech import ensure_local_models
+    from pipeline.speech.remote import ensure_local_models
     from pipeline.store import ReservationStore, mask_url
 
     url = cfg.store_url()
@@ -408,14 +408,14 @@ def cmd_phone(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ models
 def cmd_models_status(args: argparse.Namespace) -> int:
-    from pipeline.models import models_status
+    from pipeline.speech.models import models_status
 
     cfg = load_config(args.config)
     rows = models_status(cfg)
     for what, path, present in rows:
         print(f"{'present' if present else 'MISSING':8} {what}: {path}")
     if not all(present for _, _, present in rows):
-        from pipeline.models import OFFLINE_HINT
+        from pipeline.speech.models import OFFLINE_HINT
 
         print(f"run `voicebot models download` to fetch the missing files\n{OFFLINE_HINT}", file=sys.stderr)
         return 1
@@ -423,7 +423,7 @@ def cmd_models_status(args: argparse.Namespace) -> int:
 
 
 def cmd_models_download(args: argparse.Namespace) -> int:
-    from pipeline.models import ensure_models
+    from pipeline.speech.models import ensure_models
 
     cfg = load_config(args.config)
     _setup_logging(cfg.logging.level)
@@ -432,7 +432,7 @@ def cmd_models_download(args: argparse.Namespace) -> int:
 
 
 def cmd_models_kokoro_fp32(args: argparse.Namespace) -> int:
-    from pipeline.kokoro_fp32 import ConversionError, convert
+    from pipeline.speech.kokoro_fp32 import ConversionError, convert
 
     try:
         result = convert(args.src, args.dst)
@@ -514,10 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--json", action="store_true", help="one JSON object per reservation")
     res.set_defaults(func=cmd_reservations)
     _add_voice_commands(sub)
-    from pipeline.bench import add_parser as add_bench_parser
+    from pipeline.sim.bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
-    from pipeline.sttcheck import add_parser as add_stt_check_parser
+    from pipeline.sim.sttcheck import add_parser as add_stt_check_parser
 
     add_stt_check_parser(sub)
     from pipeline.sim.eval import add_parser as add_eval_parser

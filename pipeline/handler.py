@@ -66,10 +66,10 @@ from pipeline.call import CHUNK_S, TRANSFER_FAILED, DueLine, PhoneLine, TurnTime
 from pipeline.config import VADConfig
 from pipeline.dialog.keypad import keypad_text
 from pipeline.dialog.parse import is_valid_phone, parse_phone
-from pipeline.phone_socket import Mark
-from pipeline.vad import WINDOW as VAD_WINDOW
-from pipeline.vad import EnergyVAD, silero_options
-from pipeline.vad import algo_options as vad_algo_options
+from pipeline.speech.vad import WINDOW as VAD_WINDOW
+from pipeline.speech.vad import EnergyVAD, silero_options
+from pipeline.speech.vad import algo_options as vad_algo_options
+from pipeline.transport.twilio.media import Mark
 from pipeline.voice.backchannel import Burst, BurstJudge, rms_db
 from pipeline.voice.speculation import prepare_soon
 from pipeline.voice.turns import (
@@ -1086,7 +1086,7 @@ def _at_phone_rate(reply: Iterator[Any]) -> Generator[Any, None, None]:
     FastRTC would resample each piece on its own (``convert_to_mulaw``), with a filter edge at
     both ends of every piece; given 8 kHz audio it only encodes it. The filter's last few
     milliseconds come out when the reply ends, before its ``CloseStream`` (after which FastRTC
-    sends nothing), or before a Twilio :class:`~pipeline.phone_socket.Mark` (which marks them too).
+    sends nothing), or before a Twilio :class:`~pipeline.transport.twilio.media.Mark` (which marks them too).
     """
     resampler: Resampler | None = None
     try:

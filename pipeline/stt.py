@@ -556,7 +556,7 @@ STTFactory = Callable[[STTConfig, Path], STT]
 
 
 def _remote_stt(cfg: STTConfig, _model_path: Path) -> STT:
-    from pipeline.remote_speech import RemoteSTT  # imports this module
+    from pipeline.speech.remote import RemoteSTT  # imports this module
 
     return RemoteSTT(cfg)
 
@@ -567,7 +567,7 @@ _PROVIDERS: dict[str, STTFactory] = {"faster-whisper": FasterWhisperSTT, "openai
 def make_stt(cfg: STTConfig, resolve: Callable[[str], Path] | Path | str) -> STT:
     """The STT backend named by ``cfg.provider``.
 
-    ``resolve`` turns ``cfg.model`` into a local model directory (``pipeline.models.model_resolver``
+    ``resolve`` turns ``cfg.model`` into a local model directory (``pipeline.speech.models.model_resolver``
     knows the size names; ``Config.path`` suffices for a local directory), or is that directory.
     """
     factory = _PROVIDERS.get(cfg.provider)

@@ -24,7 +24,7 @@ never made it is put there first), and reports per call and overall:
   cancellation, nothing else touched), ``not done`` (nothing touched: harmless), or ``WRONG`` (a booking
   made, changed or cancelled that the caller did not ask for: always a bug);
 - who answered each turn: the model, or the rules agent (a failed model turn, or every turn after the
-  agent gave the call to it), counted from the ``pipeline.llm`` logger's records;
+  agent gave the call to it), counted from the ``pipeline.agents.llm`` logger's records;
 - the time per turn and the model's first-token latency.
 
 Exit status 1 when anything was booked wrong or a caller's line got no answer.
@@ -380,7 +380,7 @@ def llm_config(cfg: Any, base_url: str, store_url: str) -> Any:
 
 # ------------------------------------------------------------------------------------ who answered
 class _Records(logging.Handler):
-    """The ``pipeline.llm`` logger's records, by time, to tell which turn the rules agent answered."""
+    """The ``pipeline.agents.llm`` logger's records, by time, to tell which turn the rules agent answered."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -390,7 +390,7 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
-#: the pipeline.llm messages that mean: the rules agent answered this turn / takes the rest of the call
+#: the pipeline.agents.llm messages that mean: the rules agent answered this turn / takes the rest of the call
 _FAULT = ("the rules agent answers this turn", "the model returned an empty reply")
 _DEGRADED = "the rules agent finishes this call"
 _STUCK = "still calling tools after"
@@ -556,7 +556,7 @@ def _caller_lines(caller: Any, out: _Out, sent: list[tuple[str, float, int]], ha
 def run_calls(cfg: Any, pset: Any, personas: list[Any], *, now: str, max_lines: int = 20) -> list[CallReport]:
     """Each persona typed into ``voicebot chat``'s code with ``cfg`` (its ``store.url`` one database for all),
     judged on the database before and after its call."""
-    from pipeline.agents import parse_now
+    from pipeline.agents.factory import parse_now
     from pipeline.cli import run_chat
     from pipeline.sim.personas import Caller, apply_changes, intended_booking
 
@@ -564,7 +564,7 @@ def run_calls(cfg: Any, pset: Any, personas: list[Any], *, now: str, max_lines: 
     url = cfg.store_url()
     made: dict[str, str] = {}  # persona id -> the booking its call made
     handler = _Records()
-    llm_log = logging.getLogger("pipeline.llm")
+    llm_log = logging.getLogger("pipeline.agents.llm")
     old_level = llm_log.level
     llm_log.addHandler(handler)
     llm_log.setLevel(logging.DEBUG)

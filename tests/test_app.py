@@ -307,9 +307,9 @@ def aperiodic_db(x: np.ndarray, period: int, skip: int) -> float:
 def tone_server(test_config, tmp_path):
     from pipeline.app import build_app
     from pipeline.call import VoiceRuntime
-    from pipeline.models import model_resolver
+    from pipeline.speech.models import model_resolver
+    from pipeline.speech.vad import make_vad
     from pipeline.stt import make_stt
-    from pipeline.vad import make_vad
 
     cfg = test_config.model_copy(deep=True)
     cfg.store.url = f"sqlite:///{tmp_path}/r.db"
@@ -452,7 +452,7 @@ def test_latency_rows_accumulate_per_call_on_the_server():
 def test_the_app_checks_twilio_by_default_and_will_not_start_without_the_auth_token(runtime, monkeypatch):
     from pipeline.app import build_app
     from pipeline.config import TwilioConfig
-    from pipeline.twilio_auth import TwilioAuthMissing
+    from pipeline.transport.twilio.auth import TwilioAuthMissing
 
     monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
     assert TwilioConfig().validate is True

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from audio_fixtures import ESPEAK, ESPEAK_MISSING
 
-from pipeline.bench import SCRIPT, STAGE_KEYS, make_clips, speech_end
 from pipeline.cli import main
+from pipeline.sim.bench import SCRIPT, STAGE_KEYS, make_clips, speech_end
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 

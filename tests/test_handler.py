@@ -22,14 +22,14 @@ import pytest
 from audio_fixtures import ESPEAK, ESPEAK_MISSING, silence, speech
 from fastrtc import AdditionalOutputs, CloseStream
 
-from pipeline.agents import make_clock
+from pipeline.agents.factory import make_clock
 from pipeline.call import APOLOGY, TurnTimeline, VoiceRuntime
 from pipeline.handler import CallHandler, make_handler
+from pipeline.speech.tts import SentenceSplitter, make_tts
+from pipeline.speech.vad import make_vad
 from pipeline.store import ReservationStore
 from pipeline.stt import make_stt
 from pipeline.testing import ScriptedOpenAI, booking_policy, text, tool
-from pipeline.tts import SentenceSplitter, make_tts
-from pipeline.vad import make_vad
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 
@@ -41,7 +41,7 @@ SR = 16000
 @pytest.fixture(scope="module")
 def parts(test_config):
     """The real models, loaded and warmed once for the module."""
-    from pipeline.models import model_resolver
+    from pipeline.speech.models import model_resolver
 
     stt = make_stt(test_config.stt, model_resolver(test_config))
     tts = make_tts(test_config.tts, model_resolver(test_config))
@@ -619,7 +619,7 @@ def test_a_turn_whisper_looped_on_is_decoded_again_and_the_timeline_says_so(runt
 
 def test_the_bots_fixed_phrases_are_rendered_ahead_of_the_calls(runtime_factory):
     from pipeline.dialog.rules import PHRASES
-    from pipeline.tts import normalize_for_speech
+    from pipeline.speech.tts import normalize_for_speech
 
     rt = runtime_factory(kind="rules")
     assert rt.prerender_phrases() > 20
@@ -691,7 +691,7 @@ def test_a_vad_model_that_fails_hands_the_call_to_the_level_detector_and_the_cal
         runtime_factory, test_models_dir, loop, caplog):
     from make_test_models import KOKORO_FILENAME
 
-    from pipeline.vad import BundledSileroVAD
+    from pipeline.speech.vad import BundledSileroVAD
 
     rt = runtime_factory(kind="rules")
     rt.vad = BundledSileroVAD(test_models_dir / KOKORO_FILENAME)  # loads, but fails on every window

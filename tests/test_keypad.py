@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pipeline.agents import new_agent, open_services
+from pipeline.agents.factory import new_agent, open_services
 from pipeline.config import load_config
 from pipeline.dialog.keypad import keypad_text
 from pipeline.dialog.state import DialogState

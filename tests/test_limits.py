@@ -35,7 +35,7 @@ from pipeline.call import (
 from pipeline.config import ConfigError, ServerConfig, load_config
 from pipeline.dialog.rules import QUESTIONS
 from pipeline.handler import CallHandler, make_handler
-from pipeline.phone_socket import FORMAT_REFUSED, UNSUPPORTED_DATA
+from pipeline.transport.twilio.media import FORMAT_REFUSED, UNSUPPORTED_DATA
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 
@@ -46,10 +46,10 @@ FRAME = SR // 50  # 20 ms
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def parts(test_config):
-    from pipeline.models import model_resolver
+    from pipeline.speech.models import model_resolver
+    from pipeline.speech.tts import make_tts
+    from pipeline.speech.vad import make_vad
     from pipeline.stt import make_stt
-    from pipeline.tts import make_tts
-    from pipeline.vad import make_vad
 
     parts = {"stt": make_stt(test_config.stt, model_resolver(test_config)),
              "tts": make_tts(test_config.tts, model_resolver(test_config)),
@@ -731,7 +731,7 @@ def test_bad_messages_after_a_gated_start_are_skipped_too(test_config, parts, tm
     sid = _sid("9a7ed")
     try:
         with _serving(rt, validate_twilio=True, twilio_auth_token=token) as server:
-            from pipeline.twilio_auth import TwilioGuard
+            from pipeline.transport.twilio.auth import TwilioGuard
 
             guard: TwilioGuard = server.server.config.app.state.twilio_guard
 

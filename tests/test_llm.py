@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pipeline.agents import make_clock, new_agent, open_services
+from pipeline.agents.factory import make_clock, new_agent, open_services
+from pipeline.agents.llm import _TOO_MANY_STEPS, MAX_HISTORY, LLMAgent
 from pipeline.cli import run_chat
 from pipeline.config import load_config
 from pipeline.dialog.rules import PHRASES
-from pipeline.llm import _TOO_MANY_STEPS, MAX_HISTORY, LLMAgent
 from pipeline.store import ReservationStore
 from pipeline.testing import ScriptedOpenAI, Step, booking_policy, error, hang, text, tool, tools
 

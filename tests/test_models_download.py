@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pipeline.config import load_config
-from pipeline.models import (
+from pipeline.speech.models import (
     KOKORO_RELEASE_URL,
     ModelsMissing,
     ensure_models,

@@ -32,7 +32,7 @@ from pipeline.call import VoiceRuntime
 from pipeline.config import ServerConfig
 from pipeline.sim.twilio_rest import TwilioRESTServer
 from pipeline.stt import Transcript
-from pipeline.twilio_rest import TwilioREST
+from pipeline.transport.twilio.rest import TwilioREST
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 
@@ -78,7 +78,7 @@ class Beeps:
 
 @pytest.fixture(scope="module")
 def vad(test_config):
-    from pipeline.vad import make_vad
+    from pipeline.speech.vad import make_vad
 
     model = make_vad(test_config.vad)
     model.warmup()
@@ -537,7 +537,7 @@ def test_a_text_that_fails_leaves_the_booking_and_the_call_as_they_are(line, res
 
 
 def test_the_confirmation_text_in_english_and_for_a_change(test_config):
-    from pipeline.twilio_rest import confirmation_text
+    from pipeline.transport.twilio.rest import confirmation_text
 
     booking = {"id": "R-ABC123", "date": "2026-12-24", "time": "19:30", "party_size": 1, "name": "Smith"}
     text = confirmation_text("changed", booking, "en", test_config.restaurant)

@@ -26,7 +26,7 @@ from pipeline.config import STTConfig, TTSConfig
 from pipeline.sim.phone import at_level, phone_line, to_phone_rate
 from pipeline.sim.score import edit_distance, units
 from pipeline.sim.voices import openjtalk
-from pipeline.tts import KokoroTTS, TTSFault
+from pipeline.speech.tts import KokoroTTS, TTSFault
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,13 @@ import pytest
 from audio_fixtures import ESPEAK, ESPEAK_MISSING, silence, speech
 from fastrtc import AdditionalOutputs
 
-from pipeline.agents import make_clock
+from pipeline.agents.factory import make_clock
 from pipeline.call import APOLOGY, VoiceRuntime
 from pipeline.config import ConfigError, STTConfig, TTSConfig, load_config
 from pipeline.handler import make_handler
-from pipeline.models import ModelsMissing, model_resolver
-from pipeline.remote_speech import (
+from pipeline.sim.speech_server import SpeechServer
+from pipeline.speech.models import ModelsMissing, model_resolver
+from pipeline.speech.remote import (
     RemoteSTT,
     RemoteSTTError,
     RemoteTTS,
@@ -37,10 +38,9 @@ from pipeline.remote_speech import (
     remote_whisper_model,
     to_pcm16,
 )
-from pipeline.sim.speech_server import SpeechServer
+from pipeline.speech.tts import TTS, SentenceSplitter, TTSFault, check_speech, make_tts
+from pipeline.speech.vad import make_vad
 from pipeline.stt import STT, STTContext, Transcript, make_stt, prompt_for
-from pipeline.tts import TTS, SentenceSplitter, TTSFault, check_speech, make_tts
-from pipeline.vad import make_vad
 
 NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
 SR = 16000

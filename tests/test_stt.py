@@ -274,10 +274,10 @@ def test_a_call_hears_with_what_its_bot_asked_and_its_agent_reads_the_clean_tran
     import json
     from zoneinfo import ZoneInfo
 
-    from pipeline.agents import make_clock
+    from pipeline.agents.factory import make_clock
     from pipeline.call import VoiceRuntime
-    from pipeline.models import model_resolver
-    from pipeline.tts import make_tts
+    from pipeline.speech.models import model_resolver
+    from pipeline.speech.tts import make_tts
 
     class Ears:  # the real STT runs; it reports what a caller said, with whisper's invention after it
         def __init__(self, stt):

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.sim.score import edit_distance, normalize_en, normalize_ja, units
-from pipeline.sttcheck import EN_LINES, JA_EXTRA_LINES, VOICES, CheckError, Clip, parse_windows, run_check
+from pipeline.sim.sttcheck import EN_LINES, JA_EXTRA_LINES, VOICES, CheckError, Clip, parse_windows, run_check
 
 ESPEAK = shutil.which("espeak-ng")
 

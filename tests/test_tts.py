@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import TTSConfig
-from pipeline.tts import (
+from pipeline.speech.tts import (
     CACHE_MAX_CHARS,
     TTS,
     KokoroTTS,
@@ -300,7 +300,7 @@ def test_a_damaged_disk_cache_entry_is_rendered_again(own_model, tmp_path, caplo
     (entry,) = (tmp_path / "tts-cache").rglob("*.npy")
     np.save(entry, np.full(100, 7.0, np.float32))  # not audio
     again = own_model()
-    with caplog.at_level(logging.WARNING, logger="pipeline.tts"), again.prerendering():
+    with caplog.at_level(logging.WARNING, logger="pipeline.speech.tts"), again.prerendering():
         audio = again.synthesize("かしこまりました。", "ja")
     assert audio.size and np.abs(audio).max() <= 1.0
     assert again.stats.disk_hits == 0 and again.stats.synthesized == 1
@@ -312,7 +312,7 @@ def test_an_unwritable_disk_cache_is_logged_once_and_synthesis_goes_on(own_model
 
     (tmp_path / "tts-cache").write_text("a file where the folder should be")
     tts = own_model()
-    with caplog.at_level(logging.WARNING, logger="pipeline.tts"), tts.prerendering():
+    with caplog.at_level(logging.WARNING, logger="pipeline.speech.tts"), tts.prerendering():
         assert tts.synthesize("かしこまりました。", "ja").size
         assert tts.synthesize("ありがとうございます。", "ja").size
     assert tts.stats.disk_writes == 0 and tts.stats.synthesized == 2

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.call import VoiceRuntime
 from pipeline.sim.testmodels import build_fake_kokoro, build_voices
-from pipeline.tts import MAX_SPEECH_PEAK, KokoroTTS, TTSFault, check_speech
+from pipeline.speech.tts import MAX_SPEECH_PEAK, KokoroTTS, TTSFault, check_speech
 
 SR = 24000
 BROKEN = {
@@ -82,7 +82,7 @@ def test_the_shortest_speech_allowed_follows_the_speed():
 def test_a_model_that_gives_garbage_raises_a_tts_fault_every_time(test_config, model_dir, name, caplog):
     tts = kokoro(test_config, model_dir, name)
     for attempt in (1, 2):  # a fault is never cached: the same piece is tried again next time
-        with caplog.at_level(logging.WARNING, logger="pipeline.tts"), pytest.raises(TTSFault):
+        with caplog.at_level(logging.WARNING, logger="pipeline.speech.tts"), pytest.raises(TTSFault):
             tts.synthesize("かしこまりました。", "ja")
         assert tts.stats.faults == attempt and tts.stats.synthesized == attempt
     assert any("TTS fault on 'かしこまりました。'" in r.getMessage() for r in caplog.records)

@@ -13,7 +13,7 @@ from real_models import SKIP_ENV, RealModelsMissing, locate
 from pipeline.audio import to_float32
 from pipeline.sim.phone import phone_line
 from pipeline.sim.voices import openjtalk
-from pipeline.turn import SmartTurn, TurnModelError
+from pipeline.speech.turn import SmartTurn, TurnModelError
 
 
 @pytest.fixture(scope="module")

@@ -264,7 +264,7 @@ def test_models_download_fetches_the_end_of_turn_file_from_its_hub_repository(tm
     import threading
     from functools import partial
 
-    from pipeline.models import ModelsMissing, ensure_models, models_status
+    from pipeline.speech.models import ModelsMissing, ensure_models, models_status
 
     served = tmp_path / "served" / "pipecat-ai" / "smart-turn-v3" / "resolve" / "main"
     served.mkdir(parents=True)

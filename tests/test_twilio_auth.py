@@ -89,7 +89,7 @@ def test_a_signed_webhook_gets_twiml_streaming_to_the_handler_with_a_one_time_to
 
 
 def test_the_stream_token_carries_the_signed_calls_sid_and_caller_and_counts_once(client, app):
-    from pipeline.twilio_auth import StreamRefused
+    from pipeline.transport.twilio.auth import StreamRefused
 
     r = post_signed(client, {**FORM, "CallSid": "CA-grant-1"})
     token = twiml_stream(r.text)[1]["token"]
@@ -132,7 +132,7 @@ def test_when_the_call_state_database_fails_the_webhook_gets_503_and_the_stream_
     from fastapi.testclient import TestClient
 
     from pipeline.store import ReservationStore
-    from pipeline.twilio_auth import StreamRefused, TwilioGuard
+    from pipeline.transport.twilio.auth import StreamRefused, TwilioGuard
 
     path = tmp_path / "state.db"
     store = ReservationStore(f"sqlite:///{path}")

@@ -8,7 +8,7 @@ from audio_fixtures import ESPEAK, ESPEAK_MISSING, noise, silence, speech
 from fastrtc import ReplyOnPause
 
 from pipeline.config import VADConfig
-from pipeline.vad import BundledSileroVAD, algo_options, bundled_silero_path, make_vad, silero_options
+from pipeline.speech.vad import BundledSileroVAD, algo_options, bundled_silero_path, make_vad, silero_options
 
 needs_espeak = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 
@@ -107,7 +107,7 @@ def test_reply_on_pause_stays_quiet_on_a_silent_line(vad):
 
 
 def _energy_probs(audio: np.ndarray) -> np.ndarray:
-    from pipeline.vad import WINDOW, EnergyVAD
+    from pipeline.speech.vad import WINDOW, EnergyVAD
 
     model = EnergyVAD()
     state = model.get_initial_state(1)

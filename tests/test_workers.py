@@ -222,7 +222,7 @@ def test_serve_workers_must_be_at_least_one(test_models_dir, capsys):
 
 
 def test_lines_are_refused_not_handed_out_when_the_database_fails(tmp_path, caplog):
-    from pipeline.lines import SharedLines
+    from pipeline.transport.lines import SharedLines
 
     path = tmp_path / "lines.db"
     store = ReservationStore(f"sqlite:///{path}")
@@ -244,7 +244,7 @@ def test_lines_are_refused_not_handed_out_when_the_database_fails(tmp_path, capl
 
 
 def test_a_worker_whose_lines_were_taken_back_says_so_at_its_next_renewal(tmp_path, caplog):
-    from pipeline.lines import SharedLines
+    from pipeline.transport.lines import SharedLines
 
     url = f"sqlite:///{tmp_path / 'lines.db'}"
     mine, other = ReservationStore(url), ReservationStore(url)

@@ -114,7 +114,7 @@ def new_agent(
         if not cfg.llm.base_url:
             raise AgentUnavailable("--agent llm needs llm.base_url in config.yaml (or VOICEBOT__LLM__BASE_URL)")
         try:
-            from pipeline.llm import LLMAgent
+            from pipeline.agents.llm import LLMAgent
         except ImportError:
             raise AgentUnavailable("the LLM agent is not built yet; use --agent rules") from None
         return LLMAgent(tools, cfg, fallback=RulesAgent(tools, max_failures=cfg.agent.max_failures))

@@ -182,7 +182,7 @@ def build_random_whisper(out_dir: Path, size: str, seed: int = 0) -> Path:
 
 def whisper_model(cfg: Config, size: str, cache_dir: Path) -> tuple[Path, str]:
     """``(model directory, "real" | "random-weights")`` for whisper-``size``; sets ``cfg.stt.model``."""
-    from pipeline.models import models_status, whisper_dir
+    from pipeline.speech.models import models_status, whisper_dir
 
     cfg.stt.model = size
     real = whisper_dir(cfg)
@@ -539,7 +539,7 @@ def run_naive_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.
     runtime's), then yielded."""
     from fastrtc import ReplyOnPause
 
-    from pipeline.vad import BundledSileroVAD
+    from pipeline.speech.vad import BundledSileroVAD
 
     agent = runtime.new_agent(f"naive-{call_no}")
     agent.greeting()
@@ -773,11 +773,11 @@ def run_bench(
     ``concurrent``: instead, for each N, N calls at once through N handlers on one runtime
     (pipeline only), reporting the gap per N.
     """
-    from pipeline.agents import make_clock
+    from pipeline.agents.factory import make_clock
     from pipeline.call import VoiceRuntime
+    from pipeline.speech.tts import make_tts
+    from pipeline.speech.vad import make_vad
     from pipeline.stt import FasterWhisperSTT
-    from pipeline.tts import make_tts
-    from pipeline.vad import make_vad
 
     if stt_size not in WHISPER_DIMS:
         raise ConfigError(f"--stt-size: expected one of {', '.join(WHISPER_DIMS)}, got {stt_size!r}")

@@ -294,7 +294,7 @@ def pronunciation(results: list[CallResult], cfg: Any) -> str:
     (on a run of digits, say), not the bot's speech: it is kept in the details, not scored.
     Returns the model path used."""
     from pipeline.audio import PHONE_RATE
-    from pipeline.models import model_resolver
+    from pipeline.speech.models import model_resolver
     from pipeline.stt import make_stt
 
     stts: dict[str, Any] = {}
@@ -324,7 +324,7 @@ def pronunciation(results: list[CallResult], cfg: Any) -> str:
 # ====================================================================================== text only
 def run_text(opts: EvalOptions, pset: PersonaSet, personas: list[Persona], cfg: Any, workdir: Path) -> list[CallResult]:
     """The callers typed into the agent (``voicebot chat``'s code path): the dialog without audio."""
-    from pipeline.agents import make_clock, new_agent, open_services, parse_now
+    from pipeline.agents.factory import make_clock, new_agent, open_services, parse_now
 
     fixed = parse_now(opts.now, cfg.restaurant.timezone)
     cfg = cfg.model_copy(deep=True)
@@ -375,7 +375,7 @@ def select(pset: PersonaSet, only: list[str] | None, calls: int | None) -> list[
 
 def run_eval(opts: EvalOptions) -> dict[str, Any]:
     """Run the calls and return the report (see :func:`format_report`)."""
-    from pipeline.agents import parse_now
+    from pipeline.agents.factory import parse_now
     from pipeline.config import load_config
 
     started = time.monotonic()
@@ -409,7 +409,7 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
 
 
 def _agent_kind(cfg: Any) -> str:
-    from pipeline.agents import resolve_kind
+    from pipeline.agents.factory import resolve_kind
 
     return resolve_kind(cfg, None)
 

@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.config import load_config
     from pipeline.dialog.restaurant import Restaurant
     from pipeline.dialog.understand.sound import expectation, restaurant_ranges
-    from pipeline.models import whisper_dir
+    from pipeline.speech.models import whisper_dir
     from pipeline.stt import FasterWhisperSTT, STTContext
 
     cfg = load_config(args.config)

@@ -550,10 +550,10 @@ class Soak:
     def _runtimes(self, llm_url: str) -> list[Any]:
         """One runtime per worker; the models are loaded once and shared (each ``serve`` process
         would hold its own copy: nothing of the shared state is in them)."""
-        from pipeline.models import model_resolver
+        from pipeline.speech.models import model_resolver
+        from pipeline.speech.tts import make_tts
+        from pipeline.speech.vad import make_vad
         from pipeline.stt import make_stt
-        from pipeline.tts import make_tts
-        from pipeline.vad import make_vad
 
         cfg = self._config(llm_url)
         stt = make_stt(cfg.stt, model_resolver(cfg))
@@ -567,7 +567,7 @@ class Soak:
         return [self._runtime(self._config(llm_url, i), tts, vad) for i in range(max(1, self.opts.workers))]
 
     def _runtime(self, cfg, tts, vad):
-        from pipeline.agents import Services, make_clock
+        from pipeline.agents.factory import Services, make_clock
         from pipeline.call import VoiceRuntime
         from pipeline.dialog.faq import FAQ
         from pipeline.dialog.restaurant import Restaurant

@@ -32,8 +32,8 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.remote_speech import SENTENCE_GAP_S, decode_wav, to_pcm16
 from pipeline.sim.loopback import LoopbackServer
+from pipeline.speech.remote import SENTENCE_GAP_S, decode_wav, to_pcm16
 from pipeline.stt import FasterWhisperSTT, Transcript
 
 log = logging.getLogger(__name__)
@@ -327,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     from pipeline.config import load_config
-    from pipeline.models import ensure_models, model_resolver
+    from pipeline.speech.models import ensure_models, model_resolver
+    from pipeline.speech.tts import make_tts
     from pipeline.stt import make_stt
-    from pipeline.tts import make_tts
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.sim.speech_server", description=main.__doc__)
     parser.add_argument("--config", default=None, help="config.yaml whose local stt and tts models are served")

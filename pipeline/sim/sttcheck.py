@@ -44,8 +44,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.bench import LEAD_S, SCRIPT, SR, Line
 from pipeline.config import Config, load_config
+from pipeline.sim.bench import LEAD_S, SCRIPT, SR, Line
 from pipeline.sim.phone import phone_line
 from pipeline.sim.score import edit_distance, units
 from pipeline.sim.voices import espeak
@@ -184,7 +184,7 @@ def speak(text: str, voice: str, speed: int) -> tuple[int, np.ndarray]:
 
 def synthetic_clips(language: str, limit: int | None = None) -> list[Clip]:
     """The first ``limit`` lines for ``language``, each in every voice of :data:`VOICES`, through a
-    phone line, with :data:`~pipeline.bench.LEAD_S` of silence before and :data:`TRAIL_S` after."""
+    phone line, with :data:`~pipeline.sim.bench.LEAD_S` of silence before and :data:`TRAIL_S` after."""
     lines = script_lines(language)[:limit]
     jobs = [(i, line, voice, speed) for voice, speed in VOICES[language] for i, line in enumerate(lines, 1)]
 
@@ -380,7 +380,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def model_dir(cfg: Config, model: Path | None) -> Path:
     """The model directory to check; :class:`CheckError` (exit 1) when it holds no model."""
-    from pipeline.models import whisper_dir
+    from pipeline.speech.models import whisper_dir
 
     path = model if model is not None else whisper_dir(cfg)
     if not (path / "model.bin").is_file():

@@ -5,7 +5,7 @@ sending a text (``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` with ``
 
 It answers as Twilio does: HTTP basic auth with the account SID and auth token (401 otherwise), the
 resource as JSON (200 for the call, 201 for the message), Twilio's error body (``code``, ``message``,
-``more_info``, ``status``) for anything else. Point :class:`pipeline.twilio_rest.TwilioREST` at it
+``more_info``, ``status``) for anything else. Point :class:`pipeline.transport.twilio.rest.TwilioREST` at it
 with ``api_base=server.base_url``. Every request is kept (:attr:`TwilioRESTServer.requests`);
 ``fail`` makes the requests of a kind (``"calls"``, ``"messages"``) answer with an error status, and
 ``on_request`` is called with each request just before it is answered.

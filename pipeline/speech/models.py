@@ -185,7 +185,7 @@ def _missing(cfg: Config, kokoro_base_url: str) -> list[MissingFile]:
                    f"tts.{key} in config.yaml (release files: {', '.join(sorted(KOKORO_RELEASE_FILES))})")
         out.append(MissingFile(what, path, how))
     if cfg.vad.turn_model:
-        from pipeline.turn import HUB_REPO, MODEL_FILE
+        from pipeline.speech.turn import HUB_REPO, MODEL_FILE
 
         path = cfg.path(cfg.vad.turn_model)
         if not path.is_file():
@@ -269,8 +269,8 @@ def ensure_models(
     if not download:
         raise ModelsMissing(missing)
 
-    from pipeline.turn import HUB_REPO as turn_repo
-    from pipeline.turn import MODEL_FILE as turn_file
+    from pipeline.speech.turn import HUB_REPO as turn_repo
+    from pipeline.speech.turn import MODEL_FILE as turn_file
 
     failures: list[str] = []
     src = _whisper_source(cfg)

@@ -37,6 +37,16 @@ import httpx
 import numpy as np
 
 from pipeline.config import Config, STTConfig, TTSConfig
+from pipeline.speech.tts import (
+    CACHE_MAX_CHARS,
+    LANGUAGES,
+    JapaneseG2P,
+    TTSFault,
+    TTSStats,
+    check_speech,
+    normalize_for_speech,
+    split_sentences,
+)
 from pipeline.stt import (
     WHISPER_SAMPLE_RATE,
     STTContext,
@@ -47,19 +57,9 @@ from pipeline.stt import (
     prompt_for,
     resample,
 )
-from pipeline.tts import (
-    CACHE_MAX_CHARS,
-    LANGUAGES,
-    JapaneseG2P,
-    TTSFault,
-    TTSStats,
-    check_speech,
-    normalize_for_speech,
-    split_sentences,
-)
 
 if TYPE_CHECKING:
-    from pipeline.models import ModelPaths
+    from pipeline.speech.models import ModelPaths
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def remote_whisper_model(cfg: STTConfig) -> str:
     written as faster-whisper's repository (what speaches serves it as)."""
     if cfg.remote_model:
         return cfg.remote_model
-    from pipeline.models import WHISPER_REPOS
+    from pipeline.speech.models import WHISPER_REPOS
 
     return WHISPER_REPOS.get(cfg.model, cfg.model)
 
@@ -483,11 +483,11 @@ def _language(language: str) -> str:
 
 # ================================================================================ model files
 def ensure_local_models(cfg: Config, download: bool, *, progress: bool = True) -> ModelPaths:
-    """``pipeline.models.ensure_models`` for the stages that run in this process: a stage on a
+    """``pipeline.speech.models.ensure_models`` for the stages that run in this process: a stage on a
     speech server needs no model file here, and its missing files are neither reported nor a reason
     to stop. (When a local stage's files must be fetched, ``ensure_models`` fetches whatever is
     missing, the served stage's too.)"""
-    from pipeline.models import ModelPaths, ModelsMissing, ensure_models, whisper_dir
+    from pipeline.speech.models import ModelPaths, ModelsMissing, ensure_models, whisper_dir
 
     served: set = set()
     paths = ModelPaths(whisper_dir(cfg), cfg.path(cfg.tts.model), cfg.path(cfg.tts.voices))

@@ -779,7 +779,7 @@ class KokoroTTS:
 
 # ================================================================================ factory
 def _remote_tts(cfg: TTSConfig, _model: Path, _voices: Path) -> TTS:
-    from pipeline.remote_speech import RemoteTTS  # imports this module
+    from pipeline.speech.remote import RemoteTTS  # imports this module
 
     return RemoteTTS(cfg)
 
@@ -789,7 +789,7 @@ _PROVIDERS: dict[str, Callable[[TTSConfig, Path, Path], TTS]] = {"kokoro": Kokor
 
 def make_tts(cfg: TTSConfig, resolve: Callable[[str], Path]) -> TTS:
     """The TTS backend named by ``cfg.provider``; ``resolve`` makes configured paths absolute
-    (``Config.path`` or ``pipeline.models.model_resolver(config)``)."""
+    (``Config.path`` or ``pipeline.speech.models.model_resolver(config)``)."""
     factory = _PROVIDERS.get(cfg.provider)
     if factory is None:
         raise ValueError(f"tts.provider: unknown provider {cfg.provider!r} (known: {', '.join(_PROVIDERS)})")

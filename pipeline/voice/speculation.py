@@ -46,7 +46,7 @@ class ReadOnlyStore:
 
 def first_clause(text: str, first_clause_chars: int) -> str | None:
     """The piece the reply's audio starts with, as the call splits it."""
-    from pipeline.tts import SentenceSplitter
+    from pipeline.speech.tts import SentenceSplitter
 
     splitter = SentenceSplitter(first_clause_chars=first_clause_chars)
     for piece in [*splitter.feed(text), splitter.flush()]:

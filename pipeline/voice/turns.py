@@ -202,7 +202,7 @@ def end_of_turn_model(cfg: VADConfig, resolve: Callable[[str], Path] = Path) -> 
     key = (str(resolve(cfg.turn_model)), cfg.turn_threshold)
     with _shared_lock:
         if key not in _shared:
-            from pipeline.turn import SmartTurn
+            from pipeline.speech.turn import SmartTurn
 
             try:
                 _shared[key] = EndOfTurnModel(SmartTurn(key[0], threshold=cfg.turn_threshold))
