@@ -210,3 +210,13 @@ def test_no_request_said_to_the_read_back_drops_a_request_taken_from_other_words
     assert tools.state.slots.note in (None, "none") and "ご予約内容を確認" in reply and "窓際" not in reply
     assert tools.state.reservation is None
     assert "承りました" in rules.reply("はい") and tools.state.reservation["note"] is None
+
+
+@pytest.mark.parametrize("question,topic", [
+    ("通社長がありますか?", "parking"), ("エーギョージカンは何時ですか", "hours"),  # whisper's kanji, by sound
+    ("駐車場はありますか", "parking"), ("中止ありますか", None), ("明日空いてますか", None),
+    ("渡辺ですか", None), ("通社長です", None),  # no keyword near, or no question
+])
+def test_a_question_is_matched_to_the_faq_by_its_sound_when_whisper_wrote_other_kanji(cfg, question, topic):
+    match = FAQ(cfg.restaurant.faq).match(question, "ja")
+    assert (match.id if match else None) == topic

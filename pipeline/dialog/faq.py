@@ -9,6 +9,10 @@ from pipeline.config import FAQEntry
 from pipeline.dialog.understand.text import normalize
 
 
+#: a Japanese question: 「…ありますか」「…教えてください」
+_JA_QUESTION = re.compile(r"(?:か|かね|ですか|ますか|でしょうか|ください)[?？。]?$|[?？]$")
+
+
 @dataclass(frozen=True)
 class FAQMatch:
     id: str
@@ -43,6 +47,29 @@ class FAQ:
             if re.search(rf"\b{re.escape(entry.id.lower())}\b", text):
                 score += len(entry.id)
             if score and (best is None or score > best.score):
-                answer = entry.answer.get(language) or next(iter(entry.answer.values()), "")
-                best = FAQMatch(entry.id, answer, score)
-        return best
+                best = FAQMatch(entry.id, self._answer(entry, language), score)
+        return best or self._by_sound(text, language)
+
+    @staticmethod
+    def _answer(entry: FAQEntry, language: str) -> str:
+        return entry.answer.get(language) or next(iter(entry.answer.values()), "")
+
+    def _by_sound(self, text: str, language: str) -> FAQMatch | None:
+        """A Japanese question whose words whisper wrote in near-sounding kanji (「通社長がありますか」 for
+        駐車場はありますか): the entry with a keyword of four morae or more within a slip per two and a half
+        morae of a stretch of the question's reading. Only a question: a request or an answer is no FAQ."""
+        if not _JA_QUESTION.search(text):
+            return None
+        from pipeline.dialog.understand.sound import morae, nearest, reading
+
+        heard = morae(reading(text[:80]))
+        best: tuple[float, FAQEntry] | None = None
+        for entry in self.entries:
+            for word in entry.keywords.get("ja", []):
+                target = reading(word)
+                if len(morae(target)) < 4:
+                    continue
+                d = nearest(heard, target, 0.4 * len(morae(target)), lambda _after: True)
+                if d is not None and (best is None or d < best[0]):
+                    best = (d, entry)
+        return FAQMatch(best[1].id, self._answer(best[1], language), 1) if best else None
