@@ -68,7 +68,7 @@ def test_party_candidates_reach_a_little_beyond_the_largest_party():
 def test_an_answer_already_read_offers_nothing():
     assert alternatives("2名です", "party_size", "ja", answered=lambda t: True) == []
     assert alternatives("2名です", None, "ja", answered=never) == []
-    assert alternatives("ケーキをお願いします", "note", "ja", answered=never) == []
+    assert expectation("note", "ja", today=TODAY)("ケーキをお願いします") == []  # a request naming its subject
 
 
 def test_yes_or_no_is_weighed_after_a_yes_or_no_question_whatever_the_slot():
@@ -161,3 +161,13 @@ def test_a_name_candidate_gets_back_the_desu_whisper_left_one_mora_of():
     assert expect("また投げて。")[0] == "渡辺です。"
     assert expect("よしだぜ")[0] == "吉田です"
     assert expect("糸と申します。")[0] == "伊藤と申します。"  # no です where another ending follows
+
+
+def test_a_short_request_naming_nothing_is_weighed_against_the_usual_nones():
+    # 「Nor it went.」 was booked as the request of a caller who said "no requests"
+    expect_en, expect_ja = expectation("note", "en", today=TODAY), expectation("note", "ja", today=TODAY)
+    assert "no requests" in expect_en("Nor it went.")
+    assert "特にありません" in expect_ja("きょです。")
+    # a request that names what it is about, a long one, or a none already are taken as heard
+    assert expect_ja("窓際の席で") == [] and expect_ja("特にありません") == []
+    assert expect_en("no requests") == [] and expect_en("we are celebrating an anniversary") == []

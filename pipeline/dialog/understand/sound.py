@@ -288,6 +288,14 @@ _YES_NO = {"ja": ["はい", "はい、お願いします", "いいえ", "いい�
            "en": ["yes", "yes, please", "no", "no, that's wrong"]}
 
 
+#: the usual answers to "any requests?" that are none: a short request whisper made of them
+#: (「Nor it went.」 for "no requests") is weighed against them
+_NO_REQUEST = {"ja": ["特にありません", "ありません", "大丈夫です"],
+               "en": ["no requests", "nothing, thank you", "no", "none"]}
+#: a request this long, or naming what requests are about, is taken as said
+_NOTE_WEIGHED_CHARS = 16
+
+
 def _party_en(lo: int, hi: int) -> list[str]:
     words = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
     return [f"{w} people" if n > 1 else "just one" for n, w in enumerate(words, 1) if lo <= n <= hi]
@@ -331,6 +339,8 @@ def alternatives(text: str, asking: str | None, language: str | None, *, answere
     hi = min(max(hi + 2, lo), 20)
     if asking == "confirm":
         return list(_YES_NO["en" if language == "en" else "ja"])
+    if asking == "note":
+        return list(_NO_REQUEST["en" if language == "en" else "ja"])
     if asking == "phone":
         digits = "".join(ch for ch in unicodedata.normalize("NFKC", text) if ch.isdigit())
         tail = "です" if language != "en" and text.rstrip("。. ").endswith("です") else ""
@@ -370,15 +380,20 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
             return True  # the caller meant something else than a value: nothing to weigh
         if slot == "confirm":
             return bool(u.acts & {"affirm", "deny"})
+        if slot == "note":
+            from pipeline.dialog.understand.answers import _NOTE_KEYWORDS_RE
+
+            # a short request that names nothing requests are about may be a misheard "none"
+            return len(text) > _NOTE_WEIGHED_CHARS or bool(_NOTE_KEYWORDS_RE.search(text.lower()))
         if slot == "phone":
             from pipeline.dialog.understand.phone import is_valid_phone, repair_phone
 
             digits = u.values.get("phone") or ""
             # a group of a number said in parts answers too; a whole one must be a number, and one
-            # that whisper wrote in groups must end in the four digits every number here ends in
-            # (「090-33333-444」 is 0903333 4444 with a digit heard twice)
+            # that whisper wrote in groups must not have a group after the first longer than the four
+            # digits every such group has (「090-33333-444」 is 0903333 4444 with a digit heard twice)
             groups = re.findall(r"\d+", unicodedata.normalize("NFKC", text))
-            if len(digits) >= 9 and len(groups) >= 2 and len(groups[-1]) != 4:
+            if len(digits) >= 9 and any(len(g) > 4 for g in groups[1:]):
                 return False
             return bool(digits) and (len(digits) < 9 or is_valid_phone(repair_phone(digits)))
         return slot in u.values
