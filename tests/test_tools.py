@@ -220,3 +220,16 @@ def test_no_request_said_to_the_read_back_drops_a_request_taken_from_other_words
 def test_a_question_is_matched_to_the_faq_by_its_sound_when_whisper_wrote_other_kanji(cfg, question, topic):
     match = FAQ(cfg.restaurant.faq).match(question, "ja")
     assert (match.id if match else None) == topic
+
+
+def test_a_doubtful_name_confirmed_is_kept_as_it_was_read_back(cfg):
+    """「山だで」 (whisper's 山田です) read back as ヤマダ and confirmed was booked as 山 (ヤマ): the name
+    was parsed a second time and its last kana taken for a copula."""
+    from pipeline.dialog.rules import RulesAgent
+
+    tools = desk(cfg)
+    rules = RulesAgent(tools)
+    rules.greeting()
+    rules.reply("12月24日の19時に3名で")
+    assert rules.reply("山だで。") == "お名前はヤマダ様でよろしいでしょうか。"
+    assert rules.reply("はい").startswith("ヤマダ様ですね") and tools.state.slots.name == "山だ"

@@ -84,7 +84,12 @@ def _check_party(n: int, desk: BookingTools) -> SlotIssue | None:
 
 def clean_name(raw: str) -> str | None:
     text = parse.normalize(raw).strip(" 。、.,!！?？")
-    parsed = parse.parse_name(text) or parse.parse_name_answer(text)
+    if parse.parse_name(text) is None and parse.parse_name_answer(f"{text}です") == text:
+        # already a name as the parser gives one (「山だ」 from whisper's 「山だで」, read back as ヤマダ):
+        # parsed again, its last kana would go as a copula
+        parsed = text
+    else:
+        parsed = parse.parse_name(text) or parse.parse_name_answer(text)
     name = parsed or text
     for suffix in ("様", "さん", "さま"):
         if name.endswith(suffix) and len(name) > len(suffix):
