@@ -155,3 +155,15 @@ def test_an_impossible_date_after_a_real_one_is_a_mishearing_not_a_correction():
 ])
 def test_whispers_jikan_for_jihan_is_a_half_hour_never_a_duration(text, asking, want):
     assert u(text, asking).values.get("time") == want
+
+
+@pytest.mark.parametrize("text,choice", [
+    # whisper's 「12月2日」 for 「お昼12時に2名」 after 今週の土曜日: which day is asked
+    ("今週の土曜日の日の12月2日でお願いします。", [dt.date(2026, 12, 5), dt.date(2026, 12, 2)]),
+    ("12月24日、いや25日で", None), ("明日、12月2日の19時で", None), ("来週の金曜日、12月11日です", None),
+])
+def test_two_different_days_in_one_breath_are_a_choice_unless_the_second_corrects_the_first(text, choice):
+    got = u(text, "date")
+    assert got.analysis.ambiguous.get("date") == choice
+    if choice is None:
+        assert "date" in got.values

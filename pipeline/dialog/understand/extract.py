@@ -87,6 +87,22 @@ def _choice(t: str, live: list[_Cand]) -> list[Any] | None:
     return None
 
 
+#: words between two dates that make the second a correction of the first (「24日、いや25日」)
+_CORRECTED_GAP_RE = re.compile(
+    r"いや|いえ|違|ちが|じゃな|ではな|でなく|やっぱ|やはり|訂正|間違|\bno\b|\bsorry\b|\bactually\b|\bi mean\b|\bmake it\b|\brather\b",
+    re.IGNORECASE)
+
+
+def _two_dates(t: str, live: list[_Cand]) -> list[Any] | None:
+    """Two different days said in one breath, the second no correction of the first (whisper's
+    「今週の土曜日の…12月2日」 for 「今週の土曜日のお昼12時に2名」): which one is asked, not guessed."""
+    valid = [c for c in live if c.value is not None]
+    for a, b in zip(valid, valid[1:], strict=False):
+        if a.value != b.value and not _CORRECTED_GAP_RE.search(t[a.end : b.start]):
+            return [a.value, b.value]
+    return None
+
+
 def _time_alternatives(t: str, is_open: IsOpen | None, taken: list[tuple[int, int]]) -> tuple[list[dt.time], tuple[int, int]] | None:
     for m in _T_ALT_JA.finditer(t):
         if any(m.start() < e and s < m.end() for s, e in taken):
@@ -166,7 +182,7 @@ def analyze(
     times = outside_notes("time", times)
     parties = outside_notes("party_size", parties)
 
-    date_choice = _choice(t, _live(t, dates))
+    date_choice = _choice(t, _live(t, dates)) or _two_dates(t, _live(t, dates))
     time_choice = _choice(t, _live(t, times))
     if conflicts:
         out.ambiguous["date"] = list(conflicts[-1])
