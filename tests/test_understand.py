@@ -167,3 +167,12 @@ def test_two_different_days_in_one_breath_are_a_choice_unless_the_second_correct
     assert got.analysis.ambiguous.get("date") == choice
     if choice is None:
         assert "date" in got.values
+
+
+@pytest.mark.parametrize("text", ["子供が一人いるので、子供用の椅子をお願いします", "子供な一人いるので、一応お願いします。",
+                                  "卵アレルギーの者が1名おります"])
+def test_someone_in_the_party_said_to_be_there_is_a_request_not_the_party_size(text):
+    # said again at the read-back, 「子供が一人いるので…」 changed the party to 1 (voice eval)
+    got = u(text, "confirm", filled=("party_size",))
+    assert "party_size" not in got.values and got.values.get("note")
+    assert u("2人います", "party_size").values == {"party_size": 2}  # a party said so is still one

@@ -67,6 +67,9 @@ _NOTE_KEYWORDS_RE = re.compile(
     r"|窓際|窓側|窓の|個室|半個室|テラス|カウンター|座敷|掘りごたつ|ソファ|奥の席|静かな|禁煙|喫煙"
     r"|子供用|子ども用|こども用|お子様用|キッズチェア|ハイチェア|チャイルドチェア|ベビーチェア|子供椅子|子ども椅子|椅子|いす|イス"
     r"|車椅子|車いす|車イス|ベビーカー|バギー|段差|杖"
+    # someone in the party said to be there (「子供が一人いるので」「…の者が1名おります」): about them
+    r"|(?:の者|子供|子ども|こども|お子様|お子さん|赤ちゃん|高齢の|年配の)(?:が|は)"
+    r"|(?:が|は|な)\s*(?:\d+|[一二三四五六七八九十]+|ひと|ふた)\s*(?:名|人|り)\s*(?:いる|います|いまして|いて|おります|おりまして|居)"
     r"|\bbirthday\b|\banniversar|\bcelebrat|\bcake\b|\bsurprise\b|\bproposal\b|\bpropose\b|\ballerg|\bvegetarian\b|\bvegan\b"
     r"|\bgluten\b|\bhalal\b|\bkosher\b|\bnuts?\b|\bshellfish\b|\bpeanuts?\b|\bdairy\b|\blactose\b|\bcan't eat\b|\bcannot eat\b"
     r"|\bdietary\b|\bwindow\b|\bprivate room\b|\bbooth\b|\bterrace\b|\bpatio\b|\boutside\b|\boutdoor\b|\bquiet\b"
