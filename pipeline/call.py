@@ -1039,8 +1039,10 @@ class VoiceCall:
         asking = getattr(state, "asking", None)
         asking = asking if isinstance(asking, str) else None
         party, hours = restaurant_ranges(self.runtime.cfg.restaurant)
+        heard_wrong = getattr(state, "heard_wrong", None)
         expect = expectation(asking, self.language, today=self._today(), party=party, hours=hours,
-                             yes_no=bool(getattr(state, "pending", None)))
+                             yes_no=bool(getattr(state, "pending", None)),
+                             heard_wrong=tuple(heard_wrong.get(asking, ())) if isinstance(heard_wrong, dict) else ())
         if hasattr(state, "guess"):
             state.guess = None  # a guess belongs to the turn it was made on
 

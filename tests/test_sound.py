@@ -171,3 +171,12 @@ def test_a_short_request_naming_nothing_is_weighed_against_the_usual_nones():
     # a request that names what it is about, a long one, or a none already are taken as heard
     assert expect_ja("窓際の席で") == [] and expect_ja("特にありません") == []
     assert expect_en("no requests") == [] and expect_en("we are celebrating an anniversary") == []
+
+
+def test_a_date_the_caller_corrected_is_weighed_against_every_other_day_of_its_month():
+    wrong = repr(dt.date(2026, 12, 1))
+    expect = expectation("date", "ja", today=TODAY, heard_wrong=(wrong,))
+    out = expect("12月1日です。")
+    assert "12月5日です。" in out and "12月1日です。" not in out and len(out) == 30
+    assert expect("12月5日です。") == []  # another day is an answer
+    assert expectation("date", "ja", today=TODAY)("12月1日です。") == []  # nothing corrected: as heard

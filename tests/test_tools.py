@@ -194,17 +194,23 @@ def test_a_common_surname_guessed_for_a_name_heard_otherwise_is_asked_about(cfg)
     assert rules2.reply("小話です").startswith("コバナシ様ですね")
 
 
-def test_no_request_said_to_the_read_back_drops_a_request_taken_from_other_words(cfg):
-    """A caller still answering the request question (「特にありません」) at the read-back: the request
-    the bot took from a mishearing is dropped and the booking read back again, not re-asked until the
-    bot gives up; the booking still waits for a clear yes."""
+def _told(cfg, *lines):
+    """A rules agent on a fresh desk, greeted and told ``lines``."""
     from pipeline.dialog.rules import RulesAgent
 
     tools = desk(cfg)
     rules = RulesAgent(tools)
     rules.greeting()
-    for line in ("12月24日の19時に3名で", "田中です", "090-1234-5678"):
+    for line in lines:
         rules.reply(line)
+    return tools, rules
+
+
+def test_no_request_said_to_the_read_back_drops_a_request_taken_from_other_words(cfg):
+    """A caller still answering the request question (「特にありません」) at the read-back: the request
+    the bot took from a mishearing is dropped and the booking read back again, not re-asked until the
+    bot gives up; the booking still waits for a clear yes."""
+    tools, rules = _told(cfg, "12月24日の19時に3名で", "田中です", "090-1234-5678")
     assert "ご予約内容を確認" in rules.reply("窓際の席で")
     reply = rules.reply("特にありません")
     assert tools.state.slots.note in (None, "none") and "ご予約内容を確認" in reply and "窓際" not in reply
@@ -233,3 +239,22 @@ def test_a_doubtful_name_confirmed_is_kept_as_it_was_read_back(cfg):
     rules.reply("12月24日の19時に3名で")
     assert rules.reply("山だで。") == "お名前はヤマダ様でよろしいでしょうか。"
     assert rules.reply("はい").startswith("ヤマダ様ですね") and tools.state.slots.name == "山だ"
+
+
+def test_a_value_said_again_at_the_read_back_is_taken_as_misheard_and_asked_for_once_more(cfg):
+    """Whisper heard 「いいえ、12月5日です」 as 「12月1日です」 each time: the bot changed the date to
+    12/1, read it back, heard 「12月1日です」 again and read it back again (the voice eval booked 12/1)."""
+    tools, rules = _told(cfg, "12月12日の12時に2名で", "山田です", "090-1234-5678")
+    assert "ご予約内容を確認" in rules.reply("特にありません")
+    assert "12月1日" in rules.reply("12月1日です")  # a new date at the read-back: taken, read back
+    reply = rules.reply("12月1日です")  # the same again instead of a yes: the caller is correcting it
+    assert reply.startswith("失礼いたしました。ご来店日をもう一度") and tools.state.asking == "date"
+    assert tools.state.heard_wrong == {"date": [repr(dt.date(2026, 12, 1))]}
+    assert "もう一度" in rules.reply("12月1日です") and tools.state.asking == "date"  # not taken again
+    tools.state.guess = "12月1日です"  # nor guessed
+    assert "12月1日" not in rules.reply("じゅうにがつ")
+    assert "12月5日" in rules.reply("12月5日です") and tools.state.slots.date == dt.date(2026, 12, 5)
+    assert "承りました" in rules.reply("はい") and tools.state.reservation["date"] == "2026-12-05"
+    # a yes with the value is no correction
+    tools2, rules2 = _told(cfg, "12月12日の12時に2名で", "山田です", "090-1234-5678", "特にありません")
+    assert "もう一度" not in rules2.reply("はい、12月12日です") and not tools2.state.heard_wrong

@@ -310,7 +310,8 @@ class RulesAgent:
         if not guess or slot not in _GUESSABLE or st.pending is not None:
             return None
         value = self._understand(guess).values.get(slot)
-        if value is None or value == getattr(st.slots, slot, None) or repr(value) in st.guesses_denied:
+        if value is None or value == getattr(st.slots, slot, None) or repr(value) in st.guesses_denied \
+                or repr(value) in st.heard_wrong.get(slot, ()):
             return None
         return value
 
@@ -438,6 +439,10 @@ class RulesAgent:
             st.pending = {"kind": "end"}
             return self.p("confirm_end")
         values = dict(u.values)
+        if asking in values and repr(values[asking]) in st.heard_wrong.get(asking, ()):
+            # the value the caller corrected at the read-back, heard again: whisper's mishearing of
+            # what they say, not their answer
+            values.pop(asking)
         if u.acts == {"affirm"} and not values and asking in ("date", "time", "party_size", "name", "phone") \
                 and len(norm) <= 12 and st.failures.get("listening", 0) < 2:
             # 「はい」 to an open question (a backchannel to the greeting that outlasted it): the
@@ -612,6 +617,19 @@ class RulesAgent:
             surname = common_surname(name) if name else None
             if surname and speech.say_name(surname, self.lang) != speech.say_name(st.slots.name, self.lang):
                 values["name"] = surname
+        again = [slot for slot in _WHEN_SLOTS if slot in values and values[slot] == getattr(st.slots, slot)]
+        if again and not u.has("affirm") and not set(values) - set(again) - {"note"}:
+            # the value read back, said again instead of a yes (whisper dropped the 「いいえ、」): the
+            # caller is correcting it and is heard the same wrong way; it is asked for once more, and
+            # not taken again (the recogniser weighs the others: ``heard_wrong``)
+            slot = again[0]
+            wrong = st.heard_wrong.setdefault(slot, [])
+            if repr(values[slot]) not in wrong:
+                wrong.append(repr(values[slot]))
+                st.awaiting_confirmation = False
+                st.asking = slot
+                return self._join(self.p("say_slot_again", label=self.tools.label(slot)),
+                                  HINTS[self.lang].get(slot, ""))
         choice = next(iter(u.analysis.ambiguous.items()), None)
         if values or choice:
             r = self.tools.update(values, decided=True) if values else UpdateResult()

@@ -88,6 +88,10 @@ class DialogState:
     guess: str | None = None
     #: guesses the caller said no to (as values' reprs): never asked about again in this call
     guesses_denied: list[str] = field(default_factory=list)
+    #: values (reprs, by slot) the caller said again at the read-back as if correcting them: whisper
+    #: is taken to mishear what they say, and hears the same wrong value each time (「12月5日」 as
+    #: 「12月1日」); not taken again in this call, and the recogniser weighs the others
+    heard_wrong: dict[str, list[str]] = field(default_factory=dict)
     #: the caller's own number as the phone network gave it (digits, a Japanese number), None when withheld
     caller_id: str | None = None
     #: the caller said the number they are calling from is not the one to book with

@@ -32,6 +32,7 @@ PHRASES = {
     "booked": "Thank you, your table is booked. Your reservation number is {id}. We look forward to seeing you, {name}, {when}. Is there anything else?",
     "which_fix": "I'm sorry. What would you like to change?",
     "ask_new_value": "What should the {label} be?",
+    "say_slot_again": "I'm sorry. Could you tell me the {label} again?",
     "changed": "I've changed the {label} to {value}.",
     "declined_end": "All right, I haven't made a booking. Thank you for calling, goodbye.",
     "goodbye_booked": "Thank you for calling. We look forward to seeing you. Goodbye.",

@@ -258,6 +258,18 @@ def _framed(text: str, cores: Sequence[str]) -> list[str]:
     return [f"{lead}{core}{tail}" for core in cores]
 
 
+_MONTH_DAY = re.compile(r"(\d{1,2})月(\d{1,2})日")
+
+
+def _framed_date(text: str, cores: Sequence[str]) -> list[str]:
+    """Each date in place of the month and day whisper wrote (「12月1日です」 → 「12月5日です」)."""
+    m = _MONTH_DAY.search(unicodedata.normalize("NFKC", text))
+    if m is None:
+        return _framed(text, cores)
+    norm = unicodedata.normalize("NFKC", text)
+    return [norm[:m.start()] + core + norm[m.end():] for core in cores]
+
+
 def phone_repairs(digits: str) -> list[str]:
     """Valid numbers one doubled or dropped digit away from ``digits`` (whisper hears サンサンサンサン
     as five 3s, or four as three): every single deletion of a digit, a run of one digit made one
@@ -314,7 +326,8 @@ _ASKING_LIKE = {"manage_date": "date", "manage_confirm": "confirm"}
 
 
 def alternatives(text: str, asking: str | None, language: str | None, *, answered: Callable[[str], bool],
-                 party: tuple[int, int] = (1, 10), hours: Sequence[int] = range(11, 23)) -> list[str]:
+                 party: tuple[int, int] = (1, 10), hours: Sequence[int] = range(11, 23),
+                 days: Callable[[str], list[str]] | None = None) -> list[str]:
     """The answers to weigh against ``text`` (what whisper wrote for a turn that answers
     ``asking``), or [] when ``answered(text)`` says it already answers, or there is nothing to weigh.
 
@@ -349,6 +362,8 @@ def alternatives(text: str, asking: str | None, language: str | None, *, answere
         table = {"party_size": lambda: _party_en(lo, hi), "time": lambda: _times_en(hours)}
         make = table.get(asking)
         return make() if make is not None else []
+    if asking == "date" and days is not None and (other_days := days(text)):
+        return _framed_date(text, other_days)
     table = {"party_size": lambda: _party_ja(lo, hi), "time": lambda: _times_ja(hours), "date": _dates_ja}
     make = table.get(asking)
     return _framed(text, make()) if make is not None else []
@@ -361,7 +376,8 @@ _MEANT = frozenset({"cancel_booking", "change_booking", "check_booking", "questi
 
 
 def expectation(asking: str | None, language: str | None, *, today: dt.date, party: tuple[int, int] = (1, 10),
-                hours: Sequence[int] = range(11, 23), yes_no: bool = False) -> Callable[[str], list[str]] | None:
+                hours: Sequence[int] = range(11, 23), yes_no: bool = False,
+                heard_wrong: Sequence[str] = ()) -> Callable[[str], list[str]] | None:
     """What the recogniser weighs against its text for a turn that answers ``asking`` (see
     :data:`pipeline.stt.STTContext.expect`); ``yes_no``: the bot's last question was a yes-or-no one
     (「山田様でよろしいでしょうか」), whatever slot it is about. None when nothing is expected."""
@@ -376,6 +392,8 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
 
     def answered(text: str) -> bool:
         u = understand(text, today, asking=asking)
+        if slot in u.values and repr(u.values[slot]) in heard_wrong:
+            return False  # the value the caller corrected, heard again: weighed against the others
         if u.acts & _MEANT:
             return True  # the caller meant something else than a value: nothing to weigh
         if slot == "confirm":
@@ -398,8 +416,24 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
             return bool(digits) and (len(digits) < 9 or is_valid_phone(repair_phone(digits)))
         return slot in u.values
 
+    def other_days(text: str) -> list[str]:
+        # the caller corrected a date whisper keeps hearing the same wrong way (「12月5日」 as
+        # 「12月1日」): every other day of the month it heard is weighed
+        m = _MONTH_DAY.search(unicodedata.normalize("NFKC", text))
+        if not heard_wrong or m is None or not 1 <= int(m.group(1)) <= 12:
+            return []
+        from pipeline.dialog.understand.dates import _next_month_day
+
+        month = int(m.group(1))
+        out = []
+        for day in range(1, 32):
+            value = _next_month_day(today, month, day)
+            if value is not None and value.month == month and repr(value) not in heard_wrong:
+                out.append(f"{month}月{day}日")
+        return out
+
     def expect(raw: str) -> list[str]:
-        return alternatives(clean_transcript(raw, language or "ja"), asking, language, answered=answered,
+        return alternatives(clean_transcript(raw, language or "ja"), asking, language, answered=answered, days=other_days,
                             party=party, hours=hours)
 
     return expect
