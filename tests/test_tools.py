@@ -258,3 +258,11 @@ def test_a_value_said_again_at_the_read_back_is_taken_as_misheard_and_asked_for_
     # a yes with the value is no correction
     tools2, rules2 = _told(cfg, "12月12日の12時に2名で", "山田です", "090-1234-5678", "特にありません")
     assert "もう一度" not in rules2.reply("はい、12月12日です") and not tools2.state.heard_wrong
+
+
+@pytest.mark.parametrize("decline", ["今日は結構です。", "以上です", "結構です"])
+def test_a_caller_who_only_asked_a_question_and_declines_is_asked_whether_to_stop(cfg, decline):
+    """「今日は結構です」 was booked as today's date, and 「以上です」 re-asked the date until the bot gave up."""
+    tools, rules = _told(cfg, "駐車場はありますか")
+    assert rules.reply(decline) == "ご予約のお手続きをおやめになりますか。" and tools.state.slots.date is None
+    assert "またのお電話をお待ちしております" in rules.reply("はい") and tools.state.ended

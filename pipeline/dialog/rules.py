@@ -435,7 +435,9 @@ class RulesAgent:
     def _collecting(self, u: Understanding, norm: str) -> str:
         st = self.state
         asking = st.asking
-        if u.has("end") and not u.has("question") and not u.values:
+        if (u.has("end") and not u.has("question") and not u.values) \
+                or (u.acts == {"none"} and asking in _WHEN_SLOTS and not u.values):
+            # 「以上です」「結構です」 to a question about the booking: the caller may be done; asked
             st.pending = {"kind": "end"}
             return self.p("confirm_end")
         values = dict(u.values)

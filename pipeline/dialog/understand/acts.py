@@ -76,6 +76,7 @@ PERSON = re.compile(
 END = re.compile(
     r"さようなら|さよなら|失礼します|失礼いたします|切ります|やめます|やめておきます|やめとき|やめる|もういいです|予約はいいです"
     r"|予約(?:は)?(?:しません|しない|やめ)|予約は大丈夫|また(?:かけ|電話)し(?:ます|なおし)|かけ直します"
+    r"|(?:今日|本日|今回|今)は(?:結構|けっこう)"
     r"|\bbye\b|goodbye|never ?mind|forget it|\bcancel (?:it|this|that)\b|don'?t want to (?:book|make)|\bno longer\b|hang up"
     r"|\bi'?ll call (?:back|again)\b",
     re.I,

@@ -87,6 +87,8 @@ def _choice(t: str, live: list[_Cand]) -> list[Any] | None:
     return None
 
 
+_DECLINED_AFTER_RE = re.compile(r"\s*は\s*(?:結構|けっこう)")
+
 #: words between two dates that make the second a correction of the first (「24日、いや25日」)
 _CORRECTED_GAP_RE = re.compile(
     r"いや|いえ|違|ちが|じゃな|ではな|でなく|やっぱ|やはり|訂正|間違|\bno\b|\bsorry\b|\bactually\b|\bi mean\b|\bmake it\b|\brather\b",
@@ -152,7 +154,8 @@ def analyze(
     has_long_phone = phone is not None and len(phone) >= 6
 
     taken: list[tuple[int, int]] = []
-    dates = _claim(_date_cands(t, today), taken)
+    # 「今日は結構です」 declines, it names no day
+    dates = _claim([c for c in _date_cands(t, today) if not _DECLINED_AFTER_RE.match(t[c.end:])], taken)
     dates, conflicts = _with_weekdays(t, dates)
     alt = _time_alternatives(t, is_open, taken)
     if alt is not None:
