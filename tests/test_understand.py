@@ -176,3 +176,9 @@ def test_someone_in_the_party_said_to_be_there_is_a_request_not_the_party_size(t
     got = u(text, "confirm", filled=("party_size",))
     assert "party_size" not in got.values and got.values.get("note")
     assert u("2人います", "party_size").values == {"party_size": 2}  # a party said so is still one
+
+
+def test_whispers_free_people_is_three():
+    assert u("No, make it free people.", "confirm").values == {"party_size": 3}
+    assert u("tree people", "party_size").values == {"party_size": 3}
+    assert "party_size" not in u("a free dessert, please", "note").values

@@ -216,11 +216,16 @@ def _en_ord_sub(m: re.Match[str]) -> str:
     return f"{n}{_ordinal_suffix(n)}"
 
 
+_EN_THREE_MISHEARD_RE = re.compile(r"\b(?:free|tree)(?=\s+(?:people|persons|guests|adults|of us)\b)")
+
+
 def _prep(text: str) -> str:
     """The form the date/time/party finders read: digits for every numeral, lower case."""
     t = normalize(text)
     t = _KANJI_NUM_RE.sub(lambda m: _kanji_number(m.group(0)), t)
     t = t.lower()
+    # whisper's English for "three" before a count of people ("make it free people")
+    t = _EN_THREE_MISHEARD_RE.sub("three", t)
     t = _EN_ORD_RE.sub(_en_ord_sub, t)
     t = _EN_CARD_RE.sub(_en_card_sub, t)
     return t
