@@ -266,3 +266,28 @@ def test_a_caller_who_only_asked_a_question_and_declines_is_asked_whether_to_sto
     tools, rules = _told(cfg, "駐車場はありますか")
     assert rules.reply(decline) == "ご予約のお手続きをおやめになりますか。" and tools.state.slots.date is None
     assert "またのお電話をお待ちしております" in rules.reply("はい") and tools.state.ended
+
+
+@pytest.mark.parametrize("lang,lines,correction,party", [
+    ("ja", ("12月18日の19時に3名", "伊藤です"), "いや、人数は4名です。", 4),
+    ("en", ("a table on December 18th at 8pm", "2 people", "my name is David Lee"), "No, make it free people.", 3),
+])
+def test_a_no_to_the_callers_own_number_with_a_correction_after_it_changes_that_and_offers_the_number_again(
+        cfg, lang, lines, correction, party):
+    """The no was about the party size that follows it: it was taken as declining the number offered and
+    the party size dropped (voice eval)."""
+    from pipeline.dialog.rules import RulesAgent
+
+    tools = desk(cfg)
+    tools.state.language = lang
+    tools.state.caller_id = "09011112222"
+    rules = RulesAgent(tools)
+    rules.greeting()
+    for line in lines:
+        rules.reply(line)
+    assert tools.state.pending == {"kind": "caller_id"}
+    reply = rules.reply(correction)
+    assert tools.state.slots.party_size == party and tools.state.pending == {"kind": "caller_id"}
+    assert ("2222" in reply or "ニー、ニー、ニー、ニー" in reply or "two two two two" in reply)
+    rules.reply("はい" if lang == "ja" else "yes")
+    assert tools.state.slots.phone == "09011112222"

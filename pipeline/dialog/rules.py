@@ -355,6 +355,12 @@ class RulesAgent:
             return None  # the answer itself said again, or something else: the normal path
         if kind == "caller_id":
             st.pending = None
+            others = {k: v for k, v in values.items() if k not in ("phone", "note", "name")}
+            if others and "phone" not in values and not u.has("affirm"):
+                # 「いいえ、人数は4名です」: the no is about what follows it, not the number offered; that
+                # is changed and the number offered again
+                r = self.tools.update(others, decided=True)
+                return self._next(self._join(self._ack(r), *(i.message for i in r.issues)))
             if u.has("affirm") and not u.has("deny") and "phone" not in values:
                 r = self.tools.update({"phone": st.caller_id}, decided=True)
                 return self._resume(self._ack(r))
