@@ -73,6 +73,7 @@ from pipeline.transport.twilio.media import Mark
 from pipeline.voice.backchannel import Burst, BurstJudge, rms_db
 from pipeline.voice.speculation import prepare_soon
 from pipeline.voice.turns import (
+    YES_NO_PENDING,
     Pause,
     TurnPolicy,
     end_of_turn_model,
@@ -602,8 +603,14 @@ class CallHandler(ReplyOnPause):
         """How much silence ends the caller's turn, given what the bot asked and, when one is
         configured, the end-of-turn model's verdict on the utterance as it stands."""
         call = self._call_obj
-        asking = getattr(getattr(getattr(call, "agent", None), "state", None), "asking", None)
+        state = getattr(getattr(call, "agent", None), "state", None)
+        asking = getattr(state, "asking", None)
         asking = asking if isinstance(asking, str) else None
+        pending = getattr(state, "pending", None)
+        if isinstance(pending, dict) and pending.get("kind") in YES_NO_PENDING:
+            # 「今おかけの番号でよろしいでしょうか」 is asked while the phone number is the item asked
+            # for: its answer is a yes or a no, not digits read out in groups
+            asking = "confirm"
         det = self._detector
         phone_heard = asking == "phone" and self._speculated_phone()
         pause = Pause(det.voiced, det.silence * det.window_s * 1000, asking, phone_heard)

@@ -780,12 +780,22 @@ def test_a_no_said_to_a_confirmation_waits_for_the_correction_after_its_pause(ru
     assert h.call.timelines[-1].transcript == "いいえ、加藤です"
 
 
-def test_a_yes_to_a_confirmation_is_answered_after_the_short_silence(runtime_factory, parts, loop):
+def _at_caller_id_offer(h: CallHandler) -> None:
+    h.call.agent.state.caller_id = "09011112222"
+    for words in ("12月24日の19時に2名でお願いします", "田中です"):
+        "".join(h.call.agent.respond(words))
+    # 「お電話番号は、今おかけの末尾…の番号でよろしいでしょうか」 while the phone number is asked for
+    assert h.call.agent.state.asking == "phone" and h.call.agent.state.pending == {"kind": "caller_id"}
+
+
+@pytest.mark.parametrize("question", [_at_name_confirmation, _at_caller_id_offer])
+def test_a_yes_to_a_confirmation_is_answered_after_the_short_silence(runtime_factory, parts, loop, question):
+    """Not after the phone number's long wait (1.1 s on every call's caller-ID offer in the voice eval)."""
     ears = CountingEars(parts["stt"], ["はい"])
     rt = runtime_factory(kind="rules", stt=ears)
     h, _ = start(rt, loop)
     greet(h)
-    _at_name_confirmation(h)
+    question(h)
     # a second 「はい」 0.9 s later is a second turn: the first was not waited on
     line = np.concatenate([silence(0.3), caller_voice("はい"), silence(0.3), caller_voice("はい"), silence(1.0)])
     assert paced_turns(h, line) == 2

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: what the bot asked when the caller's answer is a yes or a no: it can end after less silence
 SHORT_ANSWER = frozenset({"confirm", "anything_else"})
+#: the rules agent's questions (``state.pending["kind"]``) that a yes or a no answers, whatever the
+#: item being asked for (the caller's own number offered, a name or a guess checked, a change)
+YES_NO_PENDING = frozenset({"caller_id", "name", "guess", "change", "end"})
 
 
 # A Japanese phrase left hanging: a connective particle (の, を, が, は, と, も, や, から, けど, ...), a
