@@ -73,6 +73,7 @@ from pipeline.transport.twilio.media import Mark
 from pipeline.voice.backchannel import Burst, BurstJudge, rms_db
 from pipeline.voice.speculation import prepare_soon
 from pipeline.voice.turns import (
+    SHORT_ANSWER,
     YES_NO_PENDING,
     Pause,
     TurnPolicy,
@@ -614,15 +615,21 @@ class CallHandler(ReplyOnPause):
         det = self._detector
         phone_heard = asking == "phone" and self._speculated_phone()
         pause = Pause(det.voiced, det.silence * det.window_s * 1000, asking, phone_heard)
-        return self._policy.end_silence_ms(pause, self._complete(asking == "phone", phone_heard))
+        return self._policy.end_silence_ms(pause, self._complete(asking == "phone", phone_heard,
+                                                                 yes_no=asking in SHORT_ANSWER))
 
-    def _complete(self, asking_phone: bool = False, phone_heard: bool = False) -> bool | None:
+    def _complete(self, asking_phone: bool = False, phone_heard: bool = False, *, yes_no: bool = False) -> bool | None:
         """Under the lock: whether the utterance as it stands is a finished turn. None: the silence
         rule decides (no model, a failed one, or the words and the model disagree that it is
         unfinished). Until the model's verdict is back, and while the early transcript that can
         overrule it is still being made, it is not finished."""
         if self._turn_model is None or self._turn_model.failed:
-            # no model: the silence rule, unless the early words say the caller is going on
+            # no model: the silence rule, unless the early words say the caller is going on; after a
+            # yes-or-no question the turn is not over while they are being made (the reply needs them
+            # anyway, and its 300 ms would otherwise end 「いいえ、」 before its words are back)
+            spec = self._spec
+            if yes_no and spec is not None and spec.voiced == self._detector.voiced and not spec.future.done():
+                return False
             return False if self._words_lead_on() else None
         det = self._detector
         verdict = self._verdict
