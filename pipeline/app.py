@@ -10,7 +10,7 @@
   (the default) the two telephone routes only serve calls Twilio signed (see
   :mod:`pipeline.transport.twilio.auth`); ``voicebot phone`` and ``voicebot ui`` use the stream alone and are
   not gated. A signed call's stream carries what the webhook said of it (the caller's number, its
-  CallSid) to its handler as a :class:`~pipeline.call.PhoneLine`, with the keys the caller presses.
+  CallSid) to its handler as a :class:`~pipeline.voice.call.PhoneLine`, with the keys the caller presses.
 
 The handler reports progress as ``AdditionalOutputs(snapshot)`` (``VoiceCall.snapshot()``): a dict
 with ``transcript`` ([{role, text}]), ``slots``, ``reservation``, ``ended`` and ``last_turn`` (the
@@ -38,7 +38,6 @@ from fastrtc.utils import Context, DataChannel, current_context
 from fastrtc.websocket import WebSocketHandler
 
 from pipeline.audio import PHONE_RATE, mulaw_encode, resample, to_mono_float32
-from pipeline.call import PhoneLine
 from pipeline.dialog.state import SLOT_ORDER
 from pipeline.transport.lines import SharedLines
 from pipeline.transport.twilio.auth import (
@@ -50,6 +49,7 @@ from pipeline.transport.twilio.auth import (
     auth_token_from_env,
 )
 from pipeline.transport.twilio.media import POLICY_VIOLATION, Mark, PhoneSocket
+from pipeline.voice.call import PhoneLine
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ def _to_phone_line(audio, sample_rate: int) -> bytes:
 
 def build_stream(runtime) -> Stream:
     """The FastRTC stream around a fresh call handler, with the configured limits."""
-    from pipeline.handler import make_handler
+    from pipeline.transport.fastrtc import make_handler
 
     server = _server(runtime)
     chat, slots, status, latency = _output_components(render_now=False)

@@ -187,7 +187,7 @@ def load_runtime(cfg, args: argparse.Namespace, clock: Callable[[], dt.datetime]
     ``--now``; ``clock`` when already parsed from them)."""
     # Imported here: the voice stack (onnxruntime, ctranslate2, gradio) is slow to import and
     # `voicebot chat` never needs it.
-    from pipeline.call import VoiceRuntime
+    from pipeline.voice.runtime import VoiceRuntime
 
     if clock is None:
         clock = voice_clock(args, cfg)

@@ -2,7 +2,7 @@
 
     uv run --no-sync python scripts/idle_cpu.py [--seconds 30] [--path phone|browser|both] [--config CONFIG]
 
-A real :class:`~pipeline.handler.CallHandler` on the real silero VAD, greeted, then fed a quiet line
+A real :class:`~pipeline.transport.fastrtc.CallHandler` on the real silero VAD, greeted, then fed a quiet line
 (faint noise, as a phone line is never digital silence) in 20 ms frames paced by the wall clock,
 the way the transports feed it: 8 kHz frames on the phone path (the handler resamples them), 16 kHz
 int16 on the browser path (FastRTC resamples WebRTC's 48 kHz itself). A second thread calls
@@ -37,7 +37,7 @@ log = logging.getLogger("idle_cpu")
 def measure(runtime, rate: int, seconds: float) -> tuple[float, float]:
     """CPU share of one core over ``seconds`` of an idle call at ``rate``: the whole process's, and
     the part spent in the handler's ``receive()`` and ``emit()``."""
-    from pipeline.handler import make_handler
+    from pipeline.transport.fastrtc import make_handler
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -90,8 +90,8 @@ def measure(runtime, rate: int, seconds: float) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.call import VoiceRuntime
     from pipeline.config import load_config
+    from pipeline.voice.runtime import VoiceRuntime
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)

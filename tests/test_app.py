@@ -41,7 +41,7 @@ needs_espeak = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def runtime(test_config):
-    from pipeline.call import VoiceRuntime
+    from pipeline.voice.runtime import VoiceRuntime
 
     return VoiceRuntime.load(test_config, download=False)
 
@@ -306,10 +306,10 @@ def aperiodic_db(x: np.ndarray, period: int, skip: int) -> float:
 @pytest.fixture
 def tone_server(test_config, tmp_path):
     from pipeline.app import build_app
-    from pipeline.call import VoiceRuntime
     from pipeline.speech.models import model_resolver
     from pipeline.speech.vad import make_vad
     from pipeline.stt import make_stt
+    from pipeline.voice.runtime import VoiceRuntime
 
     cfg = test_config.model_copy(deep=True)
     cfg.store.url = f"sqlite:///{tmp_path}/r.db"

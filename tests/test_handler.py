@@ -23,13 +23,15 @@ from audio_fixtures import ESPEAK, ESPEAK_MISSING, silence, speech
 from fastrtc import AdditionalOutputs, CloseStream
 
 from pipeline.agents.factory import make_clock
-from pipeline.call import APOLOGY, TurnTimeline, VoiceRuntime
-from pipeline.handler import CallHandler, make_handler
 from pipeline.speech.tts import SentenceSplitter, make_tts
 from pipeline.speech.vad import make_vad
 from pipeline.store import ReservationStore
 from pipeline.stt import make_stt
 from pipeline.testing import ScriptedOpenAI, booking_policy, text, tool
+from pipeline.transport.fastrtc import CallHandler, make_handler
+from pipeline.voice.phrases import APOLOGY
+from pipeline.voice.runtime import VoiceRuntime
+from pipeline.voice.timeline import TurnTimeline
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 
@@ -698,7 +700,7 @@ def test_a_vad_model_that_fails_hands_the_call_to_the_level_detector_and_the_cal
     rt.vad = BundledSileroVAD(test_models_dir / KOKORO_FILENAME)  # loads, but fails on every window
     h, _ = start(rt, loop)
     greet(h)
-    with caplog.at_level("ERROR", logger="pipeline.handler"):
+    with caplog.at_level("ERROR", logger="pipeline.transport.fastrtc"):
         say(h, "たなかです")
     assert sum("EnergyVAD" in r.getMessage() for r in caplog.records) == 1  # said once, as an error
     assert len(h.call.timelines) == 1  # heard, and answered
@@ -840,7 +842,7 @@ def test_a_reply_that_would_book_is_not_prepared_ahead(runtime_factory, loop):
 def test_words_of_a_turn_cut_short_before_the_agent_read_them_start_the_next_turn(runtime_factory, loop):
     """「12月12日、」 ended a turn on its pause, and the caller went on (「土曜日のお昼1時に2名で」) before
     the agent was given the words: the barge-in closed the turn, and the date was lost (voice eval)."""
-    from pipeline.call import AdditionalOutputs
+    from fastrtc import AdditionalOutputs
 
     rt = runtime_factory(kind="rules")
     h, _ = start(rt, loop)

@@ -22,7 +22,11 @@ from fastrtc import CloseStream
 from fastrtc.utils import Context, current_context
 from test_app import TwilioCall, _Server, decode_media
 
-from pipeline.call import (
+from pipeline.config import ConfigError, ServerConfig, load_config
+from pipeline.dialog.rules import QUESTIONS
+from pipeline.transport.fastrtc import CallHandler, make_handler
+from pipeline.transport.twilio.media import FORMAT_REFUSED, UNSUPPORTED_DATA
+from pipeline.voice.phrases import (
     APOLOGY,
     BUSY,
     CALL_AGAIN,
@@ -30,12 +34,8 @@ from pipeline.call import (
     LIMIT_GOODBYE,
     SILENCE_GOODBYE,
     SILENCE_PROMPT,
-    VoiceRuntime,
 )
-from pipeline.config import ConfigError, ServerConfig, load_config
-from pipeline.dialog.rules import QUESTIONS
-from pipeline.handler import CallHandler, make_handler
-from pipeline.transport.twilio.media import FORMAT_REFUSED, UNSUPPORTED_DATA
+from pipeline.voice.runtime import VoiceRuntime
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 

@@ -28,11 +28,11 @@ from audio_fixtures import ESPEAK, ESPEAK_MISSING, silence, speech
 from test_app import FRAME, _Server, to_mulaw_frames
 from test_twilio_auth import sign, twiml_stream
 
-from pipeline.call import VoiceRuntime
 from pipeline.config import ServerConfig
 from pipeline.sim.twilio_rest import TwilioRESTServer
 from pipeline.stt import Transcript
 from pipeline.transport.twilio.rest import TwilioREST
+from pipeline.voice.runtime import VoiceRuntime
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason=ESPEAK_MISSING)
 

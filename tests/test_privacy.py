@@ -233,7 +233,7 @@ def test_call_log_records_are_masked_when_asked():
 
 
 def test_the_runtime_writes_the_call_log_through_the_privacy_settings(test_config, tmp_path):
-    from pipeline.call import VoiceRuntime
+    from pipeline.voice.runtime import VoiceRuntime
 
     cfg = test_config.model_copy(deep=True)
     cfg.store.url = f"sqlite:///{tmp_path / 'r.db'}"
@@ -376,7 +376,7 @@ def test_a_log_not_written_yet_is_not_pruned_and_its_folder_appears_with_the_fir
 
 
 def test_a_call_log_that_cannot_be_written_is_a_one_line_warning(test_config, tmp_path, caplog):
-    from pipeline.call import VoiceRuntime
+    from pipeline.voice.runtime import VoiceRuntime
 
     (tmp_path / "data").write_text("a file where the folder should be")
     cfg = test_config.model_copy(deep=True)

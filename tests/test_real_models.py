@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from real_models import SKIP_ENV, RealModelsMissing, locate
 
-from pipeline.call import APOLOGY, BUSY
 from pipeline.config import STTConfig, TTSConfig
 from pipeline.sim.phone import at_level, phone_line, to_phone_rate
 from pipeline.sim.score import edit_distance, units
 from pipeline.sim.voices import openjtalk
 from pipeline.speech.tts import KokoroTTS, TTSFault
+from pipeline.voice.phrases import APOLOGY, BUSY
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,7 @@ from audio_fixtures import ESPEAK, ESPEAK_MISSING, silence, speech
 from fastrtc import AdditionalOutputs
 
 from pipeline.agents.factory import make_clock
-from pipeline.call import APOLOGY, VoiceRuntime
 from pipeline.config import ConfigError, STTConfig, TTSConfig, load_config
-from pipeline.handler import make_handler
 from pipeline.sim.speech_server import SpeechServer
 from pipeline.speech.models import ModelsMissing, model_resolver
 from pipeline.speech.remote import (
@@ -41,6 +39,9 @@ from pipeline.speech.remote import (
 from pipeline.speech.tts import TTS, SentenceSplitter, TTSFault, check_speech, make_tts
 from pipeline.speech.vad import make_vad
 from pipeline.stt import STT, STTContext, Transcript, make_stt, prompt_for
+from pipeline.transport.fastrtc import make_handler
+from pipeline.voice.phrases import APOLOGY
+from pipeline.voice.runtime import VoiceRuntime
 
 NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
 SR = 16000

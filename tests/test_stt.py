@@ -275,9 +275,9 @@ def test_a_call_hears_with_what_its_bot_asked_and_its_agent_reads_the_clean_tran
     from zoneinfo import ZoneInfo
 
     from pipeline.agents.factory import make_clock
-    from pipeline.call import VoiceRuntime
     from pipeline.speech.models import model_resolver
     from pipeline.speech.tts import make_tts
+    from pipeline.voice.runtime import VoiceRuntime
 
     class Ears:  # the real STT runs; it reports what a caller said, with whisper's invention after it
         def __init__(self, stt):

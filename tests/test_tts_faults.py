@@ -14,9 +14,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.call import VoiceRuntime
 from pipeline.sim.testmodels import build_fake_kokoro, build_voices
 from pipeline.speech.tts import MAX_SPEECH_PEAK, KokoroTTS, TTSFault, check_speech
+from pipeline.voice.runtime import VoiceRuntime
 
 SR = 24000
 BROKEN = {

@@ -45,7 +45,7 @@ def twiml_stream(text: str) -> tuple[str, dict[str, str]]:
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def runtime(test_config):
-    from pipeline.call import VoiceRuntime
+    from pipeline.voice.runtime import VoiceRuntime
 
     rt = VoiceRuntime.load(test_config, download=False)
     yield rt

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pipeline.config import FAQEntry
 from pipeline.dialog.understand.text import normalize
 
-
 #: a Japanese question: 「…ありますか」「…教えてください」
 _JA_QUESTION = re.compile(r"(?:か|かね|ですか|ますか|でしょうか|ください)[?？。]?$|[?？]$")
 

@@ -2,14 +2,14 @@
 
 Simulated calls: Japanese caller lines spoken by Open JTalk, passed through a phone line (8 kHz,
 mu-law) and fed in 20 ms frames, paced by the wall clock in one thread, to the real
-:class:`~pipeline.handler.CallHandler` with the real bundled silero VAD, while another thread drains
+:class:`~pipeline.transport.fastrtc.CallHandler` with the real bundled silero VAD, while another thread drains
 ``emit()`` as FastRTC does. The same clips then go through the naive cascade: stock FastRTC
 ``ReplyOnPause`` whose reply function transcribes the whole turn, gets the whole reply from the
 agent, synthesises it in one piece and yields it.
 
 The gap is measured from outside: from the wall time the last voiced frame of a clip was fed (the
 end of speech is found in each clip beforehand) to the moment ``emit()`` returned the first audio
-of the reply. The stages in between come from the pipeline's own :class:`~pipeline.call.TurnTimeline`
+of the reply. The stages in between come from the pipeline's own :class:`~pipeline.voice.timeline.TurnTimeline`
 and, for the naive cascade, from stamps inside its reply function.
 
 Whisper runs with the real dimensions of the configured size: real weights when they are in
@@ -499,7 +499,7 @@ def _event_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
 
 def run_pipeline_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.AbstractEventLoop,
                       stt: ScriptedTranscripts, cursor: dict[str, Clip | None]) -> list[Turn]:
-    from pipeline.handler import make_handler
+    from pipeline.transport.fastrtc import make_handler
 
     h = make_handler(runtime).copy()
     h._loop = loop
@@ -774,10 +774,10 @@ def run_bench(
     (pipeline only), reporting the gap per N.
     """
     from pipeline.agents.factory import make_clock
-    from pipeline.call import VoiceRuntime
     from pipeline.speech.tts import make_tts
     from pipeline.speech.vad import make_vad
     from pipeline.stt import FasterWhisperSTT
+    from pipeline.voice.runtime import VoiceRuntime
 
     if stt_size not in WHISPER_DIMS:
         raise ConfigError(f"--stt-size: expected one of {', '.join(WHISPER_DIMS)}, got {stt_size!r}")

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 SERVER_START_S = 300.0
 #: how long the calls wait for the server to render its fixed phrases (a loaded machine is slow)
 PRERENDER_WAIT_S = 900.0
-#: the server's log line that says its fixed phrases are rendered (pipeline.call.VoiceRuntime)
+#: the server's log line that says its fixed phrases are rendered (pipeline.voice.runtime.VoiceRuntime)
 PRERENDERED = ("rendered ahead of the calls", "cannot render")
 
 

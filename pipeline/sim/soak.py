@@ -568,9 +568,9 @@ class Soak:
 
     def _runtime(self, cfg, tts, vad):
         from pipeline.agents.factory import Services, make_clock
-        from pipeline.call import VoiceRuntime
         from pipeline.dialog.faq import FAQ
         from pipeline.dialog.restaurant import Restaurant
+        from pipeline.voice.runtime import VoiceRuntime
 
         store = CountingStore(cfg.store_url())  # a worker's own connections to the shared database
         self.stores.append(store)

@@ -36,7 +36,7 @@ What it changes in FastRTC 0.0.34's ``ReplyOnPause``, and why:
   the connection goes (``shutdown()`` on WebRTC; the phone path never calls it, so the websocket
   is watched instead).
 - **The phone's keypad and a person**: the phone route hands the handler the call's
-  :class:`~pipeline.call.PhoneLine` and the keys the caller presses (:meth:`CallHandler.press`).
+  :class:`~pipeline.voice.call.PhoneLine` and the keys the caller presses (:meth:`CallHandler.press`).
   The first key stops the bot talking; the keys end at # or after ``twilio.dtmf_pause_s`` (a lone
   1 or 2 at once when a yes/no is awaited) and become a caller turn of what they stand for
   (:func:`~pipeline.dialog.keypad.keypad_text`), answered like speech. When the agent hands the call
@@ -62,7 +62,6 @@ from fastrtc import AdditionalOutputs, CloseStream, ReplyOnPause, get_current_co
 from fastrtc.utils import create_message, split_output
 
 from pipeline.audio import PHONE_RATE, Resampler, to_int16, to_mono_float32
-from pipeline.call import CHUNK_S, TRANSFER_FAILED, DueLine, PhoneLine, TurnTimeline, VoiceCall, VoiceRuntime
 from pipeline.config import VADConfig
 from pipeline.dialog.keypad import keypad_text
 from pipeline.dialog.parse import is_valid_phone, parse_phone
@@ -71,7 +70,12 @@ from pipeline.speech.vad import EnergyVAD, silero_options
 from pipeline.speech.vad import algo_options as vad_algo_options
 from pipeline.transport.twilio.media import Mark
 from pipeline.voice.backchannel import Burst, BurstJudge, rms_db
+from pipeline.voice.call import DueLine, PhoneLine, VoiceCall
+from pipeline.voice.phrases import TRANSFER_FAILED
+from pipeline.voice.playback import CHUNK_S
+from pipeline.voice.runtime import VoiceRuntime
 from pipeline.voice.speculation import prepare_soon
+from pipeline.voice.timeline import TurnTimeline
 from pipeline.voice.turns import (
     SHORT_ANSWER,
     YES_NO_PENDING,
@@ -298,7 +302,7 @@ class _Speculation:
 
 
 class CallHandler(ReplyOnPause):
-    """One connection's turn-taking, driving a :class:`~pipeline.call.VoiceCall` from the runtime."""
+    """One connection's turn-taking, driving a :class:`~pipeline.voice.call.VoiceCall` from the runtime."""
 
     # The limits' state (server.max_calls, max_call_s, silence_*), as class defaults so that the
     # turn-taking's __init__ stays as it is.
