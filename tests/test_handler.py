@@ -23,11 +23,11 @@ from audio_fixtures import ESPEAK, ESPEAK_MISSING, silence, speech
 from fastrtc import AdditionalOutputs, CloseStream
 
 from pipeline.agents.factory import make_clock
+from pipeline.sim.openai_server import ScriptedOpenAI, booking_policy, text, tool
 from pipeline.speech.tts import SentenceSplitter, make_tts
 from pipeline.speech.vad import make_vad
 from pipeline.store import ReservationStore
 from pipeline.stt import make_stt
-from pipeline.testing import ScriptedOpenAI, booking_policy, text, tool
 from pipeline.transport.fastrtc import CallHandler, make_handler
 from pipeline.voice.phrases import APOLOGY
 from pipeline.voice.runtime import VoiceRuntime
@@ -136,6 +136,24 @@ def greet(h: CallHandler) -> list:
     out = drain(h)
     h.call.assume_played()  # as if the caller had listened to all of it
     return out
+
+
+def wait_until(done, limit_s: float = 30.0) -> None:
+    """Until ``done()``; a test that waits longer than ``limit_s`` fails rather than hangs."""
+    deadline = time.monotonic() + limit_s
+    while not done():
+        assert time.monotonic() < deadline, f"still waiting after {limit_s} s"
+        time.sleep(0.01)
+
+
+def first_audio(h: CallHandler, limit_s: float = 30.0):
+    """emit() until the reply's first audio (bounded)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        item = h.emit()
+        if isinstance(item, tuple):
+            return item
+    pytest.fail(f"no audio within {limit_s} s")
 
 
 def utterance(words: str, lang: str = "ja") -> np.ndarray:
@@ -305,13 +323,7 @@ def test_barge_in_stops_the_reply_and_the_agent_keeps_only_what_was_heard(runtim
     h, cleared = start(rt, loop)
     greet(h)
     feed(h, utterance("十二月二十四日でお願いします"))
-    first_audio = None
-    deadline = time.monotonic() + 30
-    while first_audio is None and time.monotonic() < deadline:
-        item = h.emit()
-        if isinstance(item, tuple):
-            first_audio = item
-    assert first_audio is not None, "no reply audio within 30 s"
+    first_audio(h)
     reply = h.generator
     assert reply is not None and h.state.responding
     cleared.calls = 0
@@ -570,8 +582,7 @@ def test_the_early_transcript_is_the_turns_when_the_caller_does_not_go_on(runtim
     h, _ = start(rt, loop)
     greet(h)
     feed(h, np.concatenate([silence(0.3), speech("たなかです", "ja"), silence(0.24)]))
-    assert h._spec_running is not None  # started at the short pause
-    h._spec_running.result(timeout=30)
+    wait_until(lambda: len(ears.sizes) == 1)  # the early transcription, started at the short pause, is back
     feed(h, silence(1.0))
     drain(h)
     tl = h.call.timelines[-1]
@@ -587,7 +598,7 @@ def test_the_early_transcript_is_dropped_when_the_caller_goes_on(runtime_factory
     greet(h)
     first, second = voiced_part(speech("たなか", "ja")), speech("よろしくおねがいします", "ja")
     feed(h, np.concatenate([silence(0.3), first, silence(0.3)]))  # a pause, shorter than a turn's end
-    h._spec_running.result(timeout=30)  # the early transcription finished while the caller paused
+    wait_until(lambda: len(ears.sizes) == 1)  # the early transcription finished while the caller paused
     feed(h, np.concatenate([second, silence(1.0)]))
     drain(h)
     assert len(h.call.timelines) == 1
@@ -656,8 +667,7 @@ def test_a_hai_said_over_the_bot_neither_stops_it_nor_becomes_a_turn(runtime_fac
     rt = runtime_factory(kind="rules", stt=ears)
     h, cleared = start(rt, loop)
     h.start_up()
-    while not isinstance(h.emit(), tuple):  # the greeting's first audio: the bot is talking, and goes on
-        pass
+    first_audio(h)  # the greeting's: the bot is talking, and goes on
     feed(h, np.concatenate([silence(0.3), caller_voice("はい")]))
     feed_until(h, lambda: bool(ears.sizes))  # its words are read while the line goes on
     feed_until(h, lambda: False, limit_s=0.6)
@@ -700,7 +710,7 @@ def test_a_vad_model_that_fails_hands_the_call_to_the_level_detector_and_the_cal
     rt.vad = BundledSileroVAD(test_models_dir / KOKORO_FILENAME)  # loads, but fails on every window
     h, _ = start(rt, loop)
     greet(h)
-    with caplog.at_level("ERROR", logger="pipeline.transport.fastrtc"):
+    with caplog.at_level("ERROR", logger="pipeline.voice.detector"):
         say(h, "たなかです")
     assert sum("EnergyVAD" in r.getMessage() for r in caplog.records) == 1  # said once, as an error
     assert len(h.call.timelines) == 1  # heard, and answered

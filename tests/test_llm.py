@@ -19,8 +19,8 @@ from pipeline.agents.llm import _TOO_MANY_STEPS, MAX_HISTORY, LLMAgent
 from pipeline.cli import run_chat
 from pipeline.config import load_config
 from pipeline.dialog.rules import PHRASES
+from pipeline.sim.openai_server import ScriptedOpenAI, Step, booking_policy, error, hang, text, tool, tools
 from pipeline.store import ReservationStore
-from pipeline.testing import ScriptedOpenAI, Step, booking_policy, error, hang, text, tool, tools
 
 NOW = dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
 FULL = {"date": "12月24日", "time": "19時", "party_size": "3名", "name": "田中です", "phone": "090-1234-5678",

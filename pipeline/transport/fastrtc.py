@@ -2,15 +2,11 @@
 
 What it changes in FastRTC 0.0.34's ``ReplyOnPause``, and why:
 
-- **Streaming end of turn** instead of a pause check every 0.6 s chunk (which ended turns
-  0.6-1.1 s after the caller stopped and lost a short 「はい」 straddling two chunks): silero runs on
-  every 32 ms window as frames arrive, with its state kept per call and hysteresis on the speech
-  probability. The turn ends after ``vad.end_silence_ms`` of trailing silence, longer while a phone
-  number is read (callers pause between digit groups) unless the early transcript already holds a
-  whole valid number, shorter after a yes/no question. ``ReplyOnPause`` stays the base class for
-  FastRTC's plumbing; its chunked ``process_audio``/``state.stream`` are not used.
-- **Speculative STT**: at the first short pause the utterance so far is transcribed in a worker
-  thread; when the turn ends with nothing voiced since, that transcript is the turn's.
+- **Streaming end of turn** instead of a pause check every 0.6 s chunk: each frame goes to the
+  call's :class:`~pipeline.voice.listener.Listener` as it arrives (silero on every 32 ms window,
+  the early transcript at a short pause, the end-of-turn model, speech said over the bot judged
+  before it stops the bot). ``ReplyOnPause`` stays the base class for FastRTC's plumbing; its
+  chunked ``process_audio``/``state.stream`` are not used.
 - **Barge-in when the caller starts talking**, not at their next pause (the stock behaviour, which
   lets the bot talk over the caller for a whole utterance): the reply generator is closed, FastRTC's
   outbound queue dropped, Twilio told to ``clear`` its playback buffer, and the agent told what the
@@ -51,10 +47,8 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,52 +56,22 @@ from fastrtc import AdditionalOutputs, CloseStream, ReplyOnPause, get_current_co
 from fastrtc.utils import create_message, split_output
 
 from pipeline.audio import PHONE_RATE, Resampler, to_int16, to_mono_float32
-from pipeline.config import VADConfig
 from pipeline.dialog.keypad import keypad_text
-from pipeline.dialog.parse import is_valid_phone, parse_phone
-from pipeline.speech.vad import WINDOW as VAD_WINDOW
-from pipeline.speech.vad import EnergyVAD, silero_options
 from pipeline.speech.vad import algo_options as vad_algo_options
+from pipeline.speech.vad import silero_options
 from pipeline.transport.twilio.media import Mark
-from pipeline.voice.backchannel import Burst, BurstJudge, rms_db
 from pipeline.voice.call import DueLine, PhoneLine, VoiceCall
+from pipeline.voice.detector import MAX_TURN_S, VAD_RATE
+from pipeline.voice.listener import Listener
 from pipeline.voice.phrases import TRANSFER_FAILED
 from pipeline.voice.playback import CHUNK_S
 from pipeline.voice.runtime import VoiceRuntime
-from pipeline.voice.speculation import prepare_soon
 from pipeline.voice.timeline import TurnTimeline
-from pipeline.voice.turns import (
-    SHORT_ANSWER,
-    YES_NO_PENDING,
-    Pause,
-    TurnPolicy,
-    end_of_turn_model,
-    holds_digits,
-    sounds_finished,
-    sounds_unfinished,
-)
 
 log = logging.getLogger(__name__)
 
 #: longest an idle emit() blocks before returning None to FastRTC's loop
 IDLE_WAIT_S = 0.05
-#: the VAD's chunk offsets and windows are in samples at this rate (silero resamples to it)
-VAD_RATE = 16000
-#: a "turn" longer than this is a stuck line or steady noise: answer it rather than buffer forever
-MAX_TURN_S = 30.0
-#: audio kept from before the first voiced window: silero's probability rises a window or two
-#: after the onset, and Whisper misses a first mora it gets without lead-in
-PREROLL_S = 0.3
-#: silence kept after the last voiced window in the audio given to STT
-TAIL_S = 0.2
-#: longest wait for the words of a burst said over the bot before the caller is given the floor
-BURST_WORDS_TIMEOUT_S = 1.5
-#: a window this quiet is no speech on any line: silero is not run on it (on an idle call, silero on
-#: every window would be most of the call's CPU)
-QUIET_DBFS = -60.0
-#: quiet windows (0.5 s) silero is given before the next sound: without them its state is cold and
-#: it rates the onset of a short 「はい」 too low to be speech
-QUIET_CONTEXT = 16
 #: a closing line the caller talks over is said again when they stop, this many times at most,
 #: and not for longer than this: a line that never falls quiet is hung up on
 FAREWELL_TRIES = 3
@@ -126,7 +90,8 @@ class SharedVAD:
     """The runtime's silero model as ``ReplyOnPause``'s ``model``.
 
     FastRTC's chunked pause detection, the only user of ``vad()``, is not driven any more: each
-    handler runs the model window by window in its :class:`TurnDetector`.
+    handler runs the model window by window in its
+    :class:`~pipeline.voice.detector.TurnDetector`.
     """
 
     def __init__(self, model: Any):
@@ -137,168 +102,6 @@ class SharedVAD:
 
     def warmup(self) -> None:
         self.model.warmup()
-
-
-class TurnDetector:
-    """One call's end of turn: silero on every 512-sample window as the audio arrives.
-
-    Not thread-safe: the handler feeds it under its lock. Times are ``time.monotonic()``; a
-    window's time is when the frame completing it arrived, less the samples after it.
-    """
-
-    def __init__(self, model: Any, cfg: VADConfig):
-        self.model = model
-        self.enter = cfg.threshold
-        self.leave = cfg.threshold - cfg.hysteresis
-        self.window_s = VAD_WINDOW / VAD_RATE
-        self.min_speech = self._windows(cfg.min_speech_ms)
-        self.onset = self._windows(cfg.onset_ms)
-        self.end_after = self._windows(cfg.end_silence_ms)  # the handler sets it per frame
-        #: (above the threshold, level dBFS) of the last frame's windows from the utterance's first
-        #: voiced one on; without the hysteresis, whose tail would make a short 「はい」 look long
-        self.windows: list[tuple[bool, float]] = []
-        self.reset()
-
-    def _windows(self, ms: float) -> int:
-        return max(1, int(round(ms / 1000 / self.window_s)))
-
-    def set_end_silence(self, ms: float) -> None:
-        self.end_after = self._windows(ms)
-
-    def reset(self) -> None:
-        self.state = self.model.get_initial_state(1)
-        self._left = np.zeros(0, np.float32)  # samples short of a whole window
-        #: the last quiet windows silero was not run on, run before the next sound
-        self._skipped: deque[np.ndarray] = deque(maxlen=QUIET_CONTEXT)
-        self.speaking = False
-        self.total = 0  # samples received since reset
-        self.processed = 0  # samples the VAD has seen
-        self._idle()
-        self._buffer: list[np.ndarray] = []
-        self._buffer_start = 0  # absolute sample offset of the buffer's first sample
-
-    def _idle(self) -> None:
-        self.in_utterance = False
-        self.voiced = 0  # voiced windows in the utterance
-        self.silence = 0  # unvoiced windows since its last voiced one
-        self.onset_fired = False
-        self.last_voiced_end = 0  # absolute sample offset of the end of the last voiced window
-        self.speech_end: float | None = None
-
-    def feed(self, pcm: np.ndarray, arrived: float) -> set[str]:
-        """Take a frame (int16 mono at 16 kHz); returns the events it caused: ``"start"`` (a first
-        voiced window), ``"onset"`` (the caller has been talking for ``onset_ms``) and/or ``"end"``
-        (the turn is over: ``take()``)."""
-        events: set[str] = set()
-        self.windows = []
-        self._buffer.append(pcm)
-        self.total += pcm.size
-        self._left = np.concatenate([self._left, pcm.astype(np.float32) / 32768.0])
-        while self._left.size >= VAD_WINDOW:
-            window, self._left = self._left[:VAD_WINDOW], self._left[VAD_WINDOW:]
-            self.processed += VAD_WINDOW
-            level = rms_db(window)
-            if level > QUIET_DBFS:
-                for quiet in self._skipped:  # silero's state wants the quiet just before the sound
-                    self._prob(quiet)
-                self._skipped.clear()
-                prob = self._prob(window)
-            else:
-                self._skipped.append(window)
-                prob = 0.0
-            self.speaking = prob >= (self.leave if self.speaking else self.enter)
-            if self.speaking and not self.in_utterance:
-                events.add("start")
-            if self.speaking or self.in_utterance:
-                self.windows.append((prob >= self.enter, level))
-            if self.speaking:
-                self.in_utterance = True
-                self.voiced += 1
-                self.silence = 0
-                self.last_voiced_end = self.processed
-                self.speech_end = arrived - (self.total - self.processed) / VAD_RATE
-                if not self.onset_fired and self.voiced >= self.onset:
-                    self.onset_fired = True
-                    events.add("onset")
-            elif self.in_utterance:
-                self.silence += 1
-                if self.silence >= self.end_after:
-                    if self.voiced >= self.min_speech:
-                        events.add("end")
-                        break  # the rest of the frame belongs to what comes next
-                    self._idle()  # a click or a breath, not a turn
-        if self.in_utterance and "end" not in events and self.total - self._buffer_start >= MAX_TURN_S * VAD_RATE:
-            events.add("end")
-        if not self.in_utterance:
-            self._trim()
-        return events
-
-    def _prob(self, window: np.ndarray) -> float:
-        try:
-            prob, self.state = self.model(window, self.state, VAD_RATE)
-            return float(np.asarray(prob).ravel()[0])
-        except Exception:
-            # A fault, not silence: taking every window as silence would leave the call deaf (and an
-            # exception on the audio path would end it). The rest of the call is heard by level.
-            if isinstance(self.model, EnergyVAD):
-                log.exception("the fallback VAD failed on a window; taking it as silence")
-                return 0.0
-            log.error("the VAD model failed; this call goes on with the level-based detector (EnergyVAD)",
-                      exc_info=True)
-            self.model = EnergyVAD()
-            self.state = self.model.get_initial_state(1)
-            return self._prob(window)
-
-    def _trim(self) -> None:
-        """Keep only the pre-roll while nobody talks."""
-        keep = int(PREROLL_S * VAD_RATE) + VAD_WINDOW
-        excess = self.total - self._buffer_start - keep
-        while excess > 0 and self._buffer:
-            first = self._buffer[0]
-            if first.size <= excess:
-                self._buffer.pop(0)
-                self._buffer_start += first.size
-                excess -= first.size
-            else:
-                self._buffer[0] = first[excess:]
-                self._buffer_start += excess
-                excess = 0
-
-    def audio(self, upto: int | None = None) -> np.ndarray:
-        """The utterance so far, pre-roll included (the buffer is trimmed only between
-        utterances), up to absolute sample ``upto``."""
-        audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, np.int16)
-        if upto is None:
-            return audio
-        return audio[: max(0, min(audio.size, upto - self._buffer_start))]
-
-    def take(self) -> tuple[np.ndarray, float | None, int]:
-        """End the utterance: its audio (to the last voiced window plus a little silence), when
-        speech ended, and how many windows were voiced. What follows the cut stays as pre-roll."""
-        whole = self.audio()
-        if self.in_utterance:
-            cut = max(0, min(whole.size, self.last_voiced_end + int(TAIL_S * VAD_RATE) - self._buffer_start))
-        else:  # trigger_response() with nobody talking
-            cut = whole.size
-        audio, rest = whole[:cut], whole[cut:]
-        self._buffer = [rest] if rest.size else []
-        self._buffer_start += cut
-        speech_end, voiced = self.speech_end, self.voiced
-        self._idle()
-        self._trim()
-        return audio, speech_end, voiced
-
-
-@dataclass
-class _Speculation:
-    """An early transcription of the utterance, started at a short pause."""
-
-    future: Future
-    voiced: int  # the utterance's voiced windows when it started: more since, and it is stale
-    phone: str | None = None  # a whole valid phone number in its transcript, once looked at
-    checked: bool = False
-    prepared: bool = False  # its words were looked at for a reply prepared ahead
-    leads_on: bool | None = None  # its words leave the caller going on (None: not judged yet)
 
 
 class CallHandler(ReplyOnPause):
@@ -344,10 +147,6 @@ class CallHandler(ReplyOnPause):
         self._websocket: Any = None
         self._watch: Future | None = None
         self.vad_cfg = vad_cfg
-        self._detector = TurnDetector(runtime.vad, vad_cfg)
-        #: this utterance's early transcription, and the last one started (at most one runs per call)
-        self._spec: _Speculation | None = None
-        self._spec_running: Future | None = None
         self._bad_frames = 0
         self._resampler: Resampler | None = None  # the caller's audio to VAD_RATE, when it comes at another rate
         #: keys pressed and not yet answered, when the last one came, and when they are due as a turn
@@ -356,16 +155,9 @@ class CallHandler(ReplyOnPause):
         self._keys_due = 0.0
         self._handing_over = False  # the call is being put through to a person: the caller is not listened to
         self._line_gone = threading.Event()
-        self._policy = TurnPolicy(vad_cfg)
-        self._turn_model = end_of_turn_model(vad_cfg, runtime.cfg.path)
-        #: the end-of-turn model's verdict on the utterance as it stood at its last short pause
-        self._verdict: tuple[int, Future] | None = None
-        #: a burst said over the bot, being judged; the words asked of it; an utterance it ended
-        self._burst: BurstJudge | None = None
-        self._burst_words: Future | None = None
-        self._burst_asked_at = 0.0
-        self._burst_held: tuple[np.ndarray, float | None, Future | None] | None = None
-        self._caller_db: float | None = None  # the caller's usual speaking level (dBFS)
+        #: the caller's audio: end of turn, the early transcript, speech said over the bot
+        self._listener = Listener(runtime, call=lambda: self.call, current=lambda: self._call_obj,
+                                  bot_audible=self._bot_audible, name=lambda: self._call_key)
 
     def copy(self) -> CallHandler:
         return CallHandler(self.runtime, input_sample_rate=self.input_sample_rate, idle_wait_s=self.idle_wait_s)
@@ -414,37 +206,8 @@ class CallHandler(ReplyOnPause):
         pcm = self._pcm16(frame)
         if pcm is None:
             return
-        utterance = None
         with self._lock:
-            det = self._detector
-            if det.in_utterance:  # nobody talking: nothing to end (and an idle call does no more per frame)
-                det.set_end_silence(self._end_silence_ms())
-            events = det.feed(pcm, arrived)
-            if "start" in events and self._burst is None and self._bot_audible(arrived):
-                self._burst = BurstJudge(self.vad_cfg, det.window_s * 1000, caller_db=self._caller_db)
-            verdict = self._judge_burst(arrived)
-            if self._burst is not None:
-                events.discard("onset")  # said over the bot: not a barge-in until judged one
-            elif verdict is None and det.in_utterance:
-                self._note_level()
-            if "end" in events:
-                log.debug("call %s: end of turn after %d ms of silence", self._call_key,
-                          det.silence * det.window_s * 1000)
-                audio, speech_end, voiced = det.take()
-                utterance = (audio, speech_end, self._take_speculation(voiced))
-                if self._burst is not None:
-                    self._burst_held, utterance = utterance, None  # its verdict says what it was
-            elif self._burst is None:
-                self._maybe_speculate()
-                self._maybe_prepare_reply()
-            if verdict is Burst.BACKCHANNEL and self._bot_audible(arrived):
-                self._drop_burst(utterance)
-                utterance = None
-            elif verdict is not None:
-                # a barge-in; or a 「はい」 that outlasted the bot's words: after the read-back it is the answer
-                if verdict is Burst.BARGE_IN:
-                    events.add("onset")
-                utterance, self._burst_held = utterance or self._burst_held, None
+            events, utterance = self._listener.hear(pcm, arrived)
         if "onset" in events:
             self._send_log("started_talking")
             self._barge_in(arrived, "caller started talking")
@@ -460,7 +223,7 @@ class CallHandler(ReplyOnPause):
                 self._pending = (tl, (VAD_RATE, audio.reshape(1, -1)), spec)
                 self.event.set()
 
-    # ------------------------------------------------------------------ bursts said over the bot
+    # ------------------------------------------------------------------ the caller's audio
     def _bot_audible(self, now: float) -> bool:
         """Under the lock: the bot is talking (or about to), so speech is judged (backchannel or
         barge-in) rather than stopping it at once."""
@@ -468,64 +231,6 @@ class CallHandler(ReplyOnPause):
             return False
         call = self._call_obj
         return self.generator is not None or (call is not None and call.playing(now))
-
-    def _judge_burst(self, now: float) -> Burst | None:
-        """Under the lock: the burst's new windows (and its words, when back) to a verdict, once."""
-        judge = self._burst
-        if judge is None:
-            return None
-        det = self._detector
-        for voiced, level in det.windows:
-            if judge.decided:
-                break
-            if judge.window(voiced, level) is Burst.TRANSCRIBE:
-                if self._burst_words is not None:
-                    self._burst_words.cancel()
-                self._burst_words = self.runtime.transcribe_soon(det.audio(det.processed), VAD_RATE,
-                                                                 context=self.call.stt_context())
-                self._burst_asked_at = now
-        words = self._burst_words
-        if not judge.decided and judge.asked is not None and words is not None:
-            if words.done():
-                self._burst_words = None
-                try:
-                    text = words.result().text or ""
-                except Exception:  # cancelled or failed
-                    text = None
-                log.debug("call %s: %s words of speech over the bot: %r", self._call_key, judge.asked, text)
-                judge.transcript(text)
-            elif judge.asked == "final" and now - self._burst_asked_at > BURST_WORDS_TIMEOUT_S:
-                judge.timed_out()
-        if not judge.decided:
-            return None
-        log.debug("call %s: speech over the bot: %s (%.0f ms, %.0f ms voiced, peak %.1f dB, caller %s dB)",
-                  self._call_key, judge.verdict.value, judge.elapsed_ms, judge.voiced_ms, judge.peak_db,
-                  None if self._caller_db is None else round(self._caller_db, 1))
-        self._burst = None
-        if self._burst_words is not None:
-            self._burst_words.cancel()
-            self._burst_words = None
-        return judge.verdict
-
-    def _drop_burst(self, ended: tuple[np.ndarray, float | None, Future | None] | None) -> None:
-        """Under the lock: a backchannel is not a turn: forget its audio and what was started on it."""
-        held, self._burst_held = self._burst_held, None
-        futures = [u[2] for u in (held, ended) if u is not None and u[2] is not None]
-        det = self._detector
-        if det.in_utterance:
-            _audio, _end, voiced = det.take()
-            futures.append(self._take_speculation(voiced))
-        for future in futures:
-            if future is not None:
-                future.cancel()
-        self._verdict = None
-
-    def _note_level(self) -> None:
-        """Under the lock: the caller's speaking level, from their loudest windows (slowly forgotten),
-        for the energy rule of bursts said over the bot."""
-        for voiced, level in self._detector.windows:
-            if voiced:
-                self._caller_db = level if self._caller_db is None else max(level, self._caller_db - 0.02)
 
     def press(self, key: str) -> None:
         """A key the caller pressed on the phone (0-9, *, #). The first of a run stops the bot talking;
@@ -604,142 +309,6 @@ class CallHandler(ReplyOnPause):
             return None
 
     # ------------------------------------------------------------------ end of turn
-    def _end_silence_ms(self) -> int:
-        """How much silence ends the caller's turn, given what the bot asked and, when one is
-        configured, the end-of-turn model's verdict on the utterance as it stands."""
-        call = self._call_obj
-        state = getattr(getattr(call, "agent", None), "state", None)
-        asking = getattr(state, "asking", None)
-        asking = asking if isinstance(asking, str) else None
-        pending = getattr(state, "pending", None)
-        if isinstance(pending, dict) and pending.get("kind") in YES_NO_PENDING:
-            # 「今おかけの番号でよろしいでしょうか」 is asked while the phone number is the item asked
-            # for: its answer is a yes or a no, not digits read out in groups
-            asking = "confirm"
-        det = self._detector
-        phone_heard = asking == "phone" and self._speculated_phone()
-        pause = Pause(det.voiced, det.silence * det.window_s * 1000, asking, phone_heard)
-        return self._policy.end_silence_ms(pause, self._complete(asking == "phone", phone_heard,
-                                                                 yes_no=asking in SHORT_ANSWER))
-
-    def _complete(self, asking_phone: bool = False, phone_heard: bool = False, *, yes_no: bool = False) -> bool | None:
-        """Under the lock: whether the utterance as it stands is a finished turn. None: the silence
-        rule decides (no model, a failed one, or the words and the model disagree that it is
-        unfinished). Until the model's verdict is back, and while the early transcript that can
-        overrule it is still being made, it is not finished."""
-        if self._turn_model is None or self._turn_model.failed:
-            # no model: the silence rule, unless the early words say the caller is going on; after a
-            # yes-or-no question the turn is not over while they are being made (the reply needs them
-            # anyway, and its 300 ms would otherwise end 「いいえ、」 before its words are back)
-            spec = self._spec
-            if yes_no and spec is not None and spec.voiced == self._detector.voiced and not spec.future.done():
-                return False
-            return False if self._words_lead_on() else None
-        det = self._detector
-        verdict = self._verdict
-        if verdict is None or verdict[0] != det.voiced or not verdict[1].done():
-            return False
-        try:
-            complete = verdict[1].result()
-        except Exception:  # cancelled
-            return False
-        if complete is None:
-            return None  # the model failed just now: silence alone
-        spec = self._spec
-        if spec is None or spec.voiced != det.voiced:
-            return complete  # no early transcript of it (one still runs): the model alone
-        if not spec.future.done():
-            return False
-        try:
-            text = spec.future.result().text or ""
-        except Exception:
-            return complete
-        if complete:
-            return not (sounds_unfinished(text) or (asking_phone and not phone_heard and holds_digits(text))
-                        or self._words_lead_on())
-        return None if phone_heard or sounds_finished(text) else False
-
-    def _words_lead_on(self) -> bool:
-        """Under the lock: the early transcript of the utterance as it stands is back and leaves the
-        caller going on: hanging on a particle or a filler, or not yet an answer to what the bot asked
-        (:meth:`VoiceCall.words_lead_on`). Judged once per early transcript."""
-        spec = self._spec
-        if spec is None or spec.voiced != self._detector.voiced or not spec.future.done():
-            return False
-        if spec.leads_on is None:
-            try:
-                text = spec.future.result().text or ""
-            except Exception:  # failed or cancelled: the turn's own STT will say
-                text = ""
-            spec.leads_on = bool(text.strip()) and (sounds_unfinished(text) or self.call.words_lead_on(text))
-        return spec.leads_on
-
-    def _speculated_phone(self) -> bool:
-        spec = self._spec
-        if spec is None or spec.voiced != self._detector.voiced or not spec.future.done():
-            return False
-        if not spec.checked:
-            spec.checked = True
-            try:
-                text = spec.future.result().text or ""
-            except Exception:  # failed or cancelled: the turn's own STT will say
-                return False
-            digits = parse_phone(text)
-            spec.phone = digits if digits and is_valid_phone(digits) else None
-        return spec.phone is not None
-
-    def _maybe_speculate(self) -> None:
-        """Under the lock: transcribe the utterance so far once the caller pauses briefly."""
-        cfg = self.vad_cfg
-        pause_ms = cfg.speculative_pause_ms
-        det = self._detector
-        spec = self._spec
-        if spec is not None and spec.voiced != det.voiced:
-            spec.future.cancel()  # the caller went on: that transcript is of half the sentence
-            self._spec = spec = None
-        if not det.in_utterance or det.voiced < det.min_speech:
-            return
-        silence_ms = det.silence * det.window_s * 1000
-        verdict = self._verdict
-        if (self._turn_model is not None and (verdict is None or verdict[0] != det.voiced)
-                and silence_ms >= (pause_ms or cfg.turn_complete_silence_ms // 2)):
-            # the end-of-turn model on the utterance so far, in its own pool
-            self._verdict = (det.voiced, self._turn_model.classify_soon(det.audio(det.processed)))
-        if not pause_ms or spec is not None or silence_ms < pause_ms:
-            return
-        if self._spec_running is not None and not self._spec_running.done():
-            return  # at most one per call: a stale one still runs; try again on the next frame
-        future = self.runtime.transcribe_soon(det.audio(det.processed), VAD_RATE, context=self.call.stt_context())
-        self._spec = _Speculation(future, det.voiced)
-        self._spec_running = future
-
-    def _maybe_prepare_reply(self) -> None:
-        """Under the lock: once the early words of the utterance as it stands are back and leave
-        nothing hanging, have the reply to them prepared ahead (``pipeline/voice/speculation.py``)."""
-        spec = self._spec
-        if (not self.vad_cfg.prepare_reply or spec is None or spec.prepared or spec.voiced != self._detector.voiced
-                or not spec.future.done()):
-            return
-        spec.prepared = True
-        try:
-            text = spec.future.result().text or ""
-        except Exception:  # failed or cancelled: nothing to prepare
-            return
-        asking = getattr(self.call.agent.state, "asking", None)
-        reading_phone = asking == "phone" and not self._speculated_phone() and holds_digits(text)
-        if text.strip() and not sounds_unfinished(text) and not reading_phone:
-            prepare_soon(self.call, text)
-
-    def _take_speculation(self, voiced: int) -> Future | None:
-        """Under the lock: the early transcription if it heard the whole utterance."""
-        spec, self._spec = self._spec, None
-        if spec is None:
-            return None
-        if spec.voiced != voiced:
-            spec.future.cancel()
-            return None
-        return spec.future
-
     def emit(self) -> Any:
         if not self.event.is_set():
             # Block (in FastRTC's worker thread) rather than spin its emit loop; set() wakes us at once.
@@ -803,24 +372,18 @@ class CallHandler(ReplyOnPause):
 
     def _utterance(self) -> tuple[int, np.ndarray]:
         """Under the lock: whatever the caller has said so far, ending their turn now."""
-        audio, _speech_end, voiced = self._detector.take()
-        spec = self._take_speculation(voiced)
-        if spec is not None:
-            spec.cancel()  # cut short by request: the audio goes on past what it heard
-        return VAD_RATE, audio.reshape(1, -1)
+        return VAD_RATE, self._listener.take().reshape(1, -1)
 
     def reset(self) -> None:
         """FastRTC's clean-up after a WebRTC connection: forget the caller's audio too."""
         super().reset()
         with self._lock:
-            self._detector.reset()
-            spec, self._spec = self._spec, None
+            spec = self._listener.reset()
             self._pending = None
             self._resampler = None
             self._keys = ""
-            self._burst = self._burst_held = self._verdict = None
         if spec is not None:
-            spec.future.cancel()
+            spec.cancel()
 
     def _new_turn(self) -> Generator[Any, None, None]:
         """Under the lock: the utterance just ended becomes a reply generator."""
@@ -978,7 +541,7 @@ class CallHandler(ReplyOnPause):
         with self._lock:
             if self.generator is not None or self._pending is not None or self.event.is_set():
                 return False
-            talking = self._detector.in_utterance or bool(self._keys)
+            talking = self._listener.detector.in_utterance or bool(self._keys)
         now = time.monotonic()
         if call.ended and self._farewell is None and self._transferring(call):
             # the caller talked over the bot saying it puts them through: once they stop, put them through
