@@ -6,8 +6,9 @@ we run that with onnxruntime instead: no download, and no torch (``import silero
 torch, so the file is located with ``importlib.util.find_spec``, which does not run the package).
 
 The pause logic (``get_speech_timestamps``) is FastRTC's, inherited; only the model call differs
-(v5+ takes one ``state`` tensor and 64 samples of left context instead of ``h``/``c``). The call
-handler does not use it: it runs ``__call__`` window by window with a state of its own per call.
+(v5+ takes one ``state`` tensor and 64 samples of left context instead of ``h``/``c``). The voice
+core does not use it: :class:`~pipeline.voice.detector.TurnDetector` runs ``__call__`` window by window
+with a state of its own per call.
 """
 
 from __future__ import annotations

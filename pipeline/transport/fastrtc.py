@@ -223,7 +223,7 @@ class CallHandler(ReplyOnPause):
                 self._pending = (tl, (VAD_RATE, audio.reshape(1, -1)), spec)
                 self.event.set()
 
-    # ------------------------------------------------------------------ the caller's audio
+    # ------------------------------------------------------------------ the caller's audio and keys
     def _bot_audible(self, now: float) -> bool:
         """Under the lock: the bot is talking (or about to), so speech is judged (backchannel or
         barge-in) rather than stopping it at once."""
@@ -308,7 +308,7 @@ class CallHandler(ReplyOnPause):
             self._bad_frames += 1
             return None
 
-    # ------------------------------------------------------------------ end of turn
+    # ------------------------------------------------------------------ FastRTC's emit loop
     def emit(self) -> Any:
         if not self.event.is_set():
             # Block (in FastRTC's worker thread) rather than spin its emit loop; set() wakes us at once.

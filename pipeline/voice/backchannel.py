@@ -22,7 +22,8 @@ Until the verdict the bot goes on talking; nothing is cleared. What a 「はい�
 dialog's: one said while the bot talks is listening; after the read-back has finished it is an
 ordinary turn, the answer (the judge is only asked while the bot is audible).
 
-Pure and synchronous: the handler feeds it windows and hands it the transcript when there is one.
+Pure and synchronous: the listener (:mod:`.listener`) feeds it windows and hands it the transcript
+when there is one.
 """
 
 from __future__ import annotations

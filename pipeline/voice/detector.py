@@ -43,7 +43,7 @@ QUIET_CONTEXT = 16
 class TurnDetector:
     """One call's end of turn: silero on every 512-sample window as the audio arrives.
 
-    Not thread-safe: the handler feeds it under its lock. Times are ``time.monotonic()``; a
+    Not thread-safe: the listener feeds it under the transport's lock. Times are ``time.monotonic()``; a
     window's time is when the frame completing it arrived, less the samples after it.
     """
 
@@ -54,7 +54,7 @@ class TurnDetector:
         self.window_s = VAD_WINDOW / VAD_RATE
         self.min_speech = self._windows(cfg.min_speech_ms)
         self.onset = self._windows(cfg.onset_ms)
-        self.end_after = self._windows(cfg.end_silence_ms)  # the handler sets it per frame
+        self.end_after = self._windows(cfg.end_silence_ms)  # the listener sets it per frame
         #: (above the threshold, level dBFS) of the last frame's windows from the utterance's first
         #: voiced one on; without the hysteresis, whose tail would make a short 「はい」 look long
         self.windows: list[tuple[bool, float]] = []

@@ -34,7 +34,7 @@ class Playback:
     #: (monotonic time handed out, first sample, end sample) per chunk, in order
     sends: list[tuple[float, int, int]] = field(default_factory=list)
     samples: int = 0
-    #: a barge-in froze the record: later sends were dropped by the handler
+    #: a barge-in froze the record: later sends were dropped by the transport
     frozen: bool = False
     done: bool = False  # the generator producing it has finished or was closed
     applied: bool = False  # the agent has been told what was heard

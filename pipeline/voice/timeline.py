@@ -24,7 +24,7 @@ class TurnTimeline:
     """Monotonic timestamps (``time.monotonic()``) of one caller turn, and what was said.
 
     ``speech_end`` is the caller's last voiced moment: the end of the last 32 ms window the
-    handler's VAD took for speech, in the time of the frame that completed it.
+    listener's VAD took for speech, in the time of the frame that completed it.
     """
 
     call_id: str = ""
