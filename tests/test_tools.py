@@ -250,14 +250,19 @@ def test_a_value_said_again_at_the_read_back_is_taken_as_misheard_and_asked_for_
     reply = rules.reply("12月1日です")  # the same again instead of a yes: the caller is correcting it
     assert reply.startswith("失礼いたしました。ご来店日をもう一度") and tools.state.asking == "date"
     assert tools.state.heard_wrong == {"date": [repr(dt.date(2026, 12, 1))]}
-    assert "もう一度" in rules.reply("12月1日です") and tools.state.asking == "date"  # not taken again
-    tools.state.guess = "12月1日です"  # nor guessed
+    tools.state.guess = "12月1日です"  # not guessed
     assert "12月1日" not in rules.reply("じゅうにがつ")
+    assert "もう一度" in rules.reply("12月1日です") and tools.state.asking == "date"  # not taken the next time
     assert "12月5日" in rules.reply("12月5日です") and tools.state.slots.date == dt.date(2026, 12, 5)
     assert "承りました" in rules.reply("はい") and tools.state.reservation["date"] == "2026-12-05"
     # a yes with the value is no correction
     tools2, rules2 = _told(cfg, "12月12日の12時に2名で", "山田です", "090-1234-5678", "特にありません")
     assert "もう一度" not in rules2.reply("はい、12月12日です") and not tools2.state.heard_wrong
+    # a caller who means the value read back ("no, make it three" to a booking for three) gets it
+    tools3, rules3 = _told(cfg, "12月12日の12時に3名で", "山田です", "090-1234-5678", "特にありません")
+    assert "もう一度" in rules3.reply("いいえ、3名です")
+    assert "もう一度" in rules3.reply("3名です")
+    assert "ご予約内容を確認" in rules3.reply("3名です") and tools3.state.slots.party_size == 3
 
 
 @pytest.mark.parametrize("decline", ["今日は結構です。", "以上です", "結構です"])

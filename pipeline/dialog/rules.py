@@ -449,8 +449,9 @@ class RulesAgent:
         values = dict(u.values)
         if asking in values and repr(values[asking]) in st.heard_wrong.get(asking, ()):
             # the value the caller corrected at the read-back, heard again: whisper's mishearing of
-            # what they say, not their answer
-            values.pop(asking)
+            # what they say, not their answer, the first time; said once more, it is taken (the caller
+            # may mean it: "no, make it three" to a booking for three)
+            st.heard_wrong[asking].remove(repr(values.pop(asking)))
         if u.acts == {"affirm"} and not values and asking in ("date", "time", "party_size", "name", "phone") \
                 and len(norm) <= 12 and st.failures.get("listening", 0) < 2:
             # 「はい」 to an open question (a backchannel to the greeting that outlasted it): the
@@ -552,6 +553,10 @@ class RulesAgent:
             st.pending = {"kind": "name", "value": doubtful}
             return self._join(lead, self.p("confirm_name", name=speech.say_name(doubtful, self.lang)))
         asked_issues = [i for i in r.issues if i.slot == asking]
+        if not r.applied and not r.issues and asking in same and asking in _WHEN_SLOTS:
+            # the value it already holds, given again when asked for it again: it stands
+            st.awaiting_confirmation = False
+            return self._next(self._join(lead, self.p("ack_when", when=self._say_value(asking, getattr(st.slots, asking)))))
         if not r.applied and not r.issues and same and asking not in same:
             # 「やっぱり3名で」 for the 3 already taken: said back, and the question asked again, no failure
             said = [self._say_value(slot, getattr(st.slots, slot)) for slot in same if slot in _WHEN_SLOTS]
@@ -629,7 +634,7 @@ class RulesAgent:
         if again and not u.has("affirm") and not set(values) - set(again) - {"note"}:
             # the value read back, said again instead of a yes (whisper dropped the 「いいえ、」): the
             # caller is correcting it and is heard the same wrong way; it is asked for once more, and
-            # not taken again (the recogniser weighs the others: ``heard_wrong``)
+            # not taken the next time it is heard (the recogniser weighs the others: ``heard_wrong``)
             slot = again[0]
             wrong = st.heard_wrong.setdefault(slot, [])
             if repr(values[slot]) not in wrong:

@@ -90,7 +90,7 @@ class DialogState:
     guesses_denied: list[str] = field(default_factory=list)
     #: values (reprs, by slot) the caller said again at the read-back as if correcting them: whisper
     #: is taken to mishear what they say, and hears the same wrong value each time (「12月5日」 as
-    #: 「12月1日」); not taken again in this call, and the recogniser weighs the others
+    #: 「12月1日」); not taken the next time it is heard, and the recogniser weighs the others
     heard_wrong: dict[str, list[str]] = field(default_factory=dict)
     #: the caller's own number as the phone network gave it (digits, a Japanese number), None when withheld
     caller_id: str | None = None
