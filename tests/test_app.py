@@ -307,8 +307,8 @@ def aperiodic_db(x: np.ndarray, period: int, skip: int) -> float:
 def tone_server(test_config, tmp_path):
     from pipeline.app import build_app
     from pipeline.speech.models import model_resolver
+    from pipeline.speech.stt import make_stt
     from pipeline.speech.vad import make_vad
-    from pipeline.stt import make_stt
     from pipeline.voice.runtime import VoiceRuntime
 
     cfg = test_config.model_copy(deep=True)

@@ -24,10 +24,10 @@ from fastrtc import AdditionalOutputs, CloseStream
 
 from pipeline.agents.factory import make_clock
 from pipeline.sim.openai_server import ScriptedOpenAI, booking_policy, text, tool
+from pipeline.speech.stt import make_stt
 from pipeline.speech.tts import SentenceSplitter, make_tts
 from pipeline.speech.vad import make_vad
 from pipeline.store import ReservationStore
-from pipeline.stt import make_stt
 from pipeline.transport.fastrtc import CallHandler, make_handler
 from pipeline.voice.phrases import APOLOGY
 from pipeline.voice.runtime import VoiceRuntime
@@ -615,7 +615,7 @@ def test_a_turn_whisper_looped_on_is_decoded_again_and_the_timeline_says_so(runt
     turn still gets its reply, and its timeline and call-log line record the retry on 30 s."""
     from make_test_models import build_whisper
 
-    from pipeline.stt import FasterWhisperSTT
+    from pipeline.speech.stt import FasterWhisperSTT
 
     looping = FasterWhisperSTT(test_config.stt.model_copy(update={"window_s": 8.0}),
                                build_whisper(tmp_path / "looping", eot_bias=0.0))

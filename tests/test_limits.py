@@ -47,9 +47,9 @@ FRAME = SR // 50  # 20 ms
 @pytest.fixture(scope="module")
 def parts(test_config):
     from pipeline.speech.models import model_resolver
+    from pipeline.speech.stt import make_stt
     from pipeline.speech.tts import make_tts
     from pipeline.speech.vad import make_vad
-    from pipeline.stt import make_stt
 
     parts = {"stt": make_stt(test_config.stt, model_resolver(test_config)),
              "tts": make_tts(test_config.tts, model_resolver(test_config)),

@@ -28,7 +28,7 @@ def test_whisper_fixture_is_multilingual_and_honours_japanese(test_models_dir):
     audio = (np.random.default_rng(1).standard_normal(16000) * 0.1).astype(np.float32)
     for lang in ("ja", "en"):
         segments, info = model.transcribe(audio, language=lang, beam_size=1, temperature=0.0, vad_filter=False,
-                                          without_timestamps=True)  # as pipeline.stt decodes
+                                          without_timestamps=True)  # as pipeline.speech.stt decodes
         text = "".join(s.text for s in segments)
         assert info.language == lang
         assert text.strip() and text.isascii()  # short and printable by construction

@@ -30,7 +30,7 @@ from test_twilio_auth import sign, twiml_stream
 
 from pipeline.config import ServerConfig
 from pipeline.sim.twilio_rest import TwilioRESTServer
-from pipeline.stt import Transcript
+from pipeline.speech.stt import Transcript
 from pipeline.transport.twilio.rest import TwilioREST
 from pipeline.voice.runtime import VoiceRuntime
 

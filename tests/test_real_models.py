@@ -42,7 +42,7 @@ def real():
 
 @pytest.fixture(scope="module")
 def whisper(real):
-    from pipeline.stt import FasterWhisperSTT
+    from pipeline.speech.stt import FasterWhisperSTT
 
     stt = FasterWhisperSTT(STTConfig(model=str(real.whisper)), real.whisper)  # the bot's own decoding
     stt.warmup()

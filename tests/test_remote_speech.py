@@ -36,9 +36,9 @@ from pipeline.speech.remote import (
     remote_whisper_model,
     to_pcm16,
 )
+from pipeline.speech.stt import STT, STTContext, Transcript, make_stt, prompt_for
 from pipeline.speech.tts import TTS, SentenceSplitter, TTSFault, check_speech, make_tts
 from pipeline.speech.vad import make_vad
-from pipeline.stt import STT, STTContext, Transcript, make_stt, prompt_for
 from pipeline.transport.fastrtc import make_handler
 from pipeline.voice.phrases import APOLOGY
 from pipeline.voice.runtime import VoiceRuntime

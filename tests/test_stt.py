@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import STTConfig
-from pipeline.stt import STT, FasterWhisperSTT, Transcript, make_stt, prepare_audio, to_mono_float32
+from pipeline.speech.stt import STT, FasterWhisperSTT, Transcript, make_stt, prepare_audio, to_mono_float32
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def _segment(tokens: int, ratio: float):
 
 
 def test_a_decode_that_repeats_itself_or_runs_to_the_cap_is_degenerate():
-    from pipeline.stt import MAX_TOKENS, degenerate, token_cap
+    from pipeline.speech.stt import MAX_TOKENS, degenerate, token_cap
 
     cap = token_cap(2.0)
     assert 2.0 * 10 < cap < MAX_TOKENS  # room for fast speech (about 10 tokens a second), far below the context
@@ -120,11 +120,11 @@ def test_a_looping_decode_on_a_short_window_is_redone_on_whisper_s_own_window(tm
     a too-short window: the turn is decoded again on 30 s, and the token cap bounds both decodes."""
     from make_test_models import build_whisper
 
-    from pipeline.stt import token_cap
+    from pipeline.speech.stt import token_cap
 
     model = build_whisper(tmp_path / "looping", eot_bias=0.0)
     engine = FasterWhisperSTT(test_config.stt.model_copy(update={"window_s": 8.0}), model)
-    with caplog.at_level("WARNING", logger="pipeline.stt"):
+    with caplog.at_level("WARNING", logger="pipeline.speech.stt"):
         result = engine.transcribe(_tone(1.0, 16000), 16000)
     assert (result.window_s, result.retried) == (None, True)
     assert "decoding again on 30 s" in caplog.text
@@ -134,7 +134,7 @@ def test_a_looping_decode_on_a_short_window_is_redone_on_whisper_s_own_window(tm
 
 # ------------------------------------------------------------------------------------------ dialog context
 def test_the_prompt_follows_what_the_bot_asked():
-    from pipeline.stt import PROMPTS, STTContext, prompt_for
+    from pipeline.speech.stt import PROMPTS, STTContext, prompt_for
 
     assert prompt_for(None, "ja") is None
     assert prompt_for(STTContext("phone", "ja"), "ja") == PROMPTS["ja"]["phone"]
@@ -167,7 +167,7 @@ def _spy(monkeypatch, engine, reply=None):
 
 
 def test_what_the_bot_asked_and_the_restaurant_s_name_reach_whisper(stt, monkeypatch):
-    from pipeline.stt import PROMPTS, STTContext
+    from pipeline.speech.stt import PROMPTS, STTContext
 
     calls = _spy(monkeypatch, stt)
     result = stt.transcribe(_tone(1.0, 16000), 16000, context=STTContext("phone", "ja", ("Trattoria Sole",)))
@@ -183,7 +183,7 @@ def test_the_context_set_around_a_call_reaches_the_engine_through_wrappers_and_t
     import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.stt import STTContext, current_context, listening_for
+    from pipeline.speech.stt import STTContext, current_context, listening_for
 
     class Wrapper:  # a test double or a proxy that passes two arguments on
         def transcribe(self, audio, sample_rate):
@@ -203,7 +203,7 @@ def test_the_context_set_around_a_call_reaches_the_engine_through_wrappers_and_t
 def test_a_looping_decode_is_redone_with_the_same_prompt(tmp_path, test_config, monkeypatch):
     from make_test_models import build_whisper
 
-    from pipeline.stt import PROMPTS, STTContext
+    from pipeline.speech.stt import PROMPTS, STTContext
 
     engine = FasterWhisperSTT(test_config.stt.model_copy(update={"window_s": 8.0}),
                               build_whisper(tmp_path / "looping", eot_bias=0.0))
@@ -221,7 +221,7 @@ def _said(text: str, no_speech: float, logprob: float):
 
 
 def test_segments_whisper_took_for_silence_are_dropped():
-    from pipeline.stt import speech_segments
+    from pipeline.speech.stt import speech_segments
 
     speech = [_said("はい", 0.16, -1.6), _said("田中です", 0.02, -0.3), _said("2名です", 0.3, -0.9)]
     assert speech_segments(speech) == speech  # speech measured: no-speech odds of 0.16 at most
@@ -231,7 +231,7 @@ def test_segments_whisper_took_for_silence_are_dropped():
 
 
 def test_a_transcript_that_copies_the_prompt_is_no_speech():
-    from pipeline.stt import PROMPTS, echoes_prompt
+    from pipeline.speech.stt import PROMPTS, echoes_prompt
 
     phone, date = PROMPTS["ja"]["phone"], PROMPTS["ja"]["date"]
     assert echoes_prompt(phone, phone)
@@ -244,7 +244,7 @@ def test_a_transcript_that_copies_the_prompt_is_no_speech():
 
 
 def test_transcribe_drops_no_speech_and_echoes_and_counts_them(stt, monkeypatch):
-    from pipeline.stt import PROMPTS, STTContext
+    from pipeline.speech.stt import PROMPTS, STTContext
 
     _spy(monkeypatch, stt, reply=[_said("ご視聴ありがとうございました", 0.7, -0.4), _said("はい", 0.05, -0.2)])
     result = stt.transcribe(_tone(1.0, 16000), 16000)

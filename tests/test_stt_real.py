@@ -19,7 +19,7 @@ from pipeline.config import STTConfig
 from pipeline.dialog.understand.transcript import clean_transcript
 from pipeline.sim.recognition import LINES, VOICES, caller_audio, heard_values, non_speech, slot_hits
 from pipeline.sim.voices import Voice
-from pipeline.stt import STTContext, listening_for
+from pipeline.speech.stt import STTContext, listening_for
 
 #: lines whisper base gets right with the context in every voice measured; without it, it writes
 #: 「07000555510123」 or 「耳です」 for some of them
@@ -45,7 +45,7 @@ def whisper():
         if os.environ.get(SKIP_ENV) == "0":
             pytest.skip(f"{SKIP_ENV}=0: {e}")
         pytest.fail(str(e), pytrace=False)
-    from pipeline.stt import FasterWhisperSTT
+    from pipeline.speech.stt import FasterWhisperSTT
 
     stt = FasterWhisperSTT(STTConfig(model=str(real.whisper)), real.whisper)  # the bot's own decoding
     stt.warmup()

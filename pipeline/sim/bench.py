@@ -244,7 +244,7 @@ class ScriptedTranscripts:
 
     def transcribe(self, audio: np.ndarray, sample_rate: int, *, stock: bool = False):
         """``stock``: whisper's own 30 s window whatever the config says (the naive cascade)."""
-        from pipeline.stt import WHISPER_SAMPLE_RATE, Transcript, prepare_audio, token_cap
+        from pipeline.speech.stt import WHISPER_SAMPLE_RATE, Transcript, prepare_audio, token_cap
 
         clip = self.current()
         start = time.perf_counter()
@@ -774,9 +774,9 @@ def run_bench(
     (pipeline only), reporting the gap per N.
     """
     from pipeline.agents.factory import make_clock
+    from pipeline.speech.stt import FasterWhisperSTT
     from pipeline.speech.tts import make_tts
     from pipeline.speech.vad import make_vad
-    from pipeline.stt import FasterWhisperSTT
     from pipeline.voice.runtime import VoiceRuntime
 
     if stt_size not in WHISPER_DIMS:

@@ -295,7 +295,7 @@ def pronunciation(results: list[CallResult], cfg: Any) -> str:
     Returns the model path used."""
     from pipeline.audio import PHONE_RATE
     from pipeline.speech.models import model_resolver
-    from pipeline.stt import make_stt
+    from pipeline.speech.stt import make_stt
 
     stts: dict[str, Any] = {}
 

@@ -8,7 +8,7 @@ talker's level and carried over a simulated phone line (8 kHz, G.711 mu-law, res
 way with :mod:`pipeline.audio`'s filter), with the silence the turn detector leaves around a turn.
 Each line is an answer to one of the bot's questions (:data:`LINES`: dates, times, party sizes,
 phone numbers whole and in groups, names, yes/no, requests, changes and cancellations) and is
-transcribed three times through the bot's own :meth:`~pipeline.stt.FasterWhisperSTT.transcribe`:
+transcribed three times through the bot's own :meth:`~pipeline.speech.stt.FasterWhisperSTT.transcribe`:
 without a dialog context, with the context the call gives it (what the bot asked, the restaurant's
 name), and with that context's expected answers weighed on the audio as a call does
 (:func:`pipeline.dialog.understand.sound.expectation`). Reported for each:
@@ -79,7 +79,7 @@ class Said:
 
 
 #: Reservation answers of every kind. None of their values is in the prompts of
-#: :data:`pipeline.stt.PROMPTS` (which hold other dates, times and numbers), so the context cannot
+#: :data:`pipeline.speech.stt.PROMPTS` (which hold other dates, times and numbers), so the context cannot
 #: win by copying its example.
 LINES: tuple[Said, ...] = (
     # dates
@@ -397,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.dialog.restaurant import Restaurant
     from pipeline.dialog.understand.sound import expectation, restaurant_ranges
     from pipeline.speech.models import whisper_dir
-    from pipeline.stt import FasterWhisperSTT, STTContext
+    from pipeline.speech.stt import FasterWhisperSTT, STTContext
 
     cfg = load_config(args.config)
     path = args.model if args.model is not None else whisper_dir(cfg)

@@ -551,9 +551,9 @@ class Soak:
         """One runtime per worker; the models are loaded once and shared (each ``serve`` process
         would hold its own copy: nothing of the shared state is in them)."""
         from pipeline.speech.models import model_resolver
+        from pipeline.speech.stt import make_stt
         from pipeline.speech.tts import make_tts
         from pipeline.speech.vad import make_vad
-        from pipeline.stt import make_stt
 
         cfg = self._config(llm_url)
         stt = make_stt(cfg.stt, model_resolver(cfg))

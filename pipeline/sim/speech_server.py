@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.sim.loopback import LoopbackServer
 from pipeline.speech.remote import SENTENCE_GAP_S, decode_wav, to_pcm16
-from pipeline.stt import FasterWhisperSTT, Transcript
+from pipeline.speech.stt import FasterWhisperSTT, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -328,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.config import load_config
     from pipeline.speech.models import ensure_models, model_resolver
+    from pipeline.speech.stt import make_stt
     from pipeline.speech.tts import make_tts
-    from pipeline.stt import make_stt
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.sim.speech_server", description=main.__doc__)
     parser.add_argument("--config", default=None, help="config.yaml whose local stt and tts models are served")

@@ -2,11 +2,11 @@
 
 faster-whisper pads every utterance to Whisper's 30 s encoder window, so a two-second turn costs
 the encoder as much as thirty seconds of speech. ``stt.window_s`` shortens that window (see
-:func:`pipeline.stt.encoder_window`), but Whisper was trained on 30 s windows only. With real weights
+:func:`pipeline.speech.stt.encoder_window`), but Whisper was trained on 30 s windows only. With real weights
 (whisper tiny.en, espeak-ng speech through a simulated phone line) windows of 6-15 s transcribed as
 well as 30 s, while 4 s, or a window fitted tightly to a short utterance, made the decoder repeat
-itself until the token cap. :meth:`~pipeline.stt.FasterWhisperSTT.transcribe` therefore checks each
-decode with :func:`~pipeline.stt.degenerate` and, when it looped, decodes again on 30 s.
+itself until the token cap. :meth:`~pipeline.speech.stt.FasterWhisperSTT.transcribe` therefore checks each
+decode with :func:`~pipeline.speech.stt.degenerate` and, when it looped, decodes again on 30 s.
 
 This command lets anyone with real model files check that on their own model and, with
 ``--audio DIR``, their own recordings. Each clip is decoded on each window (30 s always among them,
@@ -49,7 +49,7 @@ from pipeline.sim.bench import LEAD_S, SCRIPT, SR, Line
 from pipeline.sim.phone import phone_line
 from pipeline.sim.score import edit_distance, units
 from pipeline.sim.voices import espeak
-from pipeline.stt import WHISPER_SAMPLE_RATE, FasterWhisperSTT, degenerate, prepare_audio, token_cap
+from pipeline.speech.stt import WHISPER_SAMPLE_RATE, FasterWhisperSTT, degenerate, prepare_audio, token_cap
 
 log = logging.getLogger(__name__)
 

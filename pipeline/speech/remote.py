@@ -37,6 +37,16 @@ import httpx
 import numpy as np
 
 from pipeline.config import Config, STTConfig, TTSConfig
+from pipeline.speech.stt import (
+    WHISPER_SAMPLE_RATE,
+    STTContext,
+    Transcript,
+    current_context,
+    echoes_prompt,
+    prepare_audio,
+    prompt_for,
+    resample,
+)
 from pipeline.speech.tts import (
     CACHE_MAX_CHARS,
     LANGUAGES,
@@ -46,16 +56,6 @@ from pipeline.speech.tts import (
     check_speech,
     normalize_for_speech,
     split_sentences,
-)
-from pipeline.stt import (
-    WHISPER_SAMPLE_RATE,
-    STTContext,
-    Transcript,
-    current_context,
-    echoes_prompt,
-    prepare_audio,
-    prompt_for,
-    resample,
 )
 
 if TYPE_CHECKING:

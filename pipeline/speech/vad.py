@@ -24,7 +24,7 @@ from fastrtc import AlgoOptions
 from fastrtc.pause_detection.silero import SileroVADModel, SileroVadOptions
 
 from pipeline.config import VADConfig
-from pipeline.stt import resample, to_mono_float32
+from pipeline.speech.stt import resample, to_mono_float32
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from pipeline.agents.factory import Agent
 from pipeline.dialog.rules import QUESTIONS
 from pipeline.dialog.understand.sound import expectation, restaurant_ranges
 from pipeline.dialog.understand.transcript import clean_transcript
+from pipeline.speech.stt import STTContext, is_silent, listening_for
 from pipeline.speech.tts import SentenceSplitter, split_sentences
-from pipeline.stt import STTContext, is_silent, listening_for
 from pipeline.transport.twilio.rest import confirmations_due, standing
 from pipeline.voice.phrases import (
     APOLOGY,

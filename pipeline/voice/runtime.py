@@ -31,8 +31,8 @@ from pipeline.agents.factory import (
 from pipeline.config import Config
 from pipeline.dialog.rules import stock_phrases
 from pipeline.privacy import append_call_log, call_log_record
+from pipeline.speech.stt import STT, STTContext, Transcript, is_silent, listening_for
 from pipeline.speech.tts import CACHE_MAX_CHARS, TTS, SentenceSplitter, split_sentences
-from pipeline.stt import STT, STTContext, Transcript, is_silent, listening_for
 from pipeline.transport.twilio.rest import (
     TwilioREST,
     TwilioRESTError,
@@ -113,9 +113,9 @@ class VoiceRuntime:
         """Models ensured (fetched when ``download``; else ``ModelsMissing``), loaded and warmed up."""
         from pipeline.speech.models import model_resolver
         from pipeline.speech.remote import ensure_local_models
+        from pipeline.speech.stt import make_stt
         from pipeline.speech.tts import make_tts
         from pipeline.speech.vad import make_vad
-        from pipeline.stt import make_stt
 
         start = time.perf_counter()
         paths = ensure_local_models(cfg, download, progress=progress)  # none for a stage on a speech server

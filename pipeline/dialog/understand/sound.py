@@ -11,7 +11,7 @@ the bot asked:
   when that text does not answer the question: every party size the restaurant takes, the times
   it is open, the dates said in words, yes and no, and common surnames that sound like the name
   whisper wrote. The recogniser scores each on the turn's own audio (``STTContext.expect``,
-  :meth:`pipeline.stt.FasterWhisperSTT.transcribe`) and keeps one only when whisper finds it about
+  :meth:`pipeline.speech.stt.FasterWhisperSTT.transcribe`) and keeps one only when whisper finds it about
   as likely as its own text, so nothing is taken that the audio does not support; every value is
   read back to the caller before it is booked.
 """
@@ -379,7 +379,7 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
                 hours: Sequence[int] = range(11, 23), yes_no: bool = False,
                 heard_wrong: Sequence[str] = ()) -> Callable[[str], list[str]] | None:
     """What the recogniser weighs against its text for a turn that answers ``asking`` (see
-    :data:`pipeline.stt.STTContext.expect`); ``yes_no``: the bot's last question was a yes-or-no one
+    :data:`pipeline.speech.stt.STTContext.expect`); ``yes_no``: the bot's last question was a yes-or-no one
     (「山田様でよろしいでしょうか」), whatever slot it is about. None when nothing is expected."""
     if yes_no:
         asking = "confirm"
