@@ -216,6 +216,10 @@ def test_no_request_said_to_the_read_back_drops_a_request_taken_from_other_words
     assert tools.state.slots.note in (None, "none") and "ご予約内容を確認" in reply and "窓際" not in reply
     assert tools.state.reservation is None
     assert "承りました" in rules.reply("はい") and tools.state.reservation["note"] is None
+    # with no request, the caller did not hear the read-back: it is read again, once, not failed
+    tools, rules = _told(cfg, "12月24日の19時に3名で", "田中です", "090-1234-5678", "特にありません")
+    assert rules.reply("特にありません").startswith("もう一度申し上げます。ご予約内容を確認")
+    assert "承りました" in rules.reply("はい")
 
 
 @pytest.mark.parametrize("question,topic", [

@@ -604,12 +604,16 @@ class RulesAgent:
         if "note" in values and not parse.parse_note(norm):
             values.pop("note")
         yes_no = True if u.has("affirm") else False if u.has("deny") else None
-        if yes_no is None and u.acts == {"none"} and not values and st.asking != "correction" \
-                and st.slots.note and st.slots.note != "none":
-            # 「特にありません」 to the read-back from a caller still on the request question: the request
-            # taken from other words (whisper's 「きょです」) is dropped and the booking read again; with
-            # no request it is no clear yes (the booking tool wants one), and the read-back is asked again
-            values["note"] = "none"
+        if yes_no is None and u.acts == {"none"} and not values and st.asking != "correction":
+            # 「特にありません」 to the read-back from a caller still on the request question (who did
+            # not hear the read-back, or heard it stall): the request taken from other words (whisper's
+            # 「きょです」) is dropped and the booking read again; with no request it is no clear yes
+            # (the booking tool wants one), and the booking is read again once before that counts
+            if st.slots.note and st.slots.note != "none":
+                values["note"] = "none"
+            elif not st.failures.get("readback_again"):
+                st.failures["readback_again"] = 1
+                return self._repeat()
         if u.has("end") and not values and yes_no is not True:
             st.pending = {"kind": "end"}
             return self.p("confirm_end")
