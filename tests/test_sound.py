@@ -73,7 +73,7 @@ def test_an_answer_already_read_offers_nothing():
 
 def test_yes_or_no_is_weighed_after_a_yes_or_no_question_whatever_the_slot():
     expect = expectation("name", "ja", today=TODAY, yes_no=True)
-    assert expect("みな") == ["はい", "はい、お願いします", "いいえ", "いいえ、違います"]
+    assert expect("みな") == ["はい", "はい、お願いします", "いいえ", "いいえ、違います", "特にありません"]
     assert expect("はい") == []  # read as a yes already
 
 
@@ -89,7 +89,7 @@ def test_expectation_leaves_what_already_answers_or_means_something_else():
 def test_english_candidates_are_plain_answers():
     expect = expectation("party_size", "en", today=TODAY, party=(1, 4))
     assert "two people" in expect("true peep hole")
-    assert expectation("confirm", "en", today=TODAY)("hmm hmm") == ["yes", "yes, please", "no", "no, that's wrong"]
+    assert expectation("confirm", "en", today=TODAY)("hmm hmm") == ["yes", "yes, please", "no", "no, that's wrong", "no requests"]
     assert expectation("confirm", "en", today=TODAY)("yes") == []
 
 

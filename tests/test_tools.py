@@ -300,3 +300,11 @@ def test_a_no_to_the_callers_own_number_with_a_correction_after_it_changes_that_
     assert ("2222" in reply or "ニー、ニー、ニー、ニー" in reply or "two two two two" in reply)
     rules.reply("はい" if lang == "ja" else "yes")
     assert tools.state.slots.phone == "09011112222"
+
+
+def test_no_requests_said_to_an_english_read_back_drops_a_misheard_request(cfg):
+    tools, rules = _told(cfg, "a table on December 24th at 7pm for 2", "my name is John Smith", "090-1234-5678")
+    tools.state.language = "en"
+    assert "the request: Nor it went. Is that" in rules.reply("Nor it went.")  # one full stop, not two
+    reply = rules.reply("No requests")
+    assert tools.state.slots.note in (None, "none") and "Let me read that back" in reply and "Nor it" not in reply

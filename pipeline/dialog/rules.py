@@ -604,7 +604,12 @@ class RulesAgent:
         if "note" in values and not parse.parse_note(norm):
             values.pop("note")
         yes_no = True if u.has("affirm") else False if u.has("deny") else None
-        if yes_no is None and u.acts == {"none"} and not values and st.asking != "correction":
+        if st.slots.note and st.slots.note != "none" and not values and st.asking != "correction" \
+                and u.acts <= {"none", "deny"} and "none" in u.acts and re.search(r"request|要望|リクエスト", norm, re.I):
+            # "no requests" to the read-back: the request taken from a mishearing goes
+            values["note"] = "none"
+            yes_no = None
+        elif yes_no is None and u.acts == {"none"} and not values and st.asking != "correction":
             # 「特にありません」 to the read-back from a caller still on the request question (who did
             # not hear the read-back, or heard it stall): the request taken from other words (whisper's
             # 「きょです」) is dropped and the booking read again; with no request it is no clear yes

@@ -321,7 +321,7 @@ class BookingTools:
                     f"お電話番号は{speech.say_phone(s.phone, 'ja')}、{note}"
                     "以上でよろしいでしょうか。")
         else:
-            note = f", and the request: {s.note}" if s.note else ""
+            note = f", and the request: {s.note.rstrip('.!? ')}" if s.note else ""
             text = (f"Let me read that back: {speech.say_date(s.date, 'en', today)} at {speech.say_time(s.time, 'en')}, "
                     f"{speech.say_party(s.party_size, 'en')}, under the name {s.name}, "
                     f"phone number {speech.say_phone(s.phone, 'en')}{note}. Is that all correct?")

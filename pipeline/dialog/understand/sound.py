@@ -351,7 +351,9 @@ def alternatives(text: str, asking: str | None, language: str | None, *, answere
     lo, hi = party
     hi = min(max(hi + 2, lo), 20)
     if asking == "confirm":
-        return list(_YES_NO["en" if language == "en" else "ja"])
+        # a read-back also meets the request question's answer from a caller still on it
+        lang = "en" if language == "en" else "ja"
+        return list(dict.fromkeys([*_YES_NO[lang], *_NO_REQUEST[lang][:1]]))
     if asking == "note":
         return list(_NO_REQUEST["en" if language == "en" else "ja"])
     if asking == "phone":
