@@ -325,7 +325,7 @@ class VoiceStream(Stream):
 
     async def _serve_call(self, phone: PhoneSocket, grant: StreamGrant | None = None) -> None:
         handler = self.event_handler.copy()  # type: ignore[union-attr]
-        handler.phone_mode = True
+        handler.phone_mode = True  # Twilio's 8 kHz frames as they come (the handler resamples the call)
         # The caller's number and the CallSid come from the signed webhook only (the token's grant).
         handler.phone_line = PhoneLine(call_sid=grant.call_sid or None, caller=grant.caller) if grant else PhoneLine()
         handler.mark_echoes = phone.played
@@ -335,11 +335,6 @@ class VoiceStream(Stream):
             await anyio.to_thread.run_sync(press, key)  # it may stop the bot's reply: not on the loop
 
         phone.on_dtmf = on_dtmf
-        # Twilio's 8 kHz frames go to the handler as they come: at any other rate FastRTC would
-        # resample each 20 ms frame on its own, with a filter edge at every frame boundary. The
-        # handler resamples the call's audio as one stream, and on the phone its replies leave
-        # at 8 kHz, leaving FastRTC only the mu-law encoding.
-        handler.input_sample_rate = PHONE_RATE
         # FastRTC's status messages ({"type": "log", ...}) are for its own browser client; Twilio's
         # protocol has no such message, so on the phone they are dropped instead of sent.
         set_channel = handler.set_channel

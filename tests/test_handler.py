@@ -494,6 +494,17 @@ def test_phone_call_over_twilio_protocol_greets_clears_on_barge_in_and_ends(runt
     assert [r["reason"] for r in log_lines(rt) if r["event"] == "call_end"] == ["hangup"]
 
 
+def test_on_the_phone_the_handler_takes_twilios_8khz_audio_as_it_comes(runtime_factory):
+    """FastRTC's own /telephone/handler (as ours) puts a copy in phone mode; at any rate but 8 kHz it
+    would resample every 20 ms frame itself (and its first one stalls the call importing librosa)."""
+    h = make_handler(runtime_factory(kind="rules"))
+    assert h.input_sample_rate == SR
+    phone = h.copy()
+    phone.phone_mode = True
+    assert phone.phone_mode and phone.input_sample_rate == 8000
+    assert h.copy().input_sample_rate == SR
+
+
 # ----------------------------------------------------------------------------------- streaming end of turn
 class CountingEars:
     """The real STT runs on every request; it reports the n-th transcription as ``lines[n]`` and

@@ -23,7 +23,7 @@ What it changes in FastRTC 0.0.34's ``ReplyOnPause``, and why:
   and its last piece dropped.
 - **Phone audio resampled as one stream**: FastRTC's phone path resamples each 20 ms frame
   coming in, and each piece of a reply going out, on its own, with a filter edge at every
-  boundary. The phone route hands this handler Twilio's 8 kHz audio as it is
+  boundary. On the phone (``phone_mode``) this handler takes Twilio's 8 kHz audio as it is
   (``input_sample_rate`` 8000), resampled to 16 kHz here by one :class:`~pipeline.audio.Resampler`
   per call; on the phone the bot's audio leaves at 8 kHz, resampled by one per reply, so FastRTC
   has only the mu-law encoding left to do.
@@ -125,8 +125,7 @@ class CallHandler(ReplyOnPause):
             algo_options=vad_algo_options(vad_cfg),
             model_options=silero_options(vad_cfg),
             can_interrupt=True,
-            # 16 kHz in: what silero and Whisper take (the phone route sets 8 kHz on its copy and
-            # this handler resamples the call as one stream)
+            # 16 kHz in: what silero and Whisper take (on the phone, 8 kHz: see phone_mode)
             input_sample_rate=input_sample_rate,
             output_sample_rate=int(runtime.tts.sample_rate),
             model=SharedVAD(runtime.vad),
@@ -161,6 +160,16 @@ class CallHandler(ReplyOnPause):
 
     def copy(self) -> CallHandler:
         return CallHandler(self.runtime, input_sample_rate=self.input_sample_rate, idle_wait_s=self.idle_wait_s)
+
+    @ReplyOnPause.phone_mode.setter
+    def phone_mode(self, value: bool) -> None:
+        """On the phone (FastRTC's own ``/telephone/handler`` and ours), Twilio's 8 kHz frames are
+        taken as they come and resampled here as one stream: at any other rate FastRTC resamples
+        each 20 ms frame on its own (a seam at every one), and its first frame imports and compiles
+        librosa, which held the caller's audio for seconds, past the greeting it talked over."""
+        ReplyOnPause.phone_mode.fset(self, value)
+        if value:
+            self.input_sample_rate = PHONE_RATE
 
     # ------------------------------------------------------------------ the call
     def _call_id(self) -> str:
