@@ -879,3 +879,20 @@ def test_words_of_a_turn_cut_short_before_the_agent_read_them_start_the_next_tur
     # a turn the agent answered is not carried
     list(call.turn((SR, silence(1.0)), transcript="田中です"))
     assert call.agent.state.slots.name == "田中"
+
+
+def test_a_wordless_turn_is_asked_about_unless_it_began_over_the_bots_reply(runtime_factory, loop):
+    """A 「はい」 said over the read-back that whisper found no words in must not stop the call for
+    「もう一度お願いできますか」 (voice eval); a caller who spoke 1.2 s after the bot finished is asked."""
+    from pipeline.voice.phrases import APOLOGY
+
+    rt = runtime_factory(kind="rules")
+    h, _ = start(rt, loop)
+    greet(h)  # the greeting is handed out now and plays for some seconds
+    call = h.call
+    now = time.monotonic()
+    over = list(call.turn((SR, silence(1.5)), TurnTimeline(speech_end=now), transcript=""))
+    assert not any(isinstance(x, tuple) for x in over)  # nothing said
+    later = now + 600.0  # long after the greeting ended
+    said = list(call.turn((SR, silence(1.5)), TurnTimeline(speech_end=later), transcript=""))
+    assert any(isinstance(x, tuple) for x in said) and call.transcript[-1]["text"] == APOLOGY["ja"]

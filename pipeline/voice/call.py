@@ -261,7 +261,7 @@ class VoiceCall:
                 tl.reply = APOLOGY.get(self.language, APOLOGY["en"])
                 return
             if not meaningful(text):
-                if tl.audio_s >= UNHEARD_S and not self._asked_unheard:
+                if tl.audio_s >= UNHEARD_S and not self._asked_unheard and not self._over_the_bot(tl):
                     # a caller spoke for a while and whisper found no words in it: asked to say it
                     # again (once: noise that goes on is left to the "are you there?" prompt)
                     self._asked_unheard = True
@@ -308,6 +308,15 @@ class VoiceCall:
         finally:
             if not logged and not tl.skipped:
                 self._log_turn(tl)
+
+    def _over_the_bot(self, tl: TurnTimeline) -> bool:
+        """The turn began while the bot's last reply was still playing (a backchannel whisper found no
+        words in is no utterance to ask about)."""
+        reply = self._last_reply
+        if reply is None or tl.speech_end is None:
+            return False
+        with reply.lock:
+            return reply.playing_until() > tl.speech_end - tl.audio_s
 
     def _await_ahead(self, text: str) -> None:
         """The reply to ``text`` is being prepared ahead: let its first clause finish rendering
