@@ -180,3 +180,14 @@ def test_a_date_the_caller_corrected_is_weighed_against_every_other_day_of_its_m
     assert "12月5日です。" in out and "12月1日です。" not in out and len(out) == 30
     assert expect("12月5日です。") == []  # another day is an answer
     assert expectation("date", "ja", today=TODAY)("12月1日です。") == []  # nothing corrected: as heard
+
+
+def test_a_choice_is_weighed_against_its_options():
+    # 「12月5日、土曜日でしょうか、それとも12月12日、土曜日でしょうか」, answered 「12月5日です」, heard
+    # 「12月1日です」 and taken as a third day (voice eval)
+    options = [dt.date(2026, 12, 5), dt.date(2026, 12, 12)]
+    expect = expectation("date", "ja", today=TODAY, choices=options)
+    assert expect("12月1日です。") == ["12月5日です", "12月12日です"]
+    assert expect("12月5日です。") == [] and expect("土曜日です") == []  # an option, however said
+    times = expectation("time", "ja", today=TODAY, choices=[dt.time(19), dt.time(19, 30)])
+    assert times("10時です") == ["19時です", "19時半です"]

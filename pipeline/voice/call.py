@@ -48,6 +48,7 @@ from pipeline.voice.phrases import (
 )
 from pipeline.voice.playback import CHUNK_S, Playback
 from pipeline.voice.timeline import TurnTimeline, now_iso
+from pipeline.voice.turns import YES_NO_PENDING
 
 if TYPE_CHECKING:
     from pipeline.voice.runtime import VoiceRuntime
@@ -508,8 +509,11 @@ class VoiceCall:
         asking = asking if isinstance(asking, str) else None
         party, hours = restaurant_ranges(self.runtime.cfg.restaurant)
         heard_wrong = getattr(state, "heard_wrong", None)
+        pending = getattr(state, "pending", None)
+        pending = pending if isinstance(pending, dict) else {}
         expect = expectation(asking, self.language, today=self._today(), party=party, hours=hours,
-                             yes_no=bool(getattr(state, "pending", None)),
+                             yes_no=pending.get("kind") in YES_NO_PENDING,
+                             choices=pending.get("options", ()) if pending.get("kind") == "choose" else (),
                              heard_wrong=tuple(heard_wrong.get(asking, ())) if isinstance(heard_wrong, dict) else ())
         if hasattr(state, "guess"):
             state.guess = None  # a guess belongs to the turn it was made on

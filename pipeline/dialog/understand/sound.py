@@ -379,7 +379,7 @@ _MEANT = frozenset({"cancel_booking", "change_booking", "check_booking", "questi
 
 def expectation(asking: str | None, language: str | None, *, today: dt.date, party: tuple[int, int] = (1, 10),
                 hours: Sequence[int] = range(11, 23), yes_no: bool = False,
-                heard_wrong: Sequence[str] = ()) -> Callable[[str], list[str]] | None:
+                heard_wrong: Sequence[str] = (), choices: Sequence[object] = ()) -> Callable[[str], list[str]] | None:
     """What the recogniser weighs against its text for a turn that answers ``asking`` (see
     :data:`pipeline.speech.stt.STTContext.expect`); ``yes_no``: the bot's last question was a yes-or-no one
     (「山田様でよろしいでしょうか」), whatever slot it is about. None when nothing is expected."""
@@ -434,11 +434,31 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
                 out.append(f"{month}月{day}日")
         return out
 
+    said_choices = [said for c in choices if (said := _said_ja(c))] if language != "en" else []
+
     def expect(raw: str) -> list[str]:
+        if said_choices:
+            # 「12月5日、土曜日でしょうか、それとも12月12日…」: the options, each in whisper's frame
+            text = clean_transcript(raw, language or "ja")
+            u = understand(text, today, asking=asking)
+            if u.values.get(slot) in choices or u.acts & _MEANT:
+                return []
+            return _framed(text, said_choices)
         return alternatives(clean_transcript(raw, language or "ja"), asking, language, answered=answered, days=other_days,
                             party=party, hours=hours)
 
     return expect
+
+
+def _said_ja(value: object) -> str | None:
+    """A date, time or party size as a caller says it (12月5日, 19時半, 3名)."""
+    if isinstance(value, dt.date):
+        return f"{value.month}月{value.day}日"
+    if isinstance(value, dt.time):
+        return f"{value.hour}時" + ("半" if value.minute == 30 else f"{value.minute}分" if value.minute else "")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value}名"
+    return None
 
 
 def restaurant_ranges(cfg) -> tuple[tuple[int, int], range]:
