@@ -859,6 +859,20 @@ def test_a_reply_that_would_book_is_not_prepared_ahead(runtime_factory, loop):
     assert not rt.services.store.all() and call.agent.state.asking == "confirm"  # nothing booked, nothing moved
 
 
+def test_the_llm_reply_prepared_ahead_is_the_turns_reply_without_asking_again(runtime_factory, parts, server, loop):
+    reply = "田中様ですね。お電話番号をお願いいたします。"
+    server.add(tool("update_reservation", {"name": "田中"}), text(reply))
+    rt = runtime_factory(server, stt=CountingEars(parts["stt"], ["田中です"]))
+    h, _ = start(rt, loop)
+    greet(h)
+    assert paced_turns(h, np.concatenate([silence(0.3), caller_voice("たなかです"), silence(1.6)])) == 1
+    tl = h.call.timelines[-1]
+    assert tl.transcript == "田中です" and tl.prepared and tl.reply == reply
+    assert len(server.requests) == 2 and not server.cancelled  # asked once, ahead, and replayed
+    assert h.call.agent.state.slots.name == "田中"
+    assert not server.errors
+
+
 # ----------------------------------------------------------------------------------- a turn cut short
 def test_words_of_a_turn_cut_short_before_the_agent_read_them_start_the_next_turn(runtime_factory, loop):
     """「12月12日、」 ended a turn on its pause, and the caller went on (「土曜日のお昼1時に2名で」) before

@@ -10,11 +10,15 @@ tools and state, so the caller always gets an answer and the next turn tries the
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import datetime as dt
 import logging
+import queue
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,23 +117,32 @@ def build_system_prompt(rc: RestaurantConfig, now: dt.datetime, language: str) -
     ])
 
 
-_clients: dict[tuple[str, str, float], openai.OpenAI] = {}
+_clients: dict[tuple[type, str, str, float], Any] = {}
 _clients_lock = threading.Lock()
+
+
+def _client(cfg: Config, kind: type) -> Any:
+    key_value = cfg.llm.api_key().get_secret_value()
+    key = (kind, str(cfg.llm.base_url), key_value, float(cfg.llm.timeout_s))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            # retries would multiply the caller's wait; a failed turn goes to the rules agent instead
+            client = kind(base_url=cfg.llm.base_url, api_key=key_value, timeout=cfg.llm.timeout_s, max_retries=0)
+            _clients[key] = client
+        return client
 
 
 def shared_client(cfg: Config) -> openai.OpenAI:
     """One client per endpoint for the whole process: calls reuse its warm connections, which saves
     a TCP (and TLS) handshake on every first turn."""
-    key_value = cfg.llm.api_key().get_secret_value()
-    key = (str(cfg.llm.base_url), key_value, float(cfg.llm.timeout_s))
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            # retries would multiply the caller's wait; a failed turn goes to the rules agent instead
-            client = openai.OpenAI(base_url=cfg.llm.base_url, api_key=key_value, timeout=cfg.llm.timeout_s,
-                                   max_retries=0)
-            _clients[key] = client
-        return client
+    return _client(cfg, openai.OpenAI)
+
+
+def _async_client(cfg: Config) -> openai.AsyncOpenAI:
+    """The asyncio twin of :func:`shared_client`, used only on the loop of the turns answered ahead
+    (a request there is cancelled at once when the caller goes on)."""
+    return _client(cfg, openai.AsyncOpenAI)
 
 
 @dataclass
@@ -166,6 +179,11 @@ class LLMAgent:
         self._toolless_turns = 0
         #: set when the model has let the call down often enough that the rules agent finishes it
         self.degraded: str | None = None
+        #: the turn being answered ahead (:meth:`prepare`), until a turn takes it or drops it
+        self._ahead: PreparedTurn | None = None
+        #: the prepared turn this turn replays, while it holds; and the completions taken this turn
+        self._replay: PreparedTurn | None = None
+        self._round = 0
 
     # ------------------------------------------------------------------ Agent interface
     @property
@@ -197,9 +215,48 @@ class LLMAgent:
             if not m["content"] and m.get("tool_calls"):
                 m["content"] = None
 
+    def prepare(self, text: str, store: Any, on_text: Callable[[str | None], None] | None = None) -> PreparedTurn | None:
+        """Start answering ``text`` (the caller's words at a pause) ahead, on a copy of this call's
+        conversation and dialog state, with ``store`` (a read-only view of the bookings) for the
+        tools. The model is asked at once; tools that read or fill the copied state run; a tool that
+        would book, change, cancel or transfer is not run: the ahead turn stops there.
+
+        The next :meth:`respond` on the same words, from the same conversation, replays what was
+        prepared (its text as soon as it streamed, no second request for what was already asked)
+        and runs the tools for real, so the call's state ends as if the turn had run normally; any
+        other turn cancels it (its request is closed). ``on_text`` gets each text delta from the
+        worker, then None once the ahead turn is over. None when nothing is prepared."""
+        if self.state.ended or self.degraded or not (text or "").strip():
+            return None
+        self.drop_prepared()
+        prepared = PreparedTurn(text, on_text)
+        self._ahead = prepared
+        _ahead_turns.submit(_answer_ahead, self, store, prepared)
+        return prepared
+
+    def drop_prepared(self) -> None:
+        """The caller went on: cancel the turn being answered ahead, if any."""
+        prepared, self._ahead = self._ahead, None
+        if prepared is not None:
+            prepared.cancel()
+
+    def _take_prepared(self, text: str) -> PreparedTurn | None:
+        """Before the turn changes anything: the prepared turn, if it answered these words from
+        exactly this conversation and state; any other is cancelled."""
+        prepared, self._ahead = self._ahead, None
+        if prepared is None:
+            return None
+        if not self.degraded and prepared.matches(text, self.history, self.state):
+            log.debug("call %s: replaying the turn prepared ahead", self.tools.call_id)
+            return prepared
+        prepared.cancel()
+        return None
+
     def respond(self, text: str) -> Iterator[str]:
         if self.state.ended:
+            self.drop_prepared()
             return
+        self._replay, self._round = self._take_prepared(text), 0
         self.tools.begin_turn(text)
         self.tools.follow_language(text)
         self.history.append({"role": "user", "content": text})
@@ -216,6 +273,12 @@ class LLMAgent:
         finally:
             self._speaking = None
             self._trim()
+            self._drop_replay()
+
+    def _drop_replay(self) -> None:
+        replay, self._replay = self._replay, None
+        if replay is not None:
+            replay.cancel()  # whatever it still does ahead is of no use now
 
     # ------------------------------------------------------------------ the turn
     def _turn(self, text: str) -> Iterator[str]:
@@ -276,15 +339,31 @@ class LLMAgent:
                 if wait < _MIN_WAIT_S:
                     raise LLMFault(f"silence budget of {llm.silence_budget_s} s spent")
             try:
-                for delta in self._stream(completion, allow_tools=allow_tools, first_token_timeout=wait):
+                for delta in self._source(completion, allow_tools=allow_tools, first_token_timeout=wait):
                     self._speak(delta)
                     yield delta
+                self._round += 1
                 return completion
             except LLMFault as e:
                 tries += 1
                 if completion.text or completion.calls or tries > llm.retries:
                     raise
                 log.info("call %s: LLM request failed (%s); retrying", self.tools.call_id, e)
+
+    def _source(self, completion: _Completion, *, allow_tools: bool, first_token_timeout: float) -> Iterator[str]:
+        """This round's completion: the one prepared ahead while the replay holds, else asked now."""
+        if self._replay is not None:
+            try:
+                yield from self._replay.follow(self._round, completion, timeout=first_token_timeout)
+                return
+            except NotPrepared as e:
+                log.debug("call %s: round %d not prepared ahead (%s): asking the model now", self.tools.call_id,
+                          self._round + 1, e)
+                self._drop_replay()
+            except LLMFault:
+                self._drop_replay()
+                raise
+        yield from self._stream(completion, allow_tools=allow_tools, first_token_timeout=first_token_timeout)
 
     def _maybe_degrade(self) -> None:
         if self._faulty_turns >= self.cfg.llm.max_consecutive_faults and not self.degraded:
@@ -324,7 +403,7 @@ class LLMAgent:
                 out.append(m["content"])
         return "".join(reversed(out))
 
-    def _run_tools(self, completion: _Completion) -> None:
+    def _run_tools(self, completion: _Completion) -> list[str]:
         calls = [completion.calls[i] for i in sorted(completion.calls)]
         for n, call in enumerate(calls):
             call.id = call.id or f"call_{self.state.turn}_{n}"
@@ -336,57 +415,49 @@ class LLMAgent:
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
         ]
         self._speaking = None
+        results = []
         for call in calls:
             result = self.tools.call(call.name, call.arguments)
             log.debug("call %s: tool %s(%s) -> %s", self.tools.call_id, call.name, call.arguments, result)
             self.history.append({"role": "tool", "tool_call_id": call.id, "content": result})
+            results.append(result)
+        if self._replay is not None and not self._replay.same_results(self._round - 1, results):
+            # the tools answered otherwise than ahead (the bookings or the clock moved): what the
+            # model said next was said to other results
+            log.debug("call %s: tool results differ from the ones ahead: asking the model now", self.tools.call_id)
+            self._drop_replay()
+        return results
 
-    def _stream(self, completion: _Completion, *, allow_tools: bool, first_token_timeout: float) -> Iterator[str]:
-        """One streamed completion: yields text deltas, fills ``completion``; raises LLMFault."""
+    def _request(self, *, allow_tools: bool, first_token_timeout: float) -> dict[str, Any]:
+        """The arguments of one streamed chat completion."""
         llm = self.cfg.llm
-        started = time.monotonic()
-        first = True
         kwargs: dict[str, Any] = {}
         if not allow_tools:
             # the last round: tools stay declared (the history refers to them) but may not be called
             kwargs["tool_choice"] = "none"
+        # the read timeout bounds the wait for the first piece and every piece after it
+        timeout = httpx.Timeout(llm.timeout_s, connect=first_token_timeout, read=first_token_timeout)
+        return dict(model=llm.model, messages=self._messages(), tools=self.tools.schemas(), stream=True,
+                    temperature=llm.temperature, max_tokens=llm.max_tokens, timeout=timeout, **kwargs)
+
+    def _stream(self, completion: _Completion, *, allow_tools: bool, first_token_timeout: float) -> Iterator[str]:
+        """One streamed completion: yields text deltas, fills ``completion``; raises LLMFault."""
+        started = time.monotonic()
+        first = True
         try:
-            # the read timeout bounds the wait for the first piece and every piece after it
-            timeout = httpx.Timeout(llm.timeout_s, connect=first_token_timeout, read=first_token_timeout)
             stream = self.client.chat.completions.create(
-                model=llm.model, messages=self._messages(), tools=self.tools.schemas(), stream=True,
-                temperature=llm.temperature, max_tokens=llm.max_tokens, timeout=timeout, **kwargs,
-            )
+                **self._request(allow_tools=allow_tools, first_token_timeout=first_token_timeout))
             with stream:
                 for chunk in stream:
-                    if not chunk.choices:
-                        continue
-                    choice = chunk.choices[0]
-                    delta = choice.delta
-                    if delta is not None:
-                        if delta.content:
-                            if first:
-                                first = False
-                                log.debug("call %s: first token after %.3f s", self.tools.call_id,
-                                          time.monotonic() - started)
-                            completion.text += delta.content
-                            yield delta.content
-                        for tc in delta.tool_calls or []:
-                            _add_tool_delta(completion, tc)
-                    if choice.finish_reason:
-                        completion.finish_reason = choice.finish_reason
-        except openai.APITimeoutError as e:
-            raise LLMFault(f"no answer within {first_token_timeout:.2f} s") from e
-        except openai.APIConnectionError as e:
-            raise LLMFault(f"connection error: {e}") from e
-        except openai.RateLimitError as e:
-            raise LLMFault("rate limited (429)") from e
-        except openai.APIStatusError as e:
-            raise LLMFault(f"HTTP {e.status_code}: {e.message}") from e
+                    piece = _absorb(completion, chunk)
+                    if piece:
+                        if first:
+                            first = False
+                            log.debug("call %s: first token after %.3f s", self.tools.call_id,
+                                      time.monotonic() - started)
+                        yield piece
         except Exception as e:
-            # anything else from the client or the stream (bad SSE, bad JSON, odd chunk shapes, a read
-            # timeout mid-stream) must not cost the caller their answer
-            raise LLMFault(f"{type(e).__name__}: {e}") from e
+            raise _fault(e, first_token_timeout) from e
 
     # ------------------------------------------------------------------ helpers
     def _say(self, line: str) -> Iterator[str]:
@@ -445,6 +516,348 @@ class LLMAgent:
             # one turn longer than the limit: keep that turn whole
             cut = max((i for i, m in enumerate(self.history) if m["role"] == "user"), default=0)
         del self.history[:cut]
+
+
+# ---------------------------------------------------------------------- the turn answered ahead
+#: tools a turn answered ahead may run: they read the bookings or fill the call's own (copied) state.
+#: Booking, changing, cancelling and transferring wait for the committed turn.
+AHEAD_TOOLS = frozenset({"update_reservation", "get_reservation_status", "find_availability", "answer_faq",
+                         "read_back_reservation", "find_reservations", "propose_change", "propose_cancel",
+                         "end_call"})
+
+#: turns answered ahead wait on the model's server, not on a core: a few at once for the process
+_ahead_turns = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llm-ahead")
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _ahead_loop() -> asyncio.AbstractEventLoop:
+    """The event loop the requests ahead stream on: cancelling one there closes its connection at
+    once, wherever it is waiting (a blocking read in a thread could not be woken)."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="llm-ahead-loop", daemon=True).start()
+        return _loop
+
+
+async def _pump(client: openai.AsyncOpenAI, request: dict[str, Any], out: queue.SimpleQueue) -> None:
+    stream = await client.chat.completions.create(**request)
+    async with stream:
+        async for chunk in stream:
+            out.put(chunk)
+
+
+class NotPrepared(Exception):
+    """The round asked for was not prepared ahead, or the prepared turn no longer holds."""
+
+
+class _AheadOver(Exception):
+    """The turn answered ahead ends here (``outcome``: stopped, failed or cancelled)."""
+
+    def __init__(self, outcome: str, why: str = ""):
+        super().__init__(why or outcome)
+        self.outcome = outcome
+
+
+@dataclass
+class _Round:
+    """One completion asked ahead: its text as it streams, the whole of it once over, and the
+    results of the tools it called (when they were run ahead)."""
+
+    deltas: list[str] = field(default_factory=list)
+    completion: _Completion | None = None
+    results: list[str] | None = None
+    failed: bool = False
+
+
+class PreparedTurn:
+    """A turn of the LLM agent answered ahead (:meth:`LLMAgent.prepare`).
+
+    ``outcome`` is None while it runs, then "finished" (the whole reply is there), "stopped" (it
+    reached a tool that books, changes, cancels or transfers, or a turn the rules agent answers: the
+    committed turn goes on from there), "failed" (the model's server failed or was too slow ahead)
+    or "cancelled"."""
+
+    def __init__(self, text: str, on_text: Callable[[str | None], None] | None = None):
+        self.text = text
+        self.outcome: str | None = None
+        #: the reply's language, as the copy of the state had it
+        self.language = ""
+        self._history: list[dict[str, Any]] = []
+        self._state: DialogState | None = None
+        self._rounds: list[_Round] = []
+        self._cond = threading.Condition()
+        self._request: Future | None = None
+        self._on_text = on_text
+        self._told_over = False
+
+    # ------------------------------------------------------------------ what others ask
+    @property
+    def requests(self) -> int:
+        """Completions asked ahead so far."""
+        with self._cond:
+            return len(self._rounds)
+
+    @property
+    def reply(self) -> str:
+        """The text prepared so far."""
+        with self._cond:
+            return "".join(d for r in self._rounds for d in r.deltas)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the turn ahead to be over; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.outcome is not None, timeout)
+
+    def matches(self, text: str, history: list[dict[str, Any]], state: DialogState) -> bool:
+        with self._cond:
+            return (self._state is not None and self.outcome != "cancelled" and text == self.text
+                    and history == self._history and state == self._state)
+
+    def cancel(self) -> None:
+        """Stop it: the request in flight is closed, nothing more is asked."""
+        with self._cond:
+            if self.outcome is None:
+                self.outcome = "cancelled"
+            request = self._request
+            self._cond.notify_all()
+        if request is not None:
+            request.cancel()
+        self._tell_over()
+
+    def same_results(self, index: int, results: list[str]) -> bool:
+        """Whether the tools after round ``index`` gave what they gave ahead (so the rounds after it
+        still hold); True when they were not run ahead (nothing after it was prepared)."""
+        with self._cond:
+            rnd = self._rounds[index] if 0 <= index < len(self._rounds) else None
+            return rnd is None or rnd.results is None or rnd.results == results
+
+    def follow(self, index: int, completion: _Completion, timeout: float) -> Iterator[str]:
+        """Round ``index`` as prepared: its text deltas as they come, ``completion`` filled at its
+        end. Raises NotPrepared when the round was not (or will not be) prepared, before anything
+        is yielded; LLMFault when it breaks after some text was yielded. Nothing new for
+        ``timeout`` seconds cancels the turn ahead."""
+        sent = 0
+        while True:
+            pieces, done, why = self._progress(index, sent, timeout)
+            yield from pieces
+            sent += len(pieces)
+            if done is not None:
+                completion.text, completion.finish_reason = done.text, done.finish_reason
+                completion.calls = copy.deepcopy(done.calls)
+                return
+            if why:
+                if why == "stalled":
+                    self.cancel()
+                if sent:
+                    raise LLMFault(f"the request made ahead {why}")
+                raise NotPrepared(why)
+
+    def _progress(self, index: int, sent: int, timeout: float) -> tuple[list[str], _Completion | None, str]:
+        def moved() -> bool:
+            rnd = self._rounds[index] if index < len(self._rounds) else None
+            if rnd is None:
+                return self.outcome is not None
+            return len(rnd.deltas) > sent or rnd.completion is not None or rnd.failed or self.outcome == "cancelled"
+
+        with self._cond:
+            in_time = self._cond.wait_for(moved, timeout)
+            rnd = self._rounds[index] if index < len(self._rounds) else None
+            if rnd is None:
+                return [], None, ("stalled" if not in_time else f"{self.outcome} before round {index + 1}")
+            if rnd.failed and not sent:
+                return [], None, "failed"  # never replay a broken request from its start: ask again
+            pieces = rnd.deltas[sent:]
+            if rnd.completion is not None:
+                return pieces, rnd.completion, ""
+            if pieces:
+                return pieces, None, ""
+            if rnd.failed or self.outcome == "cancelled":
+                return [], None, "failed"
+            return [], None, "stalled"
+
+    # ------------------------------------------------------------------ what the worker does
+    def _begin(self, history: list[dict[str, Any]], state: DialogState) -> None:
+        with self._cond:
+            self._history, self._state = history, state
+            self.language = state.language
+
+    def _open_round(self) -> _Round:
+        with self._cond:
+            if self.outcome is not None:
+                raise _AheadOver("cancelled")
+            rnd = _Round()
+            self._rounds.append(rnd)
+            return rnd
+
+    def _in_flight(self, request: Future | None) -> None:
+        with self._cond:
+            self._request = request
+            cancelled = self.outcome == "cancelled"
+        if cancelled and request is not None:
+            request.cancel()
+
+    def _add(self, rnd: _Round, piece: str) -> None:
+        with self._cond:
+            rnd.deltas.append(piece)
+            self._cond.notify_all()
+        if self._on_text is not None:
+            self._on_text(piece)
+
+    def _close_round(self, rnd: _Round, completion: _Completion | None, *, failed: bool = False) -> None:
+        with self._cond:
+            rnd.completion = None if failed else copy.deepcopy(completion)
+            rnd.failed = failed
+            self._request = None
+            self._cond.notify_all()
+
+    def _record_results(self, results: list[str]) -> None:
+        with self._cond:
+            self._rounds[-1].results = list(results)
+
+    def _end(self, outcome: str) -> None:
+        with self._cond:
+            if self.outcome is None:
+                self.outcome = outcome
+            self._cond.notify_all()
+        self._tell_over()
+
+    def _tell_over(self) -> None:
+        with self._cond:
+            if self._told_over or self.outcome is None:
+                return
+            self._told_over = True
+        if self._on_text is not None:
+            try:
+                self._on_text(None)
+            except Exception:
+                log.exception("the listener of a turn answered ahead failed")
+
+
+class _AheadAgent(LLMAgent):
+    """The call's LLM agent on copies of its conversation and state, answering one turn ahead: its
+    completions stream on the ahead loop (cancellable) into a :class:`PreparedTurn`; it stops
+    before a tool outside :data:`AHEAD_TOOLS` and before any turn the rules agent would answer."""
+
+    def __init__(self, real: LLMAgent, store: Any, prepared: PreparedTurn):
+        history, state = copy.deepcopy(real.history), copy.deepcopy(real.state)
+        prepared._begin(copy.deepcopy(history), copy.deepcopy(state))
+        t = real.tools
+        tools = BookingTools(t.restaurant, store, state, t.clock, call_id=t.call_id, faq=t.faq)
+        super().__init__(tools, real.cfg, fallback=RulesAgent(tools, max_failures=real.fallback.max_failures),
+                         client=real.client)
+        self.history = history
+        self._prompt_key, self._prompt = real._prompt_key, real._prompt
+        self._faulty_turns, self._toolless_turns = real._faulty_turns, real._toolless_turns
+        self.prepared = prepared
+
+    def run(self) -> None:
+        prepared = self.prepared
+        try:
+            for _ in self.respond(prepared.text):
+                pass
+            outcome = "finished"
+        except _AheadOver as e:
+            outcome = e.outcome
+            log.debug("call %s: the turn ahead ends: %s", self.tools.call_id, e)
+        prepared.language = self.state.language
+        prepared._end(outcome)
+
+    def _stream(self, completion: _Completion, *, allow_tools: bool, first_token_timeout: float) -> Iterator[str]:
+        prepared = self.prepared
+        rnd = prepared._open_round()
+        prepared.language = self.state.language
+        out: queue.SimpleQueue = queue.SimpleQueue()
+        request = asyncio.run_coroutine_threadsafe(
+            _pump(_async_client(self.cfg), self._request(allow_tools=allow_tools,
+                                                         first_token_timeout=first_token_timeout), out),
+            _ahead_loop())
+        request.add_done_callback(out.put)  # after every chunk, whatever the ending
+        prepared._in_flight(request)
+        while True:
+            item = out.get()
+            if item is request:
+                break
+            piece = _absorb(completion, item)
+            if piece:
+                prepared._add(rnd, piece)
+                yield piece
+        if request.cancelled():
+            prepared._close_round(rnd, None, failed=True)
+            raise _AheadOver("cancelled")
+        error = request.exception()
+        if error is not None:
+            prepared._close_round(rnd, None, failed=True)
+            raise _AheadOver("failed", str(_fault(error, first_token_timeout)))  # type: ignore[arg-type]
+        prepared._close_round(rnd, completion)
+
+    def _attempts(self, *, allow_tools: bool, deadline: float) -> Generator[str, None, _Completion]:
+        # no retries ahead: a failure leaves the rest to the committed turn
+        completion = _Completion()
+        wait = min(self.cfg.llm.first_token_timeout_s, deadline - time.monotonic())
+        if wait < _MIN_WAIT_S:
+            raise _AheadOver("failed", "silence budget spent")
+        for delta in self._stream(completion, allow_tools=allow_tools, first_token_timeout=wait):
+            self._speak(delta)
+            yield delta
+        return completion
+
+    def _run_tools(self, completion: _Completion) -> list[str]:
+        outside = sorted({c.name for c in completion.calls.values()} - AHEAD_TOOLS)
+        if outside:
+            raise _AheadOver("stopped", f"{', '.join(outside)} waits for the committed turn")
+        results = super()._run_tools(completion)
+        self.prepared._record_results(results)
+        return results
+
+    def _hand_over(self, text: str) -> Iterator[str]:
+        raise _AheadOver("stopped", "a turn for the rules agent")
+        yield ""  # a generator, as the one it replaces
+
+
+def _answer_ahead(real: LLMAgent, store: Any, prepared: PreparedTurn) -> None:
+    try:
+        _AheadAgent(real, store, prepared).run()
+    except Exception:
+        log.warning("call %s: answering ahead failed", real.tools.call_id, exc_info=True)
+        prepared._end("failed")
+
+
+def _absorb(completion: _Completion, chunk: Any) -> str:
+    """One streamed chunk into ``completion``; returns its text ("" when it has none)."""
+    if not chunk.choices:
+        return ""
+    choice = chunk.choices[0]
+    delta = choice.delta
+    piece = ""
+    if delta is not None:
+        if delta.content:
+            piece = delta.content
+            completion.text += piece
+        for tc in delta.tool_calls or []:
+            _add_tool_delta(completion, tc)
+    if choice.finish_reason:
+        completion.finish_reason = choice.finish_reason
+    return piece
+
+
+def _fault(e: Exception, first_token_timeout: float) -> LLMFault:
+    """What went wrong with a request, as the fault the turn handles."""
+    if isinstance(e, LLMFault):
+        return e
+    if isinstance(e, openai.APITimeoutError):
+        return LLMFault(f"no answer within {first_token_timeout:.2f} s")
+    if isinstance(e, openai.APIConnectionError):
+        return LLMFault(f"connection error: {e}")
+    if isinstance(e, openai.RateLimitError):
+        return LLMFault("rate limited (429)")
+    if isinstance(e, openai.APIStatusError):
+        return LLMFault(f"HTTP {e.status_code}: {e.message}")
+    # anything else from the client or the stream (bad SSE, bad JSON, odd chunk shapes, a read timeout
+    # mid-stream) must not cost the caller their answer
+    return LLMFault(f"{type(e).__name__}: {e}")
 
 
 def _add_tool_delta(completion: _Completion, tc: Any) -> None:

@@ -118,6 +118,10 @@ class ScriptedOpenAI:
         self.requests: list[Body] = []
         #: problems on the server side (an exhausted script, a responder that raised)
         self.errors: list[str] = []
+        #: the request bodies whose client hung up before the whole reply was sent (cancelled)
+        self.cancelled: list[Body] = []
+        #: the request bodies answered in full
+        self.completed: list[Body] = []
         self._lock = threading.Lock()
         self._server: LoopbackServer | None = None
         self._stopping = threading.Event()
@@ -194,13 +198,17 @@ class ScriptedOpenAI:
             ttft = self.ttft_s if step.ttft_s is None else step.ttft_s
             if ttft > 0:
                 await self._wait(ttft, request)
+                if await request.is_disconnected():
+                    self.cancelled.append(body)
+                    return _error_response(499, "client closed the request")
             if step.status is not None:
                 return _error_response(step.status, f"scripted error {step.status}")
             model = str(body.get("model") or self.model)
             if body.get("stream"):
-                return StreamingResponse(self._stream(step, model), media_type="text/event-stream")
+                return StreamingResponse(self._stream(step, model, body), media_type="text/event-stream")
             if step.hang_s:
                 await self._wait(step.hang_s, request)
+            self.completed.append(body)
             return JSONResponse(_completion(step, model))
 
         return app
@@ -215,7 +223,17 @@ class ScriptedOpenAI:
                 return
             await asyncio.sleep(min(0.02, max(0.0, end - time.monotonic())))
 
-    async def _stream(self, step: Step, model: str) -> AsyncIterator[str]:
+    async def _stream(self, step: Step, model: str, body: Body) -> AsyncIterator[str]:
+        finished = False
+        try:
+            async for piece in self._pieces(step, model):
+                yield piece
+            finished = True
+        finally:
+            # Starlette cancels (or closes) the stream when the client hangs up
+            (self.completed if finished else self.cancelled).append(body)
+
+    async def _pieces(self, step: Step, model: str) -> AsyncIterator[str]:
         cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
         delay = self.piece_delay_s if step.piece_delay_s is None else step.piece_delay_s

@@ -283,7 +283,7 @@ class VoiceCall:
             if carried:
                 # the caller went on before the agent read their last words: they are this turn's start
                 text = f"{carried} {text}" if self.language == "en" else f"{carried}、{text}"
-            self._await_ahead(text)
+            tl.prepared = self._await_ahead(text)
             try:
                 yield AdditionalOutputs(self.snapshot())
             except BaseException:
@@ -319,16 +319,20 @@ class VoiceCall:
         with reply.lock:
             return reply.playing_until() > tl.speech_end - tl.audio_s
 
-    def _await_ahead(self, text: str) -> None:
+    def _await_ahead(self, text: str) -> bool:
         """The reply to ``text`` is being prepared ahead: let its first clause finish rendering
-        rather than render it a second time beside it."""
+        rather than render it a second time beside it. True when one was prepared on these words."""
         ahead, self.ahead = self.ahead, None
-        if ahead is None or ahead[0] != text:
-            return
+        if ahead is None:
+            return False
+        if ahead[0] != text:
+            ahead[1].cancel()  # prepared for other words: an LLM's request ahead is closed
+            return False
         try:
             ahead[1].result(timeout=AHEAD_WAIT_S)
         except Exception:  # slow or failed: the clause is rendered as usual
             pass
+        return True
 
     # ------------------------------------------------------------------ barge-in
     def barge_in(self, now: float | None = None) -> str | None:

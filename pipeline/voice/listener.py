@@ -30,7 +30,7 @@ from pipeline.voice.backchannel import Burst, BurstJudge
 from pipeline.voice.call import VoiceCall
 from pipeline.voice.detector import VAD_RATE, TurnDetector
 from pipeline.voice.runtime import VoiceRuntime
-from pipeline.voice.speculation import prepare_soon
+from pipeline.voice.speculation import prepare_soon, went_on
 from pipeline.voice.turns import (
     SHORT_ANSWER,
     YES_NO_PENDING,
@@ -296,6 +296,7 @@ class Listener:
         if spec is not None and spec.voiced != det.voiced:
             spec.future.cancel()  # the caller went on: that transcript is of half the sentence
             self._spec = spec = None
+            went_on(self._call())  # and so is a reply prepared on it
         if not det.in_utterance or det.voiced < det.min_speech:
             return
         silence_ms = det.silence * det.window_s * 1000

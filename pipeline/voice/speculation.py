@@ -10,15 +10,22 @@ same words, the real agent answers them (the call's state changes only then), an
 clause is found in the cache; when the caller goes on, nothing was changed and the clause ages out
 of the cache.
 
-Only the rules agent is asked: the same words on the same state give the same reply. The copy's
-store only reads (a reply that would book, change or cancel is not prepared: :class:`ReadOnlyStore`).
+The rules agent gives the same reply to the same words on the same state, so its reply is made
+again at the turn's end (and finds its first clause cached). The LLM agent's turn is asked of the
+model at once, on copies of its conversation and state (:meth:`pipeline.agents.llm.LLMAgent.prepare`):
+the tools that read or fill the copied state run, one that would book, change, cancel or transfer
+waits for the committed turn; the committed turn replays what was prepared (no second wait for the
+model's first token, nor for what the tools gave) and runs the tools for real. When the caller goes
+on, its request is closed (:func:`went_on`). The copy's store only reads (a reply that would book,
+change or cancel is not prepared: :class:`ReadOnlyStore`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -89,10 +96,16 @@ def _prepare(call: Any, text: str) -> str | None:
 def prepare_soon(call: Any, words: str) -> Future:
     """:func:`prepare` in the worker (one at a time for the process: it is spare work), noted on the
     call (``call.ahead``) so that its turn on the same words waits for it rather than render the
-    same clause beside it; a failure is logged and comes to nothing."""
+    same clause beside it; a failure is logged and comes to nothing. With the LLM agent the future
+    is that of the first clause (see :func:`_prepare_llm`); cancelling it cancels the turn ahead."""
     from pipeline.dialog.understand.transcript import clean_transcript
 
     text = clean_transcript(words, call.language)
+    went_on(call)
+    if getattr(call.agent, "kind", None) == "llm":
+        future = _prepare_llm(call, text)
+        call.ahead = (text, future)
+        return future
 
     def run() -> str | None:
         try:
@@ -104,3 +117,65 @@ def prepare_soon(call: Any, words: str) -> Future:
     future = _pool.submit(run)
     call.ahead = (text, future)
     return future
+
+
+def went_on(call: Any) -> None:
+    """The caller went on after the words a reply was being prepared for: drop it (the LLM's
+    request in flight is closed; a rules reply not yet started is not made)."""
+    ahead, call.ahead = call.ahead, None
+    if ahead is not None:
+        ahead[1].cancel()
+
+
+def _prepare_llm(call: Any, text: str) -> Future:
+    """The LLM agent's turn on ``text`` asked ahead; the future is done once the reply's first
+    clause is in the TTS cache (None: no clause, the turn ahead ended without one) and, cancelled,
+    cancels the turn ahead."""
+    from pipeline.speech.tts import SentenceSplitter
+
+    done: Future = Future()
+    agent = call.agent
+    if call.ended or not text.strip():
+        done.set_result(None)
+        return done
+    splitter = SentenceSplitter(first_clause_chars=call.runtime.cfg.tts.first_clause_chars)
+    claimed = threading.Lock()
+    prepared: Any = None
+
+    def settle(clause: str | None) -> None:
+        if not done.done():
+            try:
+                done.set_result(clause)
+            except InvalidStateError:  # cancelled meanwhile
+                pass
+
+    def render(clause: str) -> None:
+        try:
+            call.runtime.tts.synthesize(clause, getattr(prepared, "language", "") or call.language)
+            log.debug("call %s: first clause ready ahead: %r", call.id, clause)
+        except Exception:
+            log.warning("call %s: rendering the clause prepared ahead failed", call.id, exc_info=True)
+        settle(clause)
+
+    def on_text(delta: str | None) -> None:
+        if done.done() or claimed.locked():
+            return
+        if delta is not None:
+            clause = next((p for p in splitter.feed(delta) if p), None)
+        else:
+            clause = splitter.flush() if prepared is not None and prepared.outcome == "finished" else None
+        if clause and claimed.acquire(blocking=False):
+            _pool.submit(render, clause)
+        elif delta is None:
+            settle(None)
+
+    try:
+        prepared = agent.prepare(text, ReadOnlyStore(agent.tools.store), on_text)
+    except Exception:
+        log.warning("call %s: asking the model ahead failed", call.id, exc_info=True)
+        prepared = None
+    if prepared is None:
+        settle(None)
+        return done
+    done.add_done_callback(lambda f: prepared.cancel() if f.cancelled() else None)
+    return done

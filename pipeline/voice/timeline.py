@@ -46,6 +46,8 @@ class TurnTimeline:
     stt_s: float | None = None  # seconds transcription took
     #: the transcript came from transcribing the utterance early, at a short pause
     speculative: bool = False
+    #: the reply was prepared ahead on these same words (``pipeline/voice/speculation.py``)
+    prepared: bool = False
     #: whisper looped on its shortened window and the turn was decoded again on 30 s
     stt_retried: bool = False
     #: what the recogniser wrote, when ``transcript`` (what the agent read) is a cleaned version of it
@@ -84,6 +86,7 @@ class TurnTimeline:
             "audio_s": round(self.audio_s, 3),
             "stt_s": None if self.stt_s is None else round(self.stt_s, 3),
             "speculative": self.speculative,
+            "prepared": self.prepared,
             "stt_retried": self.stt_retried,
             "transcript_raw": self.transcript_raw,
             "keypad": self.keypad,
