@@ -180,10 +180,16 @@ def build_random_whisper(out_dir: Path, size: str, seed: int = 0) -> Path:
     return out_dir
 
 
-def whisper_model(cfg: Config, size: str, cache_dir: Path) -> tuple[Path, str]:
-    """``(model directory, "real" | "random-weights")`` for whisper-``size``; sets ``cfg.stt.model``."""
+def whisper_model(cfg: Config, size: str | None, cache_dir: Path) -> tuple[Path, str]:
+    """``(model directory, "real" | "random-weights")`` for whisper-``size``; sets ``cfg.stt.model``.
+    With no size, the configured model when its files are there (``stt.model`` naming a model
+    directory, or a size already downloaded), else base."""
     from pipeline.speech.models import models_status, whisper_dir
 
+    if size is None:
+        if models_status(cfg)[0][2]:
+            return whisper_dir(cfg), "real"
+        size = "base"
     cfg.stt.model = size
     real = whisper_dir(cfg)
     if models_status(cfg)[0][2]:
@@ -304,6 +310,7 @@ class Turn:
     over: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # what was said over the reply
     reply: str = ""
     error: str | None = None
+    prepared: bool = False  # the pipeline's reply was prepared ahead on the line's words
 
     def stamp(self, name: str, when: float | None = None) -> None:
         if getattr(self, name) is None:
@@ -327,7 +334,8 @@ class Turn:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cascade": self.cascade, "call": self.call, "turn": self.index, "text": self.text,
                                "speech_s": round(self.speech_s, 2), **self.ms()}
-        if self.cascade == "pipeline":
+        if self.cascade.startswith("pipeline"):
+            out["prepared"] = self.prepared
             out["reported_gap_ms"] = self.reported_gap_ms
             out["speech_end_estimate_error_ms"] = (
                 None if self.reported_speech_end is None or self.speech_end is None
@@ -498,7 +506,7 @@ def _event_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
 
 
 def run_pipeline_call(runtime: Any, clips: list[Clip], call_no: int, loop: asyncio.AbstractEventLoop,
-                      stt: ScriptedTranscripts, cursor: dict[str, Clip | None]) -> list[Turn]:
+                      stt: ScriptedTranscripts, cursor: dict[str, Clip | None], cascade: str = "pipeline") -> list[Turn]:
     from pipeline.transport.fastrtc import make_handler
 
     h = make_handler(runtime).copy()
@@ -512,7 +520,7 @@ def run_pipeline_call(runtime: Any, clips: list[Clip], call_no: int, loop: async
             if h.call.ended:
                 break
             seen = len(h.call.timelines)
-            turn = Turn("pipeline", call_no, i + 1, clip.line.text, clip.speech_s)
+            turn = Turn(cascade, call_no, i + 1, clip.line.text, clip.speech_s)
             turns.append(turn)
             line.say(clip, turn)
             new = h.call.timelines[seen:]
@@ -527,6 +535,7 @@ def run_pipeline_call(runtime: Any, clips: list[Clip], call_no: int, loop: async
                 turn.reported_gap_ms = tl.gap_ms
                 turn.reported_speech_end = tl.speech_end
                 turn.reply = tl.reply
+                turn.prepared = tl.prepared
                 turn.error = turn.error or tl.error
     runtime.end_call(h.call.id, "bench")
     return turns
@@ -655,6 +664,7 @@ def summarize(turns: list[Turn]) -> dict[str, Any]:
     out["answered"] = sum(1 for t in turns if t.first_audio_sent is not None)
     out["split_turns"] = sum(1 for t in turns if t.detections > 1)
     out["errors"] = sorted({t.error for t in turns if t.error})
+    out["prepared_turns"] = sum(1 for t in turns if t.prepared)
     hesitant = [t for t in turns if t.hesitant]
     out["hesitant_lines"] = len(hesitant)
     out["false_cutoffs"] = sum(1 for t in hesitant if t.cut_off)
@@ -719,6 +729,11 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"{'barge-in stop (ms, interruptions)':34} {cell(a['p50']):>12} {cell(a['p90']):>7}"
                  f" {cell(b['p50']):>10} {cell(b['p90']):>7}   stopped {p['interruptions_stopped']}/"
                  f"{p['interruptions']}, naive {n['interruptions_stopped']}/{n['interruptions']}")
+    off = result.get("pipeline_no_ahead")
+    if off is not None:
+        g = off["gap_ms"]
+        lines.append(f"{'GAP, reply-ahead off':34} {cell(g['p50']):>12} {cell(g['p90']):>7}"
+                     f"   (pipeline above: {p['prepared_turns']}/{p['turns']} replies prepared ahead)")
     m = result["machine"]
     s = result["settings"]
     lines.append("")
@@ -759,7 +774,7 @@ def run_bench(
     *,
     calls: int = 3,
     turns: int | None = None,
-    stt_size: str = "base",
+    stt_size: str | None = None,
     agent: str = "rules",
     ttft_ms: float = 300.0,
     sets: list[str] | None = None,
@@ -767,8 +782,12 @@ def run_bench(
     warmup: bool = True,
     cache_dir: Path | None = None,
     concurrent: list[int] | None = None,
+    compare_ahead: bool = False,
 ) -> dict[str, Any]:
     """Run the simulated calls through the pipeline, then the naive cascade; return the results.
+
+    ``compare_ahead``: also run the pipeline with ``vad.prepare_reply`` off (reported under
+    ``pipeline_no_ahead``), in the same run, between the two.
 
     ``concurrent``: instead, for each N, N calls at once through N handlers on one runtime
     (pipeline only), reporting the gap per N.
@@ -779,7 +798,7 @@ def run_bench(
     from pipeline.speech.vad import make_vad
     from pipeline.voice.runtime import VoiceRuntime
 
-    if stt_size not in WHISPER_DIMS:
+    if stt_size is not None and stt_size not in WHISPER_DIMS:
         raise ConfigError(f"--stt-size: expected one of {', '.join(WHISPER_DIMS)}, got {stt_size!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
     cfg = cfg.model_copy(deep=True)
@@ -791,6 +810,8 @@ def run_bench(
     notes: list[str] = []
 
     whisper_path, stt_kind = whisper_model(cfg, stt_size, cache)
+    if stt_size is None:  # what the config named: a size, or a directory of real weights
+        stt_size = "base" if stt_kind == "random-weights" else Path(cfg.stt.model).name
     tts_kind = kokoro_model(cfg, cache)
     work = tempfile.TemporaryDirectory(prefix="voicebot-bench-")
     cfg.store.url = f"sqlite:///{work.name}/reservations.db"
@@ -832,10 +853,22 @@ def run_bench(
             if warmup:
                 naive_tts.warmup()
             naive = functools.partial(run_naive_call, tts=naive_tts)
-            for cascade, run in (("pipeline", run_pipeline_call), ("naive", naive)):
+            runs: list[tuple[str, Any, Any]] = [("pipeline", runtime, run_pipeline_call)]
+            if compare_ahead:
+                off = cfg.model_copy(deep=True)
+                off.vad.prepare_reply = False
+                runtime_off = VoiceRuntime(off, stt=stt, tts=tts, vad=vad, clock=make_clock(NOW), call_log=False,
+                                           prerender=False)
+                results["pipeline_no_ahead"] = []
+                runs.append(("pipeline_no_ahead", runtime_off,
+                             functools.partial(run_pipeline_call, cascade="pipeline_no_ahead")))
+            runs.append(("naive", runtime, naive))
+            for cascade, rt, run in runs:
                 for call_no in range(1, calls + 1):
                     log.info("%s: call %d of %d", cascade, call_no, calls)
-                    results[cascade] += run(runtime, clips, call_no, loop, stt, {"clip": None})
+                    results[cascade] += run(rt, clips, call_no, loop, stt, {"clip": None})
+            if compare_ahead:
+                runtime_off.close()
         runtime.close()
     finally:
         loop.call_soon_threadsafe(loop.stop)
@@ -889,7 +922,7 @@ def run_bench(
             "stt": stt_kind, "tts": tts_kind, "machine": machine_info(), "settings": settings, "notes": notes,
             "turns": [{"concurrent": n, **t.to_json()} for n, turns in by_n.items() for t in turns],
         }
-    all_turns = results["pipeline"] + results["naive"]
+    all_turns = [t for turns in results.values() for t in turns]
     pipeline, naive = summarize(results["pipeline"]), summarize(results["naive"])
     ratio = {}
     for key in STAGE_KEYS:
@@ -897,8 +930,14 @@ def run_bench(
         for q in ("p50", "p90"):
             if a[q] and b[q] is not None:
                 ratio[f"{key}_{q}"] = round(b[q] / a[q], 2)
+    extra = {}
+    if "pipeline_no_ahead" in results:
+        extra["pipeline_no_ahead"] = summarize(results["pipeline_no_ahead"])
+        notes.append("pipeline_no_ahead: the same pipeline with vad.prepare_reply off (no reply prepared at a "
+                     "pause), run between the pipeline and the naive cascade on the same models")
     return {
         "pipeline": pipeline,
+        **extra,
         "naive": naive,
         "ratio_naive_to_pipeline": ratio,
         "stt": stt_kind,
@@ -921,8 +960,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--config", help="path to config.yaml")
     p.add_argument("--calls", type=int, default=3, help="calls per cascade (default 3)")
     p.add_argument("--turns", type=int, default=None, help=f"caller lines per call (default all {len(SCRIPT)})")
-    p.add_argument("--stt-size", choices=list(WHISPER_DIMS), default="base",
-                   help="whisper size; real files in models/ when present, else random weights of its dimensions")
+    p.add_argument("--stt-size", choices=list(WHISPER_DIMS), default=None,
+                   help="whisper size; real files in models/ when present, else random weights of its dimensions "
+                        "(default: the config's stt.model when its files are there, e.g. a model directory, "
+                        "else base)")
     p.add_argument("--agent", choices=["rules", "llm"], default="rules",
                    help="llm: the LLM agent against a scripted OpenAI-protocol server on loopback")
     p.add_argument("--ttft-ms", type=float, default=300.0, help="the scripted LLM's time to first token (default 300)")
@@ -935,6 +976,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--concurrent", default=None, metavar="N[,N...]",
                    help="instead of the comparison: N calls at once through N handlers on one runtime, for each N "
                         "(e.g. 1,2,3,4); reports the gap per N")
+    p.add_argument("--compare-ahead", action="store_true",
+                   help="also run the pipeline with vad.prepare_reply off (the reply not prepared at a pause), "
+                        "in the same run, and report both")
     p.add_argument("--no-warmup", action="store_true", help="do not warm the models up before the first call")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where random-weight models are built (default: data/bench beside the config)")
@@ -963,7 +1007,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         result = run_bench(cfg, calls=args.calls, turns=args.turns, stt_size=args.stt_size, agent=args.agent,
                            ttft_ms=args.ttft_ms, sets=args.sets, stt_window=args.stt_window,
-                           warmup=not args.no_warmup, cache_dir=args.cache_dir, concurrent=concurrent)
+                           warmup=not args.no_warmup, cache_dir=args.cache_dir, concurrent=concurrent,
+                           compare_ahead=args.compare_ahead)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
