@@ -10,6 +10,7 @@ line the caller is scripted to have said.
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import json
 import os
@@ -23,7 +24,7 @@ from audio_fixtures import ESPEAK, ESPEAK_MISSING, silence, speech
 from fastrtc import AdditionalOutputs, CloseStream
 
 from pipeline.agents.factory import make_clock
-from pipeline.sim.openai_server import ScriptedOpenAI, booking_policy, text, tool
+from pipeline.sim.openai_server import ScriptedOpenAI, Step, booking_policy, text, tool
 from pipeline.speech.stt import make_stt
 from pipeline.speech.tts import SentenceSplitter, make_tts
 from pipeline.speech.vad import make_vad
@@ -910,3 +911,27 @@ def test_a_wordless_turn_is_asked_about_unless_it_began_over_the_bots_reply(runt
     later = now + 600.0  # long after the greeting ended
     said = list(call.turn((SR, silence(1.5)), TurnTimeline(speech_end=later), transcript=""))
     assert any(isinstance(x, tuple) for x in said) and call.transcript[-1]["text"] == APOLOGY["ja"]
+
+
+def test_when_the_caller_goes_on_the_llm_request_ahead_is_closed_even_after_its_first_clause(
+        runtime_factory, server, loop):
+    from pipeline.voice.speculation import prepare_soon, went_on
+
+    server.add(tool("update_reservation", {"date": "12月24日"}, say="かしこまりました。"),
+               Step(text="何時ごろがよろしいですか。", ttft_s=30))  # the second request is still waiting
+    rt = runtime_factory(server)
+    rt.cfg.llm.first_token_timeout_s = rt.cfg.llm.silence_budget_s = 30.0  # it waits until the caller goes on
+    h, _ = start(rt, loop)
+    greet(h)
+    call = h.call
+    before = copy.deepcopy(call.agent.state)
+    clause = prepare_soon(call, "12月24日で").result(timeout=20)
+    assert clause == "かしこまりました。"  # rendered ahead
+    deadline = time.monotonic() + 10
+    while len(server.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    went_on(call)
+    while not server.cancelled and time.monotonic() < deadline + 10:
+        time.sleep(0.02)
+    assert len(server.cancelled) == 1 and server.cancelled[0] is server.requests[1]
+    assert call.agent.state == before

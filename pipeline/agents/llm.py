@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import datetime as dt
 import logging
 import queue
@@ -225,7 +226,8 @@ class LLMAgent:
         prepared (its text as soon as it streamed, no second request for what was already asked)
         and runs the tools for real, so the call's state ends as if the turn had run normally; any
         other turn cancels it (its request is closed). ``on_text`` gets each text delta from the
-        worker, then None once the ahead turn is over. None when nothing is prepared."""
+        worker ("" when a completion with text ended), then None once the ahead turn is over. None
+        when nothing is prepared."""
         if self.state.ended or self.degraded or not (text or "").strip():
             return None
         self.drop_prepared()
@@ -246,9 +248,11 @@ class LLMAgent:
         prepared, self._ahead = self._ahead, None
         if prepared is None:
             return None
-        if not self.degraded and prepared.matches(text, self.history, self.state):
+        why = "the rules agent has the call" if self.degraded else prepared.mismatch(text, self.history, self.state)
+        if not why:
             log.debug("call %s: replaying the turn prepared ahead", self.tools.call_id)
             return prepared
+        log.debug("call %s: the turn prepared ahead is dropped: %s", self.tools.call_id, why)
         prepared.cancel()
         return None
 
@@ -611,10 +615,21 @@ class PreparedTurn:
         with self._cond:
             return self._cond.wait_for(lambda: self.outcome is not None, timeout)
 
-    def matches(self, text: str, history: list[dict[str, Any]], state: DialogState) -> bool:
+    def mismatch(self, text: str, history: list[dict[str, Any]], state: DialogState) -> str:
+        """Why this turn cannot be replayed for ``text`` from ``history`` and ``state`` ("" if it can)."""
         with self._cond:
-            return (self._state is not None and self.outcome != "cancelled" and text == self.text
-                    and history == self._history and state == self._state)
+            if self.outcome == "cancelled":
+                return "cancelled"
+            if self._state is None:
+                return "not started"
+            if text != self.text:
+                return "other words"
+            if history != self._history:
+                return "the conversation moved"
+            if state != self._state:
+                moved = [f.name for f in dataclasses.fields(state) if getattr(state, f.name) != getattr(self._state, f.name)]
+                return f"the state moved ({', '.join(moved)})"
+            return ""
 
     def cancel(self) -> None:
         """Stop it: the request in flight is closed, nothing more is asked."""
@@ -712,6 +727,8 @@ class PreparedTurn:
             rnd.failed = failed
             self._request = None
             self._cond.notify_all()
+        if not failed and rnd.deltas and self._on_text is not None:
+            self._on_text("")  # the text of a whole completion: a sentence it ended with is whole
 
     def _record_results(self, results: list[str]) -> None:
         with self._cond:
@@ -776,12 +793,17 @@ class _AheadAgent(LLMAgent):
             _ahead_loop())
         request.add_done_callback(out.put)  # after every chunk, whatever the ending
         prepared._in_flight(request)
+        started, first = time.monotonic(), True
         while True:
             item = out.get()
             if item is request:
                 break
             piece = _absorb(completion, item)
             if piece:
+                if first:
+                    first = False
+                    log.debug("call %s: first token ahead after %.3f s", self.tools.call_id,
+                              time.monotonic() - started)
                 prepared._add(rnd, piece)
                 yield piece
         if request.cancelled():

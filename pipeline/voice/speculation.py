@@ -31,6 +31,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply-ahead")
+#: what a whole sentence ends with, for a completion that ends before the next text shows it
+SENTENCE_ENDS = ("。", "！", "？", "!", "?", ".")
 
 
 class WriteRefused(RuntimeError):
@@ -125,6 +127,9 @@ def went_on(call: Any) -> None:
     ahead, call.ahead = call.ahead, None
     if ahead is not None:
         ahead[1].cancel()
+    drop = getattr(call.agent, "drop_prepared", None)
+    if drop is not None:
+        drop()  # its first clause may be rendered already: the request for the rest is closed all the same
 
 
 def _prepare_llm(call: Any, text: str) -> Future:
@@ -160,11 +165,17 @@ def _prepare_llm(call: Any, text: str) -> Future:
     def on_text(delta: str | None) -> None:
         if done.done() or claimed.locked():
             return
-        if delta is not None:
+        if delta:
             clause = next((p for p in splitter.feed(delta) if p), None)
+        elif delta is not None:  # a completion ended: a sentence it ended with is whole
+            held = splitter.flush()
+            clause = held if held.endswith(SENTENCE_ENDS) else None
+            if clause is None:
+                splitter.feed(held)
         else:
             clause = splitter.flush() if prepared is not None and prepared.outcome == "finished" else None
         if clause and claimed.acquire(blocking=False):
+            log.debug("call %s: first clause ahead: %r", call.id, clause)
             _pool.submit(render, clause)
         elif delta is None:
             settle(None)
