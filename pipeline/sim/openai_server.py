@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from pipeline.sim.loopback import LoopbackServer
 
@@ -189,6 +191,9 @@ class ScriptedOpenAI:
         async def chat(request: Request):
             try:
                 body = await request.json()
+            except ClientDisconnect:  # gone before its request was read
+                self.cancelled.append({})
+                return _error_response(499, "client closed the request")
             except ValueError:
                 return _error_response(400, "request body is not JSON")
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -303,6 +308,15 @@ _ASK = {
 }
 
 
+#: what shows that words hold a date, a time or a party size besides the one asked for
+_MARKS = {
+    "date": re.compile(r"\d+\s*月\s*\d+\s*日|明日|明後日|\b(?:january|february|march|april|may|june|july|august|september|"
+                       r"october|november|december)\b", re.I),
+    "time": re.compile(r"\d+\s*時|\b\d{1,2}(?::\d\d)?\s*(?:am|pm|o'clock)\b", re.I),
+    "party_size": re.compile(r"\d+\s*(?:名|人)|\b\d+\s+(?:people|persons|guests)\b", re.I),
+}
+
+
 def _tool_results(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(tool name, parsed result) for every tool message, resolving names through the tool_call ids."""
     names: dict[str, str] = {}
@@ -321,7 +335,7 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, A
 
 def booking_policy(lang: str = "ja") -> Callable[[Body], Step]:
     """A stand-in for a well-behaved model: records each answer with update_reservation (raw phrase,
-    for the slot last asked), reads back with the tool's text, books after a yes, then says goodbye.
+    for the slot last asked, and for a date, time or party size the words visibly hold too), reads back with the tool's text, books after a yes, then says goodbye.
     Deliberately dumb about language: it is there to drive the agent's plumbing, not to understand."""
     ask = _ASK[lang]
 
@@ -360,13 +374,19 @@ def booking_policy(lang: str = "ja") -> Callable[[Body], Step]:
         read_back = bool(results) and results[-1][0] == "read_back_reservation" and results[-1][1].get("ok")
         if read_back and any(w in lowered for w in _YES):
             return tool("confirm_booking")
-        slot = "date"
+        slot, missing = "date", list(_ASK[lang])
         for n, r in reversed(results):
             if n == "update_reservation":
                 slot = r.get("next_to_ask") or "date"
+                missing = r.get("missing") or []
                 if r.get("problems"):
                     slot = r["problems"][0].get("slot") or slot
                 break
-        return tool("update_reservation", {slot: user})
+        args = {slot: user}
+        # a caller who gives the date, the time and the party at once (「12月24日の19時に2名で」)
+        for other, mark in _MARKS.items():
+            if other != slot and other in missing and mark.search(user):
+                args[other] = user
+        return tool("update_reservation", args)
 
     return respond
