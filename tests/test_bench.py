@@ -70,3 +70,28 @@ def test_bench_rejects_an_unknown_config_key_in_set(test_models_dir, capsys):
     code = main(["bench", "--config", str(test_models_dir / "config.yaml"), "--set", "vad.no_such_key=1"])
     assert code == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_bench_compares_the_llm_reply_prepared_ahead_with_none_in_one_run(test_models_dir, tmp_path, capsys):
+    code = main(["bench", "--config", str(test_models_dir / "config.yaml"), "--calls", "1", "--turns", "1",
+                 "--stt-size", "tiny", "--agent", "llm", "--ttft-ms", "50", "--compare-ahead",
+                 "--cache-dir", str(tmp_path / "cache"), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out)
+    assert result["settings"]["agent"] == "llm"
+    for cascade in ("pipeline", "pipeline_no_ahead", "naive"):
+        assert result[cascade]["turns"] == 1 and result[cascade]["answered"] == 1, (cascade, result[cascade])
+    assert result["pipeline_no_ahead"]["prepared_turns"] == 0  # nothing prepared with vad.prepare_reply off
+    assert {t["cascade"] for t in result["turns"]} == {"pipeline", "pipeline_no_ahead", "naive"}
+    assert all(isinstance(t["prepared"], bool) for t in result["turns"] if t["cascade"].startswith("pipeline"))
+    assert any("pipeline_no_ahead" in n for n in result["notes"])
+
+
+def test_with_no_size_the_bench_takes_the_configured_whisper_directory(test_config, tmp_path):
+    from pipeline.sim.bench import whisper_model
+
+    cfg = test_config.model_copy(deep=True)
+    configured = cfg.stt.model
+    path, kind = whisper_model(cfg, None, tmp_path)
+    assert kind == "real" and cfg.stt.model == configured and (path / "model.bin").is_file()

@@ -857,8 +857,14 @@ def run_bench(
             if compare_ahead:
                 off = cfg.model_copy(deep=True)
                 off.vad.prepare_reply = False
-                runtime_off = VoiceRuntime(off, stt=stt, tts=tts, vad=vad, clock=make_clock(NOW), call_log=False,
-                                           prerender=False)
+                # a TTS of its own: the clauses the first run rendered must not be in its phrase cache
+                tts_off = make_tts(off.tts, off.path)
+                if warmup:
+                    tts_off.warmup()
+                runtime_off = VoiceRuntime(off, stt=stt, tts=tts_off, vad=vad, clock=make_clock(NOW),
+                                           call_log=False)
+                if warmup and off.tts.cache_size:
+                    runtime_off.prerender_phrases()
                 results["pipeline_no_ahead"] = []
                 runs.append(("pipeline_no_ahead", runtime_off,
                              functools.partial(run_pipeline_call, cascade="pipeline_no_ahead")))
@@ -934,7 +940,8 @@ def run_bench(
     if "pipeline_no_ahead" in results:
         extra["pipeline_no_ahead"] = summarize(results["pipeline_no_ahead"])
         notes.append("pipeline_no_ahead: the same pipeline with vad.prepare_reply off (no reply prepared at a "
-                     "pause), run between the pipeline and the naive cascade on the same models")
+                     "pause), run between the pipeline and the naive cascade on the same models, with a TTS "
+                     "instance (and phrase cache) of its own, fixed phrases prerendered as for the first")
     return {
         "pipeline": pipeline,
         **extra,
