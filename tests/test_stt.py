@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.audio import to_mono_float32
 from pipeline.config import STTConfig
-from pipeline.speech.stt import STT, FasterWhisperSTT, Transcript, make_stt, prepare_audio, to_mono_float32
+from pipeline.speech.stt import STT, FasterWhisperSTT, Transcript, make_stt, prepare_audio
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pipeline.audio import to_mono_float32
 from pipeline.config import STTConfig
 
 log = logging.getLogger(__name__)
@@ -157,31 +158,6 @@ def prompt_for(context: STTContext | None, language: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ audio input
-def to_mono_float32(audio: np.ndarray) -> np.ndarray:
-    """Mono float32 in [-1, 1] from int16/int32/float PCM shaped (N,), (1, N), (N, 1) or (C, N)/(N, C).
-
-    Raises ValueError for anything that is not finite PCM audio.
-    """
-    if not isinstance(audio, np.ndarray):
-        raise ValueError(f"audio must be a numpy array, got {type(audio).__name__}")
-    if audio.ndim not in (1, 2):
-        raise ValueError(f"audio must be 1-D or 2-D (channels x samples), got shape {audio.shape}")
-    if audio.dtype == np.int16:
-        x = audio.astype(np.float32) / 32768.0
-    elif audio.dtype == np.int32:
-        x = (audio / 2147483648.0).astype(np.float32)
-    elif audio.dtype in (np.float32, np.float64, np.float16):
-        x = audio.astype(np.float32, copy=False)
-        if x.size and not np.isfinite(x).all():
-            raise ValueError("audio contains NaN or infinite samples")
-    else:
-        raise ValueError(f"unsupported audio dtype {audio.dtype} (expected int16, int32 or float PCM)")
-    if x.ndim == 2:
-        # FastRTC hands over (1, N); files and sound cards give (N, C). Channels are the short axis.
-        x = x.mean(axis=0 if x.shape[0] <= x.shape[1] else 1, dtype=np.float32)
-    return x
-
-
 def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Resample mono float32 audio; soxr (pulled in by FastRTC's librosa) when present."""
     if sr_in == sr_out or audio.size == 0:

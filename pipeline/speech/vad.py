@@ -23,8 +23,9 @@ import numpy as np
 from fastrtc import AlgoOptions
 from fastrtc.pause_detection.silero import SileroVADModel, SileroVadOptions
 
+from pipeline.audio import to_mono_float32
 from pipeline.config import VADConfig
-from pipeline.speech.stt import resample, to_mono_float32
+from pipeline.speech.stt import resample
 
 log = logging.getLogger(__name__)
 
