@@ -263,10 +263,10 @@ _MONTH_DAY = re.compile(r"(\d{1,2})月(\d{1,2})日")
 
 def _framed_date(text: str, cores: Sequence[str]) -> list[str]:
     """Each date in place of the month and day whisper wrote (「12月1日です」 → 「12月5日です」)."""
-    m = _MONTH_DAY.search(unicodedata.normalize("NFKC", text))
+    norm = unicodedata.normalize("NFKC", text)
+    m = _MONTH_DAY.search(norm)
     if m is None:
         return _framed(text, cores)
-    norm = unicodedata.normalize("NFKC", text)
     return [norm[:m.start()] + core + norm[m.end():] for core in cores]
 
 
