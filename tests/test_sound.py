@@ -191,3 +191,32 @@ def test_a_choice_is_weighed_against_its_options():
     assert expect("12月5日です。") == [] and expect("土曜日です") == []  # an option, however said
     times = expectation("time", "ja", today=TODAY, choices=[dt.time(19), dt.time(19, 30)])
     assert times("10時です") == ["19時です", "19時半です"]
+
+
+@pytest.mark.parametrize("heard", ["一応です。", "行動です", "早速です。", "人です"])
+def test_a_word_said_for_the_name_is_weighed_against_every_common_surname(heard):
+    """Whisper makes a word of a surname it cannot read (伊藤 → 「一応」「行動」「人」, 鈴木 → 「早速」),
+    often nowhere near it by sound: every common surname is weighed, near-sounding ones first."""
+    out = alternatives(heard, "name", "ja", answered=never)
+    tail = "です。" if heard.endswith("。") else "です"
+    assert {f"伊藤{tail}", f"鈴木{tail}", f"渡辺{tail}"} <= set(out)
+    assert len(out) >= 250 and len(out) == len(set(out))
+    near = sounds_like_surnames(heard.rstrip("。").removesuffix("です"))
+    assert not near or out[0].startswith(near[0])  # the near-sounding ones first
+
+
+@pytest.mark.parametrize("heard", ["伊藤です", "かとうです", "山田太郎です", "田中と申します", "はい",
+                                   "すみません、もう一度お願いします", "ヤマモトタロウジロウです"])
+def test_a_surname_a_full_name_or_no_name_is_not_swept(heard):
+    assert len(alternatives(heard, "name", "ja", answered=never)) <= 8
+
+
+@pytest.mark.parametrize("asking", ["confirm", "correction"])
+def test_a_no_and_a_word_where_the_name_goes_is_weighed_as_a_corrected_name(asking):
+    expect = expectation(asking, "ja", today=TODAY)
+    assert "いえ、伊藤です" in expect("いえ、人です")
+    assert "いいえ、鈴木です。" in expect("いいえ、早速です。")
+    assert "いいえいいえ、伊藤です" in expect("いいえいいえ、行動です")  # the framing whisper wrote is kept
+    for said in ("はい", "そうです", "いいえ、4名です", "いや、人数は4名です", "大丈夫です", "お願いします",
+                 "いいえ、伊藤です", "特にありません"):
+        assert not any("伊藤" in c for c in expect(said)), said

@@ -192,3 +192,40 @@ def test_the_first_turns_are_heard_in_the_language_the_caller_speaks(whisper, li
     if language == "en":
         assert "table" in result.text.lower() or "book" in result.text.lower(), result.text
     assert whisper.transcribe(audio, 16000, context=_context("date")).language == "ja"  # no detection: the call's
+
+
+# ------------------------------------------------------------------ names whisper makes words of
+@pytest.mark.parametrize("voice", range(3))
+def test_a_surname_whisper_makes_a_word_of_is_found_among_every_common_surname(whisper, voice):
+    """伊藤です is written 「一応です」「移動です」「ひとーです」, 鈴木です 「早速です」「続きです」 by whisper base
+    on the phone line: every common surname is swept (quickly), the best few weighed as usual."""
+    for said, surname in (("伊藤です", "伊藤"), ("鈴木です", "鈴木")):
+        guesses: list[str] = []
+        context = dataclasses.replace(_expecting("name"), guessed=guesses.append)
+        text = whisper.transcribe(caller_audio(said, VOICES[voice]), 16000, context=context).text
+        assert surname in text or any(surname in g for g in guesses), (said, text, guesses)
+
+
+def test_the_quick_sweep_ranks_the_surname_said_first(whisper):
+    from pipeline.dialog.understand.sound import SURNAMES
+
+    texts = [f"{s}です" for s in SURNAMES]
+    for said in ("伊藤です", "渡辺です", "小林です"):
+        x = caller_audio(said, VOICES[0]).astype("float32") / 32768
+        quick = whisper.score_texts(x, texts, window_s=10, language="ja", quick=True)
+        assert texts[max(range(len(texts)), key=quick.__getitem__)] == said
+
+
+@pytest.mark.parametrize("asking", ["confirm", "correction"])
+def test_a_name_corrected_at_the_read_back_is_heard_by_the_sweep(whisper, asking):
+    text = whisper.transcribe(caller_audio("いいえ、伊藤です", VOICES[2]), 16000, context=_expecting(asking)).text
+    assert "伊藤" in text and text.startswith(("いいえ", "いや", "いえ")), text
+
+
+@pytest.mark.parametrize("said", ["二階堂です", "佐伯です", "五味です"])
+def test_a_rarer_surname_is_not_replaced_by_a_common_one(whisper, said):
+    """A surname outside the common list is swept too, and whisper's own text stays: no common
+    surname scores near it (it may be offered as a guess, which the caller is asked about)."""
+    audio = caller_audio(said, VOICES[0])
+    plain = whisper.transcribe(audio, 16000, context=_context("name")).text
+    assert whisper.transcribe(audio, 16000, context=_expecting("name")).text == plain

@@ -212,6 +212,24 @@ def sounds_like_surnames(name: str, limit: int = 8) -> list[str]:
     return list(dict.fromkeys(s[2] for s in scored))[:limit]
 
 
+#: a heard name this many morae long or shorter may be a surname whisper made a word of
+_SWEEP_MORAE = 6
+
+
+def _sweep_surnames(name: str, text: str) -> bool:
+    """Whether every common surname is to be weighed against ``name`` (what whisper wrote for the
+    name asked for, in ``text``): it is short, it is no common surname in any writing and starts
+    with none, and it is all there was to the turn (a surname alone, or with a polite ending)."""
+    from pipeline.dialog.understand.names import parse_name_answer
+
+    heard = reading(name)
+    if not heard or len(heard) > _SWEEP_MORAE or parse_name_answer(text) != name:
+        return False
+    if common_surname(name) is not None or any(name.startswith(k) for k in SURNAMES):
+        return False
+    return not any(heard.startswith(kana) for _kanji, kana in _surname_readings())
+
+
 #: kana no word starts with (a long vowel, a small kana, the moraic n)
 _NOT_A_START = frozenset("ーッャュョァィゥェォン")
 
@@ -341,6 +359,10 @@ def alternatives(text: str, asking: str | None, language: str | None, *, answere
 
         name = parse_name_answer(text) or text.strip("。、.!！ ")
         others = sounds_like_surnames(name)
+        if _sweep_surnames(name, text):
+            # a word, not a name (「一応です」 for 伊藤です, 「早速です」 for 鈴木です): every common surname is
+            # weighed, the near-sounding ones first (the recogniser sweeps a list this long quickly)
+            others = list(dict.fromkeys([*others, *SURNAMES]))
         after = text[text.find(name) + len(name):] if name in text else ""
         if not after.strip("。、.!！？? "):
             # 「また投げて」 for 渡辺です: a surname in place of a name with a mora of です left gets its です back
@@ -444,10 +466,35 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
             if u.values.get(slot) in choices or u.acts & _MEANT:
                 return []
             return _framed(text, said_choices)
-        return alternatives(clean_transcript(raw, language or "ja"), asking, language, answered=answered, days=other_days,
-                            party=party, hours=hours)
+        text = clean_transcript(raw, language or "ja")
+        others = alternatives(text, asking, language, answered=answered, days=other_days, party=party, hours=hours)
+        if asking in _CORRECTING and language != "en" and (named := _misheard_name(text, understand(text, today))):
+            # 「いえ、人です」 to the read-back: a no and a word said where a name goes is the name, misheard
+            return [*others, *(text.replace(named, surname + "です", 1) for surname in SURNAMES)]
+        return others
 
     return expect
+
+
+#: questions a caller may answer by correcting the name: the read-back and "what is to be corrected?"
+_CORRECTING = frozenset({"confirm", "correction"})
+_DENY_START = re.compile(r"^(?:(?:いいえ|いえ|いや|違います|ちがいます)[、。,. ]*)+")
+
+
+def _misheard_name(text: str, u) -> str | None:
+    """The part of ``text`` (said to the read-back or to "what is to be corrected?") that is a word
+    where a name would go, to weigh every common surname against: a bare 「Xです」 after an optional
+    no, understood as nothing else (no value but the name, no act but the no), X short and no
+    common surname."""
+    from pipeline.dialog.understand.names import parse_name_answer
+
+    if set(u.values) - {"name"} or u.acts - {"deny"}:
+        return None
+    rest = _DENY_START.sub("", text.strip())
+    name = parse_name_answer(rest)
+    if not name or rest.rstrip("。.！! ") != name + "です" or not _sweep_surnames(name, rest):
+        return None
+    return name + "です"
 
 
 def _said_ja(value: object) -> str | None:
