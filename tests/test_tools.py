@@ -170,6 +170,23 @@ def test_a_wrong_guess_denied_asks_the_question_again_and_a_guess_is_used_once(c
     assert rules.reply("19時半です") and tools.state.slots.time == dt.time(19, 30)  # the answer said again wins
 
 
+def test_a_guess_as_likely_as_another_value_is_asked_about_only_before_giving_up(cfg):
+    """Whisper wrote 「日々です」 for 20時 and found 20時です and 20時半です about as likely: the
+    question is asked again first; heard the same way again, the best is asked about rather than
+    given up on. Two near guesses that say the same value are one guess."""
+    tools, rules = _guessing(cfg)
+    tools.state.guess, tools.state.guess_also = "20時です", "20時半です"
+    reply = rules.reply("日々です")
+    assert "もう一度" in reply and tools.state.pending is None
+    tools.state.guess, tools.state.guess_also = "20時です", "20時半です"
+    assert rules.reply("日々です") == "午後8時でよろしいでしょうか。"
+    rules.reply("はい")
+    assert tools.state.slots.time == dt.time(20)
+    tools, rules = _guessing(cfg)
+    tools.state.guess, tools.state.guess_also = "20時です", "夜の20時です"
+    assert rules.reply("日々です") == "午後8時でよろしいでしょうか。"
+
+
 def test_a_common_surname_guessed_for_a_name_heard_otherwise_is_asked_about(cfg):
     """Whisper wrote 「小話」 and found 小林 nearly as likely: the bot asks about 小林."""
     from pipeline.dialog.rules import RulesAgent

@@ -304,14 +304,22 @@ class RulesAgent:
         return match.answer
 
     def _guessed(self, slot: str | None) -> object:
-        """The value of ``slot`` in the recogniser's guess at the turn just failed, or None."""
+        """The value of ``slot`` in the recogniser's guess at the turn just failed, or None.
+
+        When its next best was about as likely and says another value (20時 against 20時半), the
+        guess is asked about only once the question has failed twice: a coin toss asked as a yes or
+        no is a turn lost when wrong, but better than giving up."""
         st = self.state
-        guess, st.guess = st.guess, None
-        if not guess or slot not in _GUESSABLE or st.pending is not None:
+        said = [t for t in (st.guess, getattr(st, "guess_also", None)) if t]
+        st.guess, st.guess_also = None, None
+        if not said or slot not in _GUESSABLE or st.pending is not None:
             return None
-        value = self._understand(guess).values.get(slot)
+        value = self._understand(said[0]).values.get(slot)
         if value is None or value == getattr(st.slots, slot, None) or repr(value) in st.guesses_denied \
                 or repr(value) in st.heard_wrong.get(slot, ()):
+            return None
+        if len(said) > 1 and self._understand(said[1]).values.get(slot) not in (None, value) \
+                and st.failures.get(slot, 0) < 2:
             return None
         return value
 

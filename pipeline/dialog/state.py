@@ -86,6 +86,8 @@ class DialogState:
     #: the recogniser's best guess at the last turn's answer when it could not take one
     #: (``STTContext.guessed``): asked about before the question is asked again
     guess: str | None = None
+    #: the recogniser's next best, when it was about as likely as the guess
+    guess_also: str | None = None
     #: guesses the caller said no to (as values' reprs): never asked about again in this call
     guesses_denied: list[str] = field(default_factory=list)
     #: values (reprs, by slot) the caller said again at the read-back as if correcting them: whisper

@@ -69,7 +69,8 @@ class STTContext:
     #: :func:`pipeline.dialog.understand.sound.alternatives`). None: take whisper's text as it is.
     expect: Callable[[str], Sequence[str]] | None = None
     #: told the answer whisper scored best but not well enough to take (a guess the dialog may ask
-    #: the caller about: 「20時でよろしいでしょうか」); not called when there is none
+    #: the caller about: 「20時でよろしいでしょうか」), then the next best when that was about as
+    #: likely; not called when there is none
     guessed: Callable[[str], None] | None = None
     #: languages to choose among by ear for this turn (a call's first turns: the caller may open in
     #: another language than the bot's greeting); () = decode in ``language``
@@ -330,8 +331,8 @@ RECONSIDER_FLOOR = -1.65
 #: short of that, the best candidate is still a guess worth asking about (「20時でよろしいでしょうか」)
 GUESS_MARGIN = 2.2
 GUESS_FLOOR = -3.0
-#: ... and it stands out from the next best by this much, and whisper wrote three letters or more
-#: (「いと」 for a backchannel is no answer to guess at)
+#: ... and whisper wrote three letters or more (「いと」 for a backchannel is no answer to guess at);
+#: a next best within this much of it is passed on too (``guessed`` called twice, best first)
 GUESS_DISTINCT = 0.2
 
 
@@ -470,9 +471,9 @@ class FasterWhisperSTT:
         whole, can be nearly as likely as what greedy decoding found, or more. A candidate replaces
         ``text`` when it scores within :data:`RECONSIDER_MARGIN` of it (and above
         :data:`RECONSIDER_FLOOR`); what the audio does not support scores far lower and is left. A
-        best candidate short of that but within :data:`GUESS_MARGIN`, above :data:`GUESS_FLOOR` and
-        :data:`GUESS_DISTINCT` ahead of the next is passed to ``guessed``: the dialog may ask the
-        caller whether it is what they said.
+        best candidate short of that but within :data:`GUESS_MARGIN` and above :data:`GUESS_FLOOR`
+        is passed to ``guessed``, and the next best after it when that is within
+        :data:`GUESS_DISTINCT`: the dialog may ask the caller whether it is what they said.
         """
         candidates = [c for c in dict.fromkeys(candidates) if c and c != text][:SWEEP_MAX_CANDIDATES]
         if not candidates:
@@ -497,10 +498,13 @@ class FasterWhisperSTT:
                  ", taken" if taken else "")
         if taken:
             return candidates[best - 1]
-        runner_up = max((x for i, x in enumerate(scores[1:], 1) if i != best), default=float("-inf"))
+        second = max((i for i in range(1, len(scores)) if i != best), key=scores.__getitem__, default=None)
         if (guessed is not None and scores[best] >= own - GUESS_MARGIN and scores[best] >= GUESS_FLOOR
-                and scores[best] - runner_up >= GUESS_DISTINCT and len(_letters(text)) >= 3):
+                and len(_letters(text)) >= 3):
             guessed(candidates[best - 1])
+            if second is not None and scores[best] - scores[second] < GUESS_DISTINCT:
+                # the next is about as likely: told too, the dialog knows whether the two say the same
+                guessed(candidates[second - 1])
         return text
 
     def score_texts(self, x: np.ndarray, texts: Sequence[str], *, window_s: float | None = None,

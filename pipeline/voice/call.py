@@ -521,9 +521,13 @@ class VoiceCall:
                              heard_wrong=tuple(heard_wrong.get(asking, ())) if isinstance(heard_wrong, dict) else ())
         if hasattr(state, "guess"):
             state.guess = None  # a guess belongs to the turn it was made on
+            state.guess_also = None
 
         def guessed(text: str) -> None:
-            state.guess = text
+            if state.guess is None:
+                state.guess = text
+            else:
+                state.guess_also = text
         # the caller may open in another language than the greeting's (the agent follows it early on)
         detect = tuple(self.runtime.cfg.stt.detect_languages) if getattr(state, "turn", 0) < 2 else ()
         return STTContext(asking=asking, language=self.language, words=(self.runtime.cfg.restaurant.name,),
