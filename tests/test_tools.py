@@ -325,3 +325,30 @@ def test_no_requests_said_to_an_english_read_back_drops_a_misheard_request(cfg):
     assert "the request: Nor it went. Is that" in rules.reply("Nor it went.")  # one full stop, not two
     reply = rules.reply("No requests")
     assert tools.state.slots.note in (None, "none") and "Let me read that back" in reply and "Nor it" not in reply
+
+
+def test_a_request_the_recogniser_guessed_was_none_is_asked_about(cfg):
+    """"no requests" heard as 「Nor it went.」 with "no requests" found nearly as likely: the bot asks
+    whether there are none instead of filing the words as the request; a no keeps the request
+    question, and a refused guess is not asked again."""
+    from pipeline.dialog.rules import RulesAgent
+
+    tools = desk(cfg, language="en")
+    rules = RulesAgent(tools)
+    rules.greeting()
+    for line in ("December 24th at 7 pm for 2 people", "my name is John Smith", "090 1234 5678"):
+        rules.reply(line)
+    assert tools.state.asking == "note"
+    tools.state.guess = "no requests"
+    assert rules.reply("Nor it went.") == "No special requests, is that right?"
+    reply = rules.reply("yes")
+    assert tools.state.slots.note is None and tools.state.slots.note_done  # no request
+    assert tools.state.awaiting_confirmation and "Nor" not in reply
+    tools, rules = _told(cfg, "12月24日の19時に2名で", "山田です", "09012345678です")
+    assert tools.state.asking == "note"
+    tools.state.guess = "特にありません"
+    assert rules.reply("きょうです。") == "特にご要望はないということでよろしいでしょうか。"
+    assert "ご要望" in rules.reply("いいえ") and not tools.state.slots.note_done
+    tools.state.guess = "特にありません"
+    rules.reply("きょうです。")
+    assert tools.state.slots.note and "きょう" in tools.state.slots.note

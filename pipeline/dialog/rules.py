@@ -323,6 +323,16 @@ class RulesAgent:
             return None
         return value
 
+    def _guessed_no_note(self) -> bool:
+        """Whether the recogniser's guess at the request just heard was "none" (and no such guess
+        was refused in this call)."""
+        st = self.state
+        said = [t for t in (st.guess, getattr(st, "guess_also", None)) if t]
+        if not said or st.pending is not None or repr("none") in st.guesses_denied:
+            return False
+        st.guess, st.guess_also = None, None
+        return self._understand(said[0]).has("none")
+
     def _slot_named(self, norm: str) -> str | None:
         for slot, pattern in _SLOT_WORDS.items():
             if re.search(pattern, norm, re.IGNORECASE):
@@ -493,6 +503,10 @@ class RulesAgent:
                     return self.p("note_what")  # "はい" to "any requests?": which one?
                 elif not values and not u.has("question") and len(norm) >= 4:
                     values["note"] = norm  # whatever they asked for, in their words
+            if values.get("note") not in (None, "none") and set(values) == {"note"} and self._guessed_no_note():
+                # 「Nor it went.」 for "no requests": whisper found the none nearly as likely
+                st.pending = {"kind": "guess", "slot": "note", "value": "none"}
+                return self.p("confirm_no_note")
         faq = None
         if u.has("question"):
             match = self.tools.faq.match(norm, self.lang)

@@ -59,6 +59,7 @@ PHRASES = {
     "choose": "Would you like {a} or {b}?",
     "which_date": "Did you mean {a}, or {b}?",
     "confirm_guess": "Did you say {value}?",
+    "confirm_no_note": "No special requests, is that right?",
     "confirm_name": "Is the name {name}?",
     "note_what": "What would you like us to know?",
     "no_answer": "I'm sorry, I can't answer that here. Please call the restaurant at {phone}.",
