@@ -200,13 +200,13 @@ def test_a_word_said_for_the_name_is_weighed_against_every_common_surname(heard)
     out = alternatives(heard, "name", "ja", answered=never)
     tail = "です。" if heard.endswith("。") else "です"
     assert {f"伊藤{tail}", f"鈴木{tail}", f"渡辺{tail}"} <= set(out)
-    assert len(out) >= 250 and len(out) == len(set(out))
+    assert len(out) >= 120 and len(out) == len(set(out))
     near = sounds_like_surnames(heard.rstrip("。").removesuffix("です"))
     assert not near or out[0].startswith(near[0])  # the near-sounding ones first
 
 
 @pytest.mark.parametrize("heard", ["伊藤です", "かとうです", "山田太郎です", "田中と申します", "はい",
-                                   "すみません、もう一度お願いします", "ヤマモトタロウジロウです"])
+                                   "すみません、もう一度お願いします", "ヤマモトタロウジロウです", "など", "人"])
 def test_a_surname_a_full_name_or_no_name_is_not_swept(heard):
     assert len(alternatives(heard, "name", "ja", answered=never)) <= 8
 

@@ -216,6 +216,18 @@ def test_the_quick_sweep_ranks_the_surname_said_first(whisper):
         assert texts[max(range(len(texts)), key=quick.__getitem__)] == said
 
 
+def test_a_sweep_past_its_time_budget_scores_no_more_batches(whisper):
+    from pipeline.dialog.understand.sound import SURNAMES
+    from pipeline.speech.stt import SWEEP_BATCH
+
+    x = caller_audio("伊藤です", VOICES[0]).astype("float32") / 32768
+    texts = [f"{s}です" for s in SURNAMES]
+    scores = whisper.score_texts(x, texts, window_s=10, language="ja", quick=True, budget_s=0.0)
+    assert len(scores) == len(texts)
+    assert all(s > float("-inf") for s in scores[:SWEEP_BATCH])  # the first batch, nearest first, always
+    assert all(s == float("-inf") for s in scores[SWEEP_BATCH:])
+
+
 @pytest.mark.parametrize("asking", ["confirm", "correction"])
 def test_a_name_corrected_at_the_read_back_is_heard_by_the_sweep(whisper, asking):
     text = whisper.transcribe(caller_audio("いいえ、伊藤です", VOICES[2]), 16000, context=_expecting(asking)).text

@@ -323,7 +323,11 @@ RESCORE_BATCH = 8
 #: above; at most this many are swept, this many at a time
 SWEEP_MAX_CANDIDATES = 400
 SWEEP_KEEP = 6
-SWEEP_BATCH = 64
+SWEEP_BATCH = 16
+#: a sweep stops at the batch that takes it past this many seconds (the list is nearest first), and
+#: is only made on a turn this short (a surname and です is about a second)
+SWEEP_BUDGET_S = 1.0
+SWEEP_MAX_S = 3.0
 #: a quick score's encoder states: the utterance's and this many more (0.5 s)
 SWEEP_MARGIN_FRAMES = 25
 RECONSIDER_MARGIN = 1.0
@@ -481,9 +485,11 @@ class FasterWhisperSTT:
         start = time.perf_counter()
         swept = len(candidates)
         try:
+            if swept > RECONSIDER_MAX_CANDIDATES and x.size > SWEEP_MAX_S * WHISPER_SAMPLE_RATE:
+                candidates, swept = candidates[:RECONSIDER_MAX_CANDIDATES], RECONSIDER_MAX_CANDIDATES
             if swept > RECONSIDER_MAX_CANDIDATES:
                 # a sweep: the few the audio supports best, weighed below like any short list
-                quick = self.score_texts(x, candidates, language=language, quick=True)
+                quick = self.score_texts(x, candidates, language=language, quick=True, budget_s=SWEEP_BUDGET_S)
                 ranked = sorted(range(swept), key=lambda i: -quick[i])[:SWEEP_KEEP]
                 candidates = [candidates[i] for i in sorted(ranked)]
             scores = self.score_texts(x, [text, *candidates], window_s=window_s, prompt=prompt,
@@ -509,7 +515,8 @@ class FasterWhisperSTT:
 
     def score_texts(self, x: np.ndarray, texts: Sequence[str], *, window_s: float | None = None,
                     prompt: str | None = None, hotwords: str | None = None,
-                    language: str | None = None, quick: bool = False) -> list[float]:
+                    language: str | None = None, quick: bool = False,
+                    budget_s: float | None = None) -> list[float]:
         """The mean token log-probability of each of ``texts`` as the transcript of 16 kHz ``x``,
         after ``prompt`` (as a decode with that prompt would see it), in batches.
 
@@ -518,6 +525,8 @@ class FasterWhisperSTT:
         :data:`SWEEP_MARGIN_FRAMES` (its padding is what the cross-attention costs). The order of
         texts by these scores follows the full one (every common surname weighed on 24 names said
         by 3 voices: the one said ranked first in both); the values are not comparable with it.
+        ``budget_s``: no batch after the first is started past this many seconds; the texts left
+        score -inf.
         """
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
@@ -538,7 +547,11 @@ class FasterWhisperSTT:
                                  without_timestamps=True, hotwords=hotwords)
         scores: list[float] = []
         step = SWEEP_BATCH if quick else RESCORE_BATCH
+        began = time.perf_counter()
         for i in range(0, len(texts), step):
+            if i and budget_s is not None and time.perf_counter() - began > budget_s:
+                log.info("scoring stopped after %d of %d texts (%.2f s)", i, len(texts), time.perf_counter() - began)
+                return scores + [float("-inf")] * (len(texts) - i)
             batch = [tokenizer.encode(t) or [tokenizer.eot] for t in texts[i:i + step]]
             view = ctranslate2.StorageView.from_array(np.repeat(encoded, len(batch), axis=0))
             for result in model.model.align(view, start, batch, [frames] * len(batch)):
