@@ -352,3 +352,26 @@ def test_a_request_the_recogniser_guessed_was_none_is_asked_about(cfg):
     tools.state.guess = "特にありません"
     rules.reply("きょうです。")
     assert tools.state.slots.note and "きょう" in tools.state.slots.note
+
+
+def test_a_value_refused_and_heard_again_is_taken_as_misheard(cfg):
+    """"7 pm" heard as "11 pm" at every try (voice eval en-01): told the restaurant takes no booking
+    then, a caller does not ask for it again; the second time it is heard the recogniser is told to
+    weigh the other times (``heard_wrong``), framed in the caller's sentence."""
+    from pipeline.dialog.rules import RulesAgent
+    from pipeline.dialog.understand.sound import expectation
+
+    tools = desk(cfg, language="en")
+    rules = RulesAgent(tools)
+    rules.greeting()
+    rules.reply("Hi, I'd like a table on December 24th at 11 pm for 2.")
+    assert tools.state.slots.time is None and not tools.state.heard_wrong.get("time")
+    rules.reply("Hi, I'd like a table on December 24th at 11 pm for 2.")
+    assert tools.state.heard_wrong["time"] == [repr(dt.time(23))]
+    expect = expectation("time", "en", today=NOW.date(), hours=range(11, 22),
+                         heard_wrong=tuple(tools.state.heard_wrong["time"]))
+    assert "Hi, I'd like a table on December 24th at 7 pm for 2." in expect(
+        "Hi, I'd like a table on December 24th at 11 pm for 2.")
+    # heard the same way a third time: not taken, the rest said back in English, the time asked for
+    reply = rules.reply("Hi, I'd like a table on December 24th at 11 pm for 2.")
+    assert reply.startswith("Thursday, December 24th, 2 people") and "、" not in reply and "time" in reply

@@ -582,7 +582,9 @@ class RulesAgent:
         if not r.applied and not r.issues and same and asking not in same:
             # 「やっぱり3名で」 for the 3 already taken: said back, and the question asked again, no failure
             said = [self._say_value(slot, getattr(st.slots, slot)) for slot in same if slot in _WHEN_SLOTS]
-            return self._join(lead, self.p("ack_when", when="、".join(said)) if said else "", self._current_question())
+            when = ("、" if self.lang == "ja" else ", ").join(said)
+            return self._join(lead, self.p("ack_when", when=when[:1].upper() + when[1:]) if said else "",
+                              self._current_question())
         if not r.applied:
             if r.issues and not asked_issues:
                 return self._next(lead)

@@ -94,6 +94,9 @@ class DialogState:
     #: is taken to mishear what they say, and hears the same wrong value each time (「12月5日」 as
     #: 「12月1日」); not taken the next time it is heard, and the recogniser weighs the others
     heard_wrong: dict[str, list[str]] = field(default_factory=dict)
+    #: values (reprs, by slot) the restaurant could not take (outside the hours, fully booked): one
+    #: heard again after the caller was told is taken as misheard (``heard_wrong``), not as asked twice
+    refused: dict[str, list[str]] = field(default_factory=dict)
     #: the caller's own number as the phone network gave it (digits, a Japanese number), None when withheld
     caller_id: str | None = None
     #: the caller said the number they are calling from is not the one to book with

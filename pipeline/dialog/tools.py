@@ -112,6 +112,17 @@ class BookingTools:
     def issue(self, slot: str, problem: Problem) -> SlotIssue:
         return SlotIssue(slot, problem.code, problem.message.get(self.lang, ""), list(problem.alternatives))
 
+    def _refused(self, slot: str, value: Any) -> None:
+        """Note a value the restaurant could not take; the second time it is heard the caller, who
+        was told, is taken to be misheard: the recogniser weighs the slot's other values next turn."""
+        refused = self.state.refused.setdefault(slot, [])
+        if repr(value) not in refused:
+            refused.append(repr(value))
+            return
+        wrong = self.state.heard_wrong.setdefault(slot, [])
+        if repr(value) not in wrong:
+            wrong.append(repr(value))
+
     def _free(self, d: dt.date, t: dt.time) -> bool:
         return self.store.free_tables(d, t, self.restaurant.cfg.tables_per_slot) > 0
 
@@ -177,6 +188,7 @@ class BookingTools:
             issue = spec.check(value, self)
             if issue is not None:
                 result.issues.append(issue)
+                self._refused(slot, value)
                 continue
             setattr(slots, slot, value)
             result.applied[slot] = value

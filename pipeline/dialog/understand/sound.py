@@ -341,6 +341,10 @@ def _party_en(lo: int, hi: int) -> list[str]:
     return [f"{w} people" if n > 1 else "just one" for n, w in enumerate(words, 1) if lo <= n <= hi]
 
 
+#: a time as whisper writes it in English: "11 pm", "7:30 p.m.", "8PM"
+_EN_TIME = re.compile(r"\b\d{1,2}(?::\d{2})?\s*(?:[ap]\.?\s?m\b\.?)", re.IGNORECASE)
+
+
 def _times_en(hours: Sequence[int]) -> list[str]:
     out = []
     for h in hours:
@@ -395,7 +399,11 @@ def alternatives(text: str, asking: str | None, language: str | None, *, answere
     if language == "en":
         table = {"party_size": lambda: _party_en(lo, hi), "time": lambda: _times_en(hours)}
         make = table.get(asking)
-        return make() if make is not None else []
+        if make is None:
+            return []
+        m = _EN_TIME.search(text) if asking == "time" else None
+        # a time said in a sentence ("a table tomorrow at 11 pm for 2"), each in place of the one heard
+        return [text[:m.start()] + c + text[m.end():] for c in make()] if m else make()
     if asking == "date" and days is not None and (other_days := days(text)):
         return _framed_date(text, other_days)
     table = {"party_size": lambda: _party_ja(lo, hi), "time": lambda: _times_ja(hours), "date": _dates_ja}
