@@ -322,15 +322,17 @@ def test_a_no_to_the_callers_own_number_with_a_correction_after_it_changes_that_
 def test_no_requests_said_to_an_english_read_back_drops_a_misheard_request(cfg):
     tools, rules = _told(cfg, "a table on December 24th at 7pm for 2", "my name is John Smith", "090-1234-5678")
     tools.state.language = "en"
+    assert rules.reply("Nor it went.") == "No special requests, is that right?"  # short, naming nothing
+    assert "requests" in rules.reply("no")  # the caller had one: asked again, and taken this time
     assert "the request: Nor it went. Is that" in rules.reply("Nor it went.")  # one full stop, not two
     reply = rules.reply("No requests")
     assert tools.state.slots.note in (None, "none") and "Let me read that back" in reply and "Nor it" not in reply
 
 
 def test_a_request_the_recogniser_guessed_was_none_is_asked_about(cfg):
-    """"no requests" heard as 「Nor it went.」 with "no requests" found nearly as likely: the bot asks
-    whether there are none instead of filing the words as the request; a no keeps the request
-    question, and a refused guess is not asked again."""
+    """"no requests" heard as 「Nor it went.」 (short, naming nothing requests are about) or with a
+    none found nearly as likely: the bot asks whether there are none instead of filing the words as
+    the request; a no keeps the request question, and the question is not asked again."""
     from pipeline.dialog.rules import RulesAgent
 
     tools = desk(cfg, language="en")
@@ -352,6 +354,10 @@ def test_a_request_the_recogniser_guessed_was_none_is_asked_about(cfg):
     tools.state.guess = "特にありません"
     rules.reply("きょうです。")
     assert tools.state.slots.note and "きょう" in tools.state.slots.note
+    tools, rules = _told(cfg, "12月24日の19時に2名で", "山田です", "09012345678です")
+    assert "ご要望を承りました" in rules.reply("窓際の席をお願いします")  # a request naming what it is about
+    tools, rules = _told(cfg, "12月24日の19時に2名で", "山田です", "09012345678です")
+    assert rules.reply("きょうです。") == "特にご要望はないということでよろしいでしょうか。"  # no guess needed
 
 
 def test_a_value_refused_and_heard_again_is_taken_as_misheard(cfg):

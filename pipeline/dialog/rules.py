@@ -23,7 +23,7 @@ from pipeline.dialog.tools import BookingTools, UpdateResult
 from pipeline.dialog.understand import Understanding, understand
 from pipeline.dialog.understand.acts import looks_like_question
 from pipeline.dialog.understand.extract import says_it_is_a_name
-from pipeline.dialog.understand.sound import common_surname
+from pipeline.dialog.understand.sound import common_surname, request_is_clear
 from pipeline.store import FullyBooked, ReservationNotFound, StoreError
 
 log = logging.getLogger(__name__)
@@ -323,15 +323,16 @@ class RulesAgent:
             return None
         return value
 
-    def _guessed_no_note(self) -> bool:
-        """Whether the recogniser's guess at the request just heard was "none" (and no such guess
-        was refused in this call)."""
+    def _guessed_no_note(self, heard: str) -> bool:
+        """Whether the request ``heard`` may be a misheard "none": the recogniser's guess at it was
+        one, or it is short and names nothing requests are about; never again once the caller said
+        no to that question in this call."""
         st = self.state
         said = [t for t in (st.guess, getattr(st, "guess_also", None)) if t]
-        if not said or st.pending is not None or repr("none") in st.guesses_denied:
-            return False
         st.guess, st.guess_also = None, None
-        return self._understand(said[0]).has("none")
+        if st.pending is not None or repr("none") in st.guesses_denied:
+            return False
+        return (bool(said) and self._understand(said[0]).has("none")) or not request_is_clear(heard)
 
     def _slot_named(self, norm: str) -> str | None:
         for slot, pattern in _SLOT_WORDS.items():
@@ -503,8 +504,9 @@ class RulesAgent:
                     return self.p("note_what")  # "はい" to "any requests?": which one?
                 elif not values and not u.has("question") and len(norm) >= 4:
                     values["note"] = norm  # whatever they asked for, in their words
-            if values.get("note") not in (None, "none") and set(values) == {"note"} and self._guessed_no_note():
-                # 「Nor it went.」 for "no requests": whisper found the none nearly as likely
+            if values.get("note") not in (None, "none") and set(values) == {"note"} and self._guessed_no_note(norm):
+                # 「Nor it went.」 for "no requests": a short request naming nothing, or one whisper
+                # found a none nearly as likely as, is asked about once
                 st.pending = {"kind": "guess", "slot": "note", "value": "none"}
                 return self.p("confirm_no_note")
         faq = None

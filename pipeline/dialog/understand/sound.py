@@ -336,6 +336,14 @@ _NO_REQUEST = {"ja": ["特にありません", "ありません", "大丈夫で�
 _NOTE_WEIGHED_CHARS = 16
 
 
+def request_is_clear(text: str) -> bool:
+    """Whether ``text``, heard as a request, is surely one: long, or naming what requests are about.
+    A short one that names nothing may be a misheard "none" (「Nor it went.」 for "no requests")."""
+    from pipeline.dialog.understand.answers import _NOTE_KEYWORDS_RE
+
+    return len(text) > _NOTE_WEIGHED_CHARS or bool(_NOTE_KEYWORDS_RE.search(text.lower()))
+
+
 def _party_en(lo: int, hi: int) -> list[str]:
     words = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
     return [f"{w} people" if n > 1 else "just one" for n, w in enumerate(words, 1) if lo <= n <= hi]
@@ -441,10 +449,7 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
         if slot == "confirm":
             return bool(u.acts & {"affirm", "deny"})
         if slot == "note":
-            from pipeline.dialog.understand.answers import _NOTE_KEYWORDS_RE
-
-            # a short request that names nothing requests are about may be a misheard "none"
-            return len(text) > _NOTE_WEIGHED_CHARS or bool(_NOTE_KEYWORDS_RE.search(text.lower()))
+            return request_is_clear(text)  # a short one naming nothing may be a misheard "none"
         if slot == "phone":
             from pipeline.dialog.understand.phone import is_valid_phone, repair_phone
 
