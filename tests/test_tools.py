@@ -358,6 +358,8 @@ def test_a_request_the_recogniser_guessed_was_none_is_asked_about(cfg):
     assert "ご要望を承りました" in rules.reply("窓際の席をお願いします")  # a request naming what it is about
     tools, rules = _told(cfg, "12月24日の19時に2名で", "山田です", "09012345678です")
     assert rules.reply("きょうです。") == "特にご要望はないということでよろしいでしょうか。"  # no guess needed
+    tools, rules = _told(cfg, "12月24日の19時に2名で", "山田です", "09012345678です")
+    assert "ご予約内容を確認" in rules.reply("特にないです")  # a none as said is not asked about
 
 
 def test_a_value_refused_and_heard_again_is_taken_as_misheard(cfg):

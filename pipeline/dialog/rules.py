@@ -22,6 +22,7 @@ from pipeline.dialog.state import Manage
 from pipeline.dialog.tools import BookingTools, UpdateResult
 from pipeline.dialog.understand import Understanding, understand
 from pipeline.dialog.understand.acts import looks_like_question
+from pipeline.dialog.understand.answers import is_no_request
 from pipeline.dialog.understand.extract import says_it_is_a_name
 from pipeline.dialog.understand.sound import common_surname, request_is_clear
 from pipeline.store import FullyBooked, ReservationNotFound, StoreError
@@ -332,6 +333,8 @@ class RulesAgent:
         st.guess, st.guess_also = None, None
         if st.pending is not None or repr("none") in st.guesses_denied:
             return False
+        if is_no_request(heard):
+            return False  # 「nope, that's it」: a none as said, taken as one
         return (bool(said) and self._understand(said[0]).has("none")) or not request_is_clear(heard)
 
     def _slot_named(self, norm: str) -> str | None:
