@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -446,20 +446,11 @@ class LLMAgent:
 
     def _stream(self, completion: _Completion, *, allow_tools: bool, first_token_timeout: float) -> Iterator[str]:
         """One streamed completion: yields text deltas, fills ``completion``; raises LLMFault."""
-        started = time.monotonic()
-        first = True
         try:
             stream = self.client.chat.completions.create(
                 **self._request(allow_tools=allow_tools, first_token_timeout=first_token_timeout))
             with stream:
-                for chunk in stream:
-                    piece = _absorb(completion, chunk)
-                    if piece:
-                        if first:
-                            first = False
-                            log.debug("call %s: first token after %.3f s", self.tools.call_id,
-                                      time.monotonic() - started)
-                        yield piece
+                yield from _pieces(completion, stream, self.tools.call_id, "")
         except Exception as e:
             raise _fault(e, first_token_timeout) from e
 
@@ -793,19 +784,9 @@ class _AheadAgent(LLMAgent):
             _ahead_loop())
         request.add_done_callback(out.put)  # after every chunk, whatever the ending
         prepared._in_flight(request)
-        started, first = time.monotonic(), True
-        while True:
-            item = out.get()
-            if item is request:
-                break
-            piece = _absorb(completion, item)
-            if piece:
-                if first:
-                    first = False
-                    log.debug("call %s: first token ahead after %.3f s", self.tools.call_id,
-                              time.monotonic() - started)
-                prepared._add(rnd, piece)
-                yield piece
+        for piece in _pieces(completion, iter(out.get, request), self.tools.call_id, " ahead"):
+            prepared._add(rnd, piece)
+            yield piece
         if request.cancelled():
             prepared._close_round(rnd, None, failed=True)
             raise _AheadOver("cancelled")
@@ -845,6 +826,20 @@ def _answer_ahead(real: LLMAgent, store: Any, prepared: PreparedTurn) -> None:
     except Exception:
         log.warning("call %s: answering ahead failed", real.tools.call_id, exc_info=True)
         prepared._end("failed")
+
+
+def _pieces(completion: _Completion, chunks: Iterable[Any], call_id: str, what: str) -> Iterator[str]:
+    """The text of each of a stream's ``chunks`` (absorbed into ``completion``), the time to the
+    first logged."""
+    started = time.monotonic()
+    first = True
+    for chunk in chunks:
+        piece = _absorb(completion, chunk)
+        if piece:
+            if first:
+                first = False
+                log.debug("call %s: first token%s after %.3f s", call_id, what, time.monotonic() - started)
+            yield piece
 
 
 def _absorb(completion: _Completion, chunk: Any) -> str:
