@@ -311,8 +311,7 @@ class RulesAgent:
         guess is asked about only once the question has failed twice: a coin toss asked as a yes or
         no is a turn lost when wrong, but better than giving up."""
         st = self.state
-        said = [t for t in (st.guess, getattr(st, "guess_also", None)) if t]
-        st.guess, st.guess_also = None, None
+        said = self._take_guesses()
         if not said or slot not in _GUESSABLE or st.pending is not None:
             return None
         value = self._understand(said[0]).values.get(slot)
@@ -324,13 +323,19 @@ class RulesAgent:
             return None
         return value
 
+    def _take_guesses(self) -> list[str]:
+        """The recogniser's guesses at the turn just heard, best first; each is used once."""
+        st = self.state
+        said = [t for t in (st.guess, st.guess_also) if t]
+        st.guess, st.guess_also = None, None
+        return said
+
     def _guessed_no_note(self, heard: str) -> bool:
         """Whether the request ``heard`` may be a misheard "none": the recogniser's guess at it was
         one, or it is short and names nothing requests are about; never again once the caller said
         no to that question in this call."""
         st = self.state
-        said = [t for t in (st.guess, getattr(st, "guess_also", None)) if t]
-        st.guess, st.guess_also = None, None
+        said = self._take_guesses()
         if st.pending is not None or repr("none") in st.guesses_denied:
             return False
         if is_no_request(heard):

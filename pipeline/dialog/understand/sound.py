@@ -226,12 +226,11 @@ _NAME_ENDING = re.compile(r"^(?:です|と申します|でございます)[。.!
 
 def _sweep_surnames(name: str, text: str) -> bool:
     """Whether every common surname is to be weighed against ``name`` (what whisper wrote for the
-    name asked for, in ``text``): it is short, it is no common surname in any writing and starts
-    with none, and it is all there was to the turn but a polite ending (「一応です」)."""
-    from pipeline.dialog.understand.names import parse_name_answer
-
+    name asked for, as ``parse_name_answer`` read it from ``text``): it is short, it is no common
+    surname in any writing and starts with none, and it is all there was to the turn but a polite
+    ending (「一応です」)."""
     heard = reading(name)
-    if not heard or len(heard) > _SWEEP_MORAE or parse_name_answer(text) != name:
+    if not heard or len(heard) > _SWEEP_MORAE:
         return False
     if not _NAME_ENDING.match(text[text.find(name) + len(name):]):
         return False  # a bare word (「など」) is no name said; 「また投げて」 is near enough to be weighed anyway
@@ -379,9 +378,10 @@ def alternatives(text: str, asking: str | None, language: str | None, *, answere
         # a name always answers; one that sounds like a common surname is weighed against it
         from pipeline.dialog.understand.names import parse_name_answer
 
-        name = parse_name_answer(text) or text.strip("。、.!！ ")
+        parsed = parse_name_answer(text)
+        name = parsed or text.strip("。、.!！ ")
         others = sounds_like_surnames(name)
-        if _sweep_surnames(name, text):
+        if parsed and _sweep_surnames(name, text):
             # a word, not a name (「一応です」 for 伊藤です, 「早速です」 for 鈴木です): every common surname is
             # weighed, the near-sounding ones first (the recogniser sweeps a list this long quickly)
             others = list(dict.fromkeys([*others, *SURNAMES[:SWEPT_SURNAMES]]))
