@@ -356,12 +356,15 @@ def test_idle_handler_does_not_spin_yet_answers_at_once(runtime_factory, loop):
     rt = runtime_factory(kind="rules")
     h, _ = start(rt, loop)
     greet(h)
+    # Idle, emit() gives FastRTC's loop a None about once a second, not 20 times: on the phone FastRTC
+    # queues each None behind the audio it still has to send and pays 20 ms for each, which held up
+    # the reply after a long read-back by seconds.
     calls, nones = 0, 0
-    deadline = time.monotonic() + 0.5
+    deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
         calls += 1
         nones += h.emit() is None
-    assert nones == calls and calls <= 15, calls  # ~10 at 50 ms each, not thousands
+    assert nones == calls and calls <= 4, calls
 
     # FastRTC's emit loop runs in its own thread; a slow idle wait must not delay the reply.
     h.idle_wait_s = 2.0

@@ -70,8 +70,13 @@ from pipeline.voice.timeline import TurnTimeline
 
 log = logging.getLogger(__name__)
 
-#: longest an idle emit() blocks before returning None to FastRTC's loop
+#: how often an idle emit() looks for keys pressed and lines due (the silence prompt, a hang-up)
 IDLE_WAIT_S = 0.05
+#: longest an idle emit() blocks before returning None to FastRTC's loop (it returns at once when
+#: woken). On the phone FastRTC queues every None behind the audio it still has to send (it sends
+#: ahead of real time, at 0.75 x each piece's length) and pays 20 ms for each: a None every 50 ms
+#: while a 25 s read-back was being sent queued seconds of them before the next reply's first audio.
+IDLE_RETURN_S = 1.0
 #: a closing line the caller talks over is said again when they stop, this many times at most,
 #: and not for longer than this: a line that never falls quiet is hung up on
 FAREWELL_TRIES = 3
@@ -324,9 +329,10 @@ class CallHandler(ReplyOnPause):
             # Even when woken, return: this call's FastRTC context was captured before the wait,
             # and on the phone that can be from before Twilio's "start" (no streamSid yet). The
             # loop calls again at once, with a fresh context.
-            if self._keys_turn() or self._start_own_line():
-                return None
-            self.event.wait(self.idle_wait_s)
+            give_back = time.monotonic() + IDLE_RETURN_S
+            while not self._keys_turn() and not self._start_own_line():
+                if self.event.wait(self.idle_wait_s) or time.monotonic() >= give_back:
+                    break
             return None
         if self._watch is None:
             self._watch_websocket()
@@ -541,7 +547,7 @@ class CallHandler(ReplyOnPause):
         yield CloseStream("all lines are busy")
 
     def _start_own_line(self) -> bool:
-        """From emit()'s idle branch (~20 times a second): start what the bot says unasked (the
+        """From emit()'s idle branch (every IDLE_WAIT_S): start what the bot says unasked (the
         silence prompt, the goodbye at ``server.max_call_s``), or hang up a call that has ended
         but is still connected. True when a generator was started."""
         call = self._call_obj
