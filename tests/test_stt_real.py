@@ -10,7 +10,9 @@ or skip with ``VOICEBOT_TEST_REAL_MODELS=0``. The full measurement, 54 lines in 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
+from zoneinfo import ZoneInfo
 
 import pytest
 from real_models import SKIP_ENV, RealModelsMissing, locate
@@ -19,7 +21,7 @@ from pipeline.config import STTConfig
 from pipeline.dialog.understand.transcript import clean_transcript
 from pipeline.sim.recognition import LINES, VOICES, caller_audio, heard_values, non_speech, slot_hits
 from pipeline.sim.voices import Voice
-from pipeline.speech.stt import STTContext, listening_for
+from pipeline.speech.stt import DETECT_MIN_S, STTContext, listening_for, prepare_audio
 
 #: lines whisper base gets right with the context in every voice measured; without it, it writes
 #: 「07000555510123」 or 「耳です」 for some of them
@@ -241,3 +243,56 @@ def test_a_rarer_surname_is_not_replaced_by_a_common_one(whisper, said):
     audio = caller_audio(said, VOICES[0])
     plain = whisper.transcribe(audio, 16000, context=_context("name")).text
     assert whisper.transcribe(audio, 16000, context=_expecting("name")).text == plain
+
+
+# ------------------------------------------------------------------ a hesitant opener, in pieces
+def test_a_short_turn_is_heard_together_with_the_callers_words_before_it(whisper):
+    """「はい」 and "Hi" sound alike, so a short turn alone stays in the call's language; with the
+    caller's earlier words (``heard_before``) there is enough to tell, and it is heard in theirs."""
+    english = Voice("espeak", "en-gb", 170)
+    okay, hi = (prepare_audio(caller_audio(line, english), 16000) for line in ("Okay", "Hi"))
+    assert hi.size < DETECT_MIN_S * 16000
+    alone = whisper.transcribe(hi, 16000, context=STTContext(language="ja", detect=("ja", "en")))
+    assert alone.language == "ja"
+    together = whisper.transcribe(hi, 16000, context=STTContext(language="ja", detect=("ja", "en"), heard_before=okay))
+    assert together.language == "en", together.text
+    # a Japanese caller's short pieces stay Japanese
+    yes, um = (prepare_audio(caller_audio(line, VOICES[2]), 16000) for line in ("はい", "えーと"))
+    result = whisper.transcribe(um, 16000, context=STTContext(language="ja", detect=("ja", "en"), heard_before=yes))
+    assert result.language == "ja", result.text
+
+
+@pytest.mark.parametrize("lines,voice,language", [
+    (["Um,", "December 24th,", "uh, at 6 pm, for four people"], Voice("espeak", "en-us+f3", 150, 60), "en"),
+    (["はい", "えーと", "12月24日の", "あのー、19時半に"], VOICES[0], "ja"),
+])
+def test_a_call_opened_in_short_pieces_follows_the_callers_language(whisper, test_config, tmp_path, lines, voice,
+                                                                     language):
+    """A Japanese line called by someone who opens hesitantly ("Um," / "December 24th," / ...): each
+    turn is heard with the ones before it until whisper can tell the language, and the call switches
+    to English; a Japanese caller's pieces keep it Japanese. Real whisper base, test TTS."""
+    from pipeline.agents.factory import make_clock
+    from pipeline.speech.models import model_resolver
+    from pipeline.speech.tts import make_tts
+    from pipeline.speech.vad import make_vad
+    from pipeline.voice.runtime import VoiceRuntime
+
+    cfg = test_config.model_copy(deep=True)
+    cfg.store.url = f"sqlite:///{tmp_path}/r.db"
+    cfg.logging.call_log = str(tmp_path / "calls.jsonl")
+    cfg.agent.kind = "rules"
+    cfg.agent.language = "ja"
+    runtime = VoiceRuntime(cfg, stt=whisper, tts=make_tts(cfg.tts, model_resolver(cfg)), vad=make_vad(cfg.vad),
+                           clock=make_clock(dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("Asia/Tokyo"))))
+    try:
+        call = runtime.get_call()
+        assert call.language == "ja"
+        for line in lines:
+            list(call.turn((16000, caller_audio(line, voice))))
+        assert call.language == language, [t.transcript for t in call.timelines]
+        heard = call.timelines[-1].transcript or ""
+        assert heard.isascii() == (language == "en"), heard
+        replies = [e["text"] for e in call.transcript if e["role"] == "bot"]
+        assert replies and replies[-1].isascii() == (language == "en"), replies
+    finally:
+        runtime.close()

@@ -21,7 +21,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -75,6 +75,9 @@ class STTContext:
     #: languages to choose among by ear for this turn (a call's first turns: the caller may open in
     #: another language than the bot's greeting); () = decode in ``language``
     detect: tuple[str, ...] = ()
+    #: the caller's earlier words in the call (16 kHz mono float32) while ``detect`` is on: a turn too
+    #: short to tell its language by is heard together with them
+    heard_before: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @runtime_checkable
@@ -312,8 +315,9 @@ def _letters(text: str) -> str:
 #: a candidate is taken within this much mean token log-probability of whisper's own text, and
 #: never below the floor. Measured with ``python -m pipeline.sim.recognition`` (docs/benchmarks.md).
 RECONSIDER_MAX_S = 6.0
-#: a turn is heard in another language than the call's (``STTContext.detect``) only when it lasts
-#: this long and whisper finds that language this many times likelier (「はい」 reads as "Hi")
+#: a turn is heard in another language than the call's (``STTContext.detect``) only when it, with the
+#: caller's words before it (``STTContext.heard_before``), lasts this long and whisper finds that
+#: language this many times likelier (「はい」 reads as "Hi")
 DETECT_MIN_S = 2.0
 DETECT_ODDS = 2.0
 RECONSIDER_MAX_CANDIDATES = 32
@@ -446,8 +450,12 @@ class FasterWhisperSTT:
         if self.language is None:
             return None
         language = context.language if context is not None and context.language else self.language
-        if context is None or len(context.detect) < 2 or x.size < DETECT_MIN_S * WHISPER_SAMPLE_RATE:
-            return language  # 「はい」 and "Hi" sound alike: a short turn stays in the call's language
+        if context is None or len(context.detect) < 2:
+            return language
+        if context.heard_before is not None and context.heard_before.size:
+            x = np.concatenate([context.heard_before, x])  # the caller's words so far, this turn's last
+        if x.size < DETECT_MIN_S * WHISPER_SAMPLE_RATE:
+            return language  # 「はい」 and "Hi" sound alike: too little speech stays in the call's language
         try:
             with encoder_window(window_s):
                 _, _, probs = self.model.detect_language(audio=x)

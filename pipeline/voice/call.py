@@ -34,7 +34,14 @@ from pipeline.agents.factory import Agent
 from pipeline.dialog.rules import QUESTIONS
 from pipeline.dialog.understand.sound import expectation, restaurant_ranges
 from pipeline.dialog.understand.transcript import clean_transcript
-from pipeline.speech.stt import STTContext, is_silent, listening_for
+from pipeline.speech.stt import (
+    DETECT_MIN_S,
+    WHISPER_SAMPLE_RATE,
+    STTContext,
+    is_silent,
+    listening_for,
+    prepare_audio,
+)
 from pipeline.speech.tts import SentenceSplitter, split_sentences
 from pipeline.transport.twilio.rest import confirmations_due, standing
 from pipeline.voice.phrases import (
@@ -149,6 +156,10 @@ class VoiceCall:
         self._own_entries: list[dict[str, Any]] = []  # transcript lines the bot said on its own
         #: the reply to these words being prepared ahead (``pipeline/voice/speculation.py``)
         self.ahead: tuple[str, Future] | None = None
+        #: the caller's words so far (16 kHz), while too little has been heard to tell their language
+        #: by ear; None once it has been (``stt.detect_languages``)
+        self._opening: list[np.ndarray] | None = [] if len(runtime.cfg.stt.detect_languages) > 1 else None
+        self._heard_in: str | None = None  # the language the last turn was decoded in
 
     # ------------------------------------------------------------------ state
     @property
@@ -276,6 +287,7 @@ class VoiceCall:
                 log.debug("call %s: turn %d skipped (transcript %r)", self.id, tl.turn, text)
                 return
             self._asked_unheard = False
+            self._heard_opening(sr, samples)
             self.timelines.append(tl)
             self.transcript.append({"role": "user", "text": text})
             log.debug("call %s: caller: %s", self.id, text)
@@ -528,10 +540,31 @@ class VoiceCall:
                 state.guess = text
             else:
                 state.guess_also = text
-        # the caller may open in another language than the greeting's (the agent follows it early on)
-        detect = tuple(self.runtime.cfg.stt.detect_languages) if getattr(state, "turn", 0) < 2 else ()
+        # the caller may open in another language than the greeting's: heard by ear until enough of
+        # their speech has been (a hesitant opener comes in pieces: "Um," / "December 24th," / ...)
+        opening = self._opening
+        detect = tuple(self.runtime.cfg.stt.detect_languages) if opening is not None else ()
         return STTContext(asking=asking, language=self.language, words=(self.runtime.cfg.restaurant.name,),
-                          expect=expect, detect=detect, guessed=guessed if hasattr(state, "guess") else None)
+                          expect=expect, detect=detect, guessed=guessed if hasattr(state, "guess") else None,
+                          heard_before=np.concatenate(opening) if opening else None)
+
+    def _heard_opening(self, sr: int, samples: np.ndarray) -> None:
+        """A turn with words in it, while the caller's language is not settled: kept to be heard with
+        the next turns, or, once there is enough of it for whisper to tell (it was told on this
+        turn), the language is settled; a turn decoded in another language switches the call."""
+        opening = self._opening
+        if opening is None:
+            return
+        heard = self._heard_in
+        if heard and heard != self.language:
+            log.info("call %s: the caller speaks %s (heard by ear): switching from %s", self.id, heard, self.language)
+            self.agent.state.language = heard
+        try:
+            opening.append(prepare_audio(samples, sr))
+        except ValueError:
+            return
+        if sum(a.size for a in opening) >= DETECT_MIN_S * WHISPER_SAMPLE_RATE:
+            self._opening = None
 
     def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
                     ready: str | Future | None = None) -> str | None:
@@ -549,6 +582,7 @@ class VoiceCall:
 
     def _transcribe_raw(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
                         ready: str | Future | None = None) -> str | None:
+        self._heard_in = None
         if isinstance(ready, str):
             tl.stamp("transcript_ready")
             tl.transcript = ready.strip()
@@ -571,6 +605,7 @@ class VoiceCall:
                 tl.stt_s = result.elapsed_s
                 tl.stt_retried = result.retried
                 tl.transcript = (result.text or "").strip()
+                self._heard_in = result.language
                 return tl.transcript
         if samples.size == 0:
             tl.stamp("transcript_ready")
@@ -584,6 +619,7 @@ class VoiceCall:
                 result = self.runtime.stt.transcribe(samples, sr)
             tl.stt_s = time.perf_counter() - t0
             tl.stt_retried = result.retried
+            self._heard_in = result.language
             text = (result.text or "").strip()
         except Exception as e:
             tl.stamp("transcript_ready")
