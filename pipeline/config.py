@@ -383,6 +383,12 @@ class TTSConfig(_Section):
         description="a reply's first piece ends at its first comma once it has this many characters, so "
                     "that the caller hears it sooner; 0 = whole sentences",
     )
+    ack_after_s: float = Field(
+        default=1.3, ge=0.0, le=10.0,
+        description="a reply that has not begun this long after the caller stopped talking (a name weighed "
+                    "against the common surnames, a slow LLM or a busy CPU) starts with a short "
+                    "acknowledgement (「はい。」, \"Okay.\"), rendered at start-up; 0 = never",
+    )
     readings: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {"ja": {"AI-SHIFT": "エーアイシフト"}},
         description="language -> {written: spoken}: how to say names the G2P would spell out letter by letter",

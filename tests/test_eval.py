@@ -220,7 +220,7 @@ def test_eval_phones_the_real_server_and_reports_every_call(test_models_dir, tmp
     assert [c["id"] for c in report["calls"]] == ["ja-01-basic", "ja-18-cancel"]
     assert report["overall"]["calls"] == 2 and report["overall"]["unanswered_calls"] == 0
     keys = {"booked_right", "turns", "min_turns", "gap_p50_ms", "gap_p90_ms", "cut_offs", "false_barge_ins",
-            "silences_over_2s", "stalls", "stt_error", "bot_error"}
+            "silences_over_2s", "acked", "stalls", "stt_error", "bot_error"}
     for call in report["calls"]:
         assert keys <= set(call), call
         assert call["error"] is None and call["ended_by"] == "bot" and call["turns"] >= 1, call

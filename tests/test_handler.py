@@ -13,6 +13,7 @@ import asyncio
 import copy
 import datetime as dt
 import json
+import logging
 import os
 import threading
 import time
@@ -75,8 +76,9 @@ def server():
 def runtime_factory(test_config, parts, tmp_path):
     made: list[VoiceRuntime] = []
 
-    def make(server=None, *, stt=None, tts=None, kind="llm") -> VoiceRuntime:
+    def make(server=None, *, stt=None, tts=None, kind="llm", ack_after_s=0.0) -> VoiceRuntime:
         cfg = test_config.model_copy(deep=True)
+        cfg.tts.ack_after_s = ack_after_s
         cfg.store.url = f"sqlite:///{tmp_path}/r.db"
         cfg.logging.call_log = str(tmp_path / "calls.jsonl")
         cfg.agent.kind = kind
@@ -187,6 +189,21 @@ class ScriptedEars:
 
     def next_line(self):
         self.lines.pop(0)
+
+    def warmup(self):
+        self.stt.warmup()
+
+
+class SlowEars:
+    """The real STT, taking ``delay_s`` longer (a name weighed against every common surname, a busy
+    CPU)."""
+
+    def __init__(self, stt, delay_s: float):
+        self.stt, self.delay_s = stt, delay_s
+
+    def transcribe(self, audio, sample_rate):
+        time.sleep(self.delay_s)
+        return self.stt.transcribe(audio, sample_rate)
 
     def warmup(self):
         self.stt.warmup()
@@ -938,3 +955,50 @@ def test_when_the_caller_goes_on_the_llm_request_ahead_is_closed_even_after_its_
         time.sleep(0.02)
     assert len(server.cancelled) == 1 and server.cancelled[0] is server.requests[1]
     assert call.agent.state == before
+
+
+# ----------------------------------------------------------------------------------- a late reply
+def test_a_late_reply_starts_with_the_acknowledgement_and_a_timely_one_does_not(runtime_factory, parts, loop):
+    """A reply with no audio ``tts.ack_after_s`` after the caller stopped (here the STT takes 1.5 s)
+    starts with the pre-rendered 「はい。」, then comes whole; the call log says so. One in time has none."""
+    rt = runtime_factory(kind="rules", stt=SlowEars(parts["stt"], 1.5), ack_after_s=0.4)
+    ack = rt.ack_audio["ja"]
+    assert ack.size > 0
+    h, _ = start(rt, loop)
+    greet(h)
+    out = audio_of(say(h, "十二月二十四日でお願いします"))
+    n = -(-ack.size // int(0.5 * rt.tts.sample_rate))  # the acknowledgement's pieces
+    assert np.array_equal(np.concatenate(out[:n]), np.clip(ack, -1, 1))
+    assert len(out) > n  # the reply itself follows
+    tl = h.call.timelines[-1]
+    assert tl.acked is not None and tl.first_audio_sent is not None and tl.acked <= tl.first_audio_sent
+    assert tl.reply  # the reply was not lost to the acknowledgement
+    record = [r for r in log_lines(rt) if r.get("event") == "turn"][-1]
+    assert record["ms"]["acked"] is not None
+
+    rt2 = runtime_factory(kind="rules", ack_after_s=8.0)
+    h2, _ = start(rt2, loop)
+    greet(h2)
+    out2 = audio_of(say(h2, "十二月二十四日でお願いします"))
+    assert out2 and h2.call.timelines[-1].acked is None
+    assert not np.array_equal(out2[0], np.clip(rt2.ack_audio["ja"], -1, 1)[: out2[0].size])
+
+
+def test_a_turn_closed_during_its_acknowledgement_is_closed_once_its_worker_lets_go(runtime_factory, parts, caplog):
+    """The caller talks over the 「はい。」 (a barge-in closes the reply): nothing raises, the turn's
+    worker finishes its step, the turn is closed then with no reply made, and the call goes on."""
+    ears = ScriptedEars(parts["stt"], ["十二月二十四日でお願いします"])
+    rt = runtime_factory(kind="rules", stt=SlowEars(ears, 1.0), ack_after_s=0.2)
+    call = rt.get_call()
+    audio = utterance("十二月二十四日でお願いします")
+    gen = call.turn((SR, audio), TurnTimeline(speech_end=time.monotonic()))
+    first = next(gen)
+    assert isinstance(first, tuple) and np.array_equal(first[1], np.clip(rt.ack_audio["ja"], -1, 1)[: first[1].size])
+    gen.close()
+    wait_until(lambda: any(e["role"] == "user" for e in call.transcript), 10)
+    time.sleep(0.5)
+    assert not any(e["role"] == "bot" for e in call.transcript)  # closed before the agent answered
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    ears.lines = ["19時です"]
+    out = [i for i in call.turn((SR, audio), TurnTimeline(speech_end=time.monotonic())) if isinstance(i, tuple)]
+    assert out and call.agent.state.slots.date == dt.date(2026, 12, 24)  # the words cut short were kept

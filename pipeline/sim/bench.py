@@ -802,6 +802,9 @@ def run_bench(
         raise ConfigError(f"--stt-size: expected one of {', '.join(WHISPER_DIMS)}, got {stt_size!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
     cfg = cfg.model_copy(deep=True)
+    # the bench times the answer itself: a late reply's acknowledgement (「はい。」) would hide it
+    # (``--set tts.ack_after_s=1.3`` times the first sound the caller hears instead)
+    cfg.tts.ack_after_s = 0.0
     if stt_window:  # the older spelling of --set stt.window_s=SECONDS
         sets = [*(sets or []), f"stt.window_s={stt_window:g}"]
     apply_sets(cfg, sets or [])

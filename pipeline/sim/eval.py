@@ -226,6 +226,7 @@ class PhoneEval:
             self.log.poll()
             records = self.log.turns(sid)[logged_before:]
             ln.turns_logged = len(records)
+            ln.acked = any((r.get("ms") or {}).get("acked") is not None for r in records)
             self._attribute(ln, records, persona.language, caller)
             text = ""
             if records:

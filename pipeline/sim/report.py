@@ -35,6 +35,8 @@ class LineResult:
     cut_off: bool = False
     gap_s: float | None = None
     over_2s: bool = False
+    #: the reply began with the acknowledgement (「はい。」), being late (``tts.ack_after_s``)
+    acked: bool = False
     heard: str = ""  # what whisper heard (the call log's transcripts)
     reply: str = ""  # what the bot said back (what of it the caller heard, after a barge-in)
     turns_logged: int = 0
@@ -53,7 +55,7 @@ class LineResult:
         return {"kind": self.kind, "said": self.text, "heard": self.heard, "reply": self.reply,
                 "at_s": at(self.start), "voice_end_s": at(self.voice_end), "first_audio_s": at(self.first_audio),
                 "gap_ms": None if self.gap_s is None else round(self.gap_s * 1000),
-                "cut_off": self.cut_off, "over_2s": self.over_2s, "stalls": self.stalls,
+                "cut_off": self.cut_off, "over_2s": self.over_2s, "acked": self.acked, "stalls": self.stalls,
                 "turns_logged": self.turns_logged,
                 "cleared": self.cleared, "stt_error": self.stt.rate,
                 "backchannel": None if self.backchannel is None else {"at_s": at(self.backchannel.start),
@@ -102,6 +104,7 @@ class CallResult:
             "false_barge_ins": sum(b.cleared for b in self.backchannels),
             "backchannels": len(self.backchannels),
             "silences_over_2s": sum(ln.over_2s for ln in self.lines),
+            "acked": sum(ln.acked for ln in self.lines),
             "stalls": sum(ln.stalls for ln in self.lines),
             "stt_error": stt.rate, "stt_units": stt.total, "stt_edits": stt.edits,
             "bot_error": bot.rate, "bot_units": bot.total, "bot_edits": bot.edits,
@@ -174,6 +177,7 @@ def build_report(results: list[CallResult], settings: dict[str, Any], elapsed: f
         "cut_offs": sum(c["cut_offs"] for c in calls), "false_barge_ins": sum(c["false_barge_ins"] for c in calls),
         "backchannels": sum(c["backchannels"] for c in calls),
         "silences_over_2s": sum(c["silences_over_2s"] for c in calls),
+        "acked": sum(c["acked"] for c in calls),
         "stalls": sum(c["stalls"] for c in calls),
         "stt_error": stt.rate, "bot_error": bot.rate,
         "unanswered_calls": sum(r.greeting_first_audio is None for r in results) if settings.get("mode") == "phone"
@@ -204,16 +208,16 @@ def format_report(report: dict[str, Any]) -> str:
 
     unit = "CER/WER"
     rows = [["CALL", "LANG", "WANTS", "BOOKED RIGHT", "TURNS/MIN", "GAP p50/p90 ms", "CUT-OFFS", "FALSE BARGE-INS",
-             "SILENCES>2s", "STALLS", f"STT {unit}", f"BOT {unit}"]]
+             "SILENCES>2s", "ACKED", "STALLS", f"STT {unit}", f"BOT {unit}"]]
     for c in report["calls"]:
         rows.append([c["id"], c["language"], c["wants"], "yes" if c["booked_right"] else "NO",
                      f"{c['turns']}/{c['min_turns']}", _gap_cell(c["gap_p50_ms"], c["gap_p90_ms"]),
                      str(c["cut_offs"]), f"{c['false_barge_ins']}/{c['backchannels']}", str(c["silences_over_2s"]),
-                     str(c["stalls"]), _pct_cell(c["stt_error"]), _pct_cell(c["bot_error"])])
+                     str(c["acked"]), str(c["stalls"]), _pct_cell(c["stt_error"]), _pct_cell(c["bot_error"])])
     o = report["overall"]
     rows.append(["overall", "", "", f"{o['booked_right']}/{o['calls']} ({o['booked_right_pct']}%)",
                  f"{o['turns']}/{o['min_turns']}", _gap_cell(o["gap_p50_ms"], o["gap_p90_ms"]), str(o["cut_offs"]),
-                 f"{o['false_barge_ins']}/{o['backchannels']}", str(o["silences_over_2s"]), str(o["stalls"]),
+                 f"{o['false_barge_ins']}/{o['backchannels']}", str(o["silences_over_2s"]), str(o["acked"]), str(o["stalls"]),
                  _pct_cell(o["stt_error"]), _pct_cell(o["bot_error"])])
     lines = format_table(rows)
     lines.insert(-1, "-" * max(len(x) for x in lines))

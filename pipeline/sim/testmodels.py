@@ -312,6 +312,9 @@ tts:
   voice:
     ja: jf_alpha
     en: af_heart
+  # a late reply's acknowledgement depends on how fast the machine is: off, so that what a test
+  # hears does not (tests that are about it turn it on)
+  ack_after_s: 0
 store:
   url: sqlite:///data/reservations.db
 models:

@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -88,6 +89,19 @@ def _pick(texts: dict[str, str], lang: str) -> str:
 
 def _join(lang: str, *parts: str) -> str:
     return ("" if lang == "ja" else " ").join(p for p in parts if p)
+
+
+#: what a reply handed to a worker gives back when it has nothing more
+_DONE = object()
+
+
+def _close(reply: Iterator[Any]) -> None:
+    close = getattr(reply, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("closing a reply failed")
 
 
 def meaningful(text: str) -> bool:
@@ -253,10 +267,61 @@ class VoiceCall:
         a future of a ``Transcript`` (``VoiceRuntime.transcribe_soon``) started on this audio
         before the turn ended. A future that never started is cancelled and the audio transcribed
         here; one that failed counts as this turn's STT failure.
+
+        A reply with no audio ``tts.ack_after_s`` after the caller stopped starts with the
+        acknowledgement (「はい。」): the turn's first steps run on a reply worker meanwhile.
         """
+        tl = timeline or TurnTimeline()
+        ack = self.runtime.ack_audio.get(self.language) if self.runtime.cfg.tts.ack_after_s else None
+        if ack is None:
+            yield from self._turn(audio, tl, transcript)
+            return
+        stopped = tl.speech_end if tl.speech_end is not None else time.monotonic()
+        yield from self._acknowledged(self._turn(audio, tl, transcript), tl, ack,
+                                      stopped + self.runtime.cfg.tts.ack_after_s)
+
+    def _acknowledged(self, reply: Iterator[Any], tl: TurnTimeline, ack: np.ndarray,
+                      due: float) -> Iterator[Any]:
+        """``reply``, its items up to its first audio made on a reply worker; if none has come by
+        ``due``, the acknowledgement is handed out first (once). Closed early (a barge-in), ``reply``
+        is closed as soon as the worker lets go of it."""
+        step: Future | None = None
+        try:
+            while True:
+                step = self.runtime.run_soon(next, reply, _DONE)
+                try:
+                    item = step.result(timeout=max(0.0, due - time.monotonic())) if due else step.result()
+                except FutureTimeout:
+                    due = 0.0  # once
+                    tl.stamp("acked")
+                    log.debug("call %s: turn %d: no reply after %.1f s: acknowledged", self.id, tl.turn,
+                              time.monotonic() - (tl.speech_end or tl.turn_detected or 0.0))
+                    sr = self.sample_rate
+                    step_n = max(1, int(CHUNK_S * sr))
+                    for i in range(0, ack.size, step_n):
+                        yield sr, ack[i : i + step_n]
+                    item = step.result()
+                step = None
+                if item is _DONE:
+                    return
+                yield item
+                if not isinstance(item, AdditionalOutputs):
+                    break  # the reply's audio has begun: the rest comes as it is made, here
+            yield from reply
+        finally:
+            if step is not None and not step.done():
+                step.add_done_callback(lambda _f: _close(reply))
+            else:
+                _close(reply)
+
+    def _turn(
+        self,
+        audio: tuple[int, np.ndarray],
+        tl: TurnTimeline,
+        transcript: str | Future | None = None,
+    ) -> Iterator[tuple[int, np.ndarray] | AdditionalOutputs]:
         self._turns += 1
         self._reply = None  # a barge-in from here on stops this turn, not the previous reply
-        tl = timeline or TurnTimeline()
         tl.call_id, tl.turn = self.id, self._turns
         tl.stamp("turn_detected")
         if tl.speech_end is None:

@@ -1,5 +1,6 @@
 """What the voice core says on its own, outside the agent: the apology, the busy message, the lines
-at the call's limits (too long, gone quiet) and after a failed transfer."""
+at the call's limits (too long, gone quiet), after a failed transfer, and the acknowledgement that
+starts a late reply."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from __future__ import annotations
 APOLOGY = {
     "ja": "申し訳ございません、もう一度お願いできますか。",
     "en": "I'm sorry, could you say that again?",
+}
+#: said when a reply is late (``tts.ack_after_s``): the caller knows they were heard; rendered at start-up
+ACK = {
+    "ja": "はい。",
+    "en": "Okay.",
 }
 #: said instead of answering when every line is taken (``server.max_calls``); rendered at start-up
 BUSY = {

@@ -41,7 +41,7 @@ from pipeline.transport.twilio.rest import (
     japanese_e164,
 )
 from pipeline.voice.call import PhoneLine, VoiceCall
-from pipeline.voice.phrases import APOLOGY, BUSY
+from pipeline.voice.phrases import ACK, APOLOGY, BUSY
 from pipeline.voice.timeline import now_iso
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,12 @@ class VoiceRuntime:
                                             thread_name_prefix="stt-early")
         #: the apology per language, rendered now so it can still be played when TTS breaks later
         self.fallback_audio: dict[str, np.ndarray] = {}
+        #: the acknowledgement that starts a late reply (``tts.ack_after_s``), per language
+        self.ack_audio: dict[str, np.ndarray] = {}
+        # A turn's steps before its first audio run here when the reply may be late, so that the
+        # acknowledgement can be handed out meanwhile: one worker a call at most, and a spare.
+        self._reply_pool = ThreadPoolExecutor(
+            max_workers=(cfg.server.max_calls or cfg.server.concurrency_limit) + 1, thread_name_prefix="reply")
         self._closed = False
         #: Twilio's REST API for phone calls (transfers, texts): True = from the config and environment
         self.twilio: TwilioREST | None = TwilioREST.from_config(cfg) if twilio_rest is True else (twilio_rest or None)
@@ -99,6 +105,9 @@ class VoiceRuntime:
         if prerender:
             self.prerender_fallbacks()
             self.prerender_busy()
+            if cfg.tts.ack_after_s:
+                self.ack_audio.update(self._render_per_language(
+                    ACK, "acknowledgement", "a late reply is silent until it comes", logging.WARNING))
 
     @classmethod
     def load(
@@ -281,6 +290,7 @@ class VoiceRuntime:
         for call_id in list(self.calls):
             self.end_call(call_id, "shutdown")
         self._stt_pool.shutdown(wait=False, cancel_futures=True)
+        self._reply_pool.shutdown(wait=False, cancel_futures=True)
         if self._rest_pool is not None:
             self._rest_pool.shutdown(wait=False)  # texts under way are still sent
         self.services.close()
@@ -352,6 +362,10 @@ class VoiceRuntime:
         return sid
 
     # ------------------------------------------------------------------ early transcription
+    def run_soon(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """``fn(*args)`` on a reply worker (see ``VoiceCall.turn``), in the caller's context."""
+        return self._reply_pool.submit(contextvars.copy_context().run, fn, *args)
+
     def transcribe_soon(self, samples: np.ndarray, sample_rate: int, context: STTContext | None = None) -> Future:
         """Transcribe in a worker thread; the future's result is a ``Transcript``. ``context`` is
         what the call expects of the turn (``VoiceCall.stt_context()``).

@@ -15,7 +15,7 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-_STAMPS = ("speech_end", "turn_detected", "transcript_ready", "first_text", "first_audio_synth",
+_STAMPS = ("speech_end", "turn_detected", "transcript_ready", "first_text", "acked", "first_audio_synth",
            "first_audio_sent", "reply_done")
 
 
@@ -33,6 +33,8 @@ class TurnTimeline:
     turn_detected: float | None = None
     transcript_ready: float | None = None
     first_text: float | None = None
+    #: the acknowledgement was handed out, the reply being late (``tts.ack_after_s``)
+    acked: float | None = None
     first_audio_synth: float | None = None
     first_audio_sent: float | None = None
     reply_done: float | None = None
