@@ -26,7 +26,7 @@ from pipeline.sim.phone import at_level, phone_line, to_phone_rate
 from pipeline.sim.score import edit_distance, units
 from pipeline.sim.voices import openjtalk
 from pipeline.speech.tts import KokoroTTS, TTSFault
-from pipeline.voice.phrases import APOLOGY, BUSY
+from pipeline.voice.phrases import ACK, APOLOGY, BUSY
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +113,14 @@ def test_whisper_base_transcribes_callers_on_a_phone_line(whisper):
 
 
 # ------------------------------------------------------------------------------------ kokoro float32
-#: the bot's fixed phrases a booking goes through, and the two rendered at start-up for faults and a full line
+#: the bot's fixed phrases a booking goes through, and the three rendered at start-up for a late reply,
+#: faults and a full line
 BOT_PHRASES = [
     "お電話ありがとうございます。", "ご予約を承ります。", "ご来店のご希望日をお聞かせください。",
     "何時ごろのご来店をご希望でしょうか。", "何名様でいらっしゃいますか。", "ご予約のお名前をお伺いできますか。",
     "ご連絡先のお電話番号をお願いいたします。", "アレルギーやお祝いなど、何かご要望はございますか。",
     "かしこまりました。", "承知いたしました。", "ご予約を承りました。", "お電話ありがとうございました。",
-    "ご来店をお待ちしております。", "失礼いたします。", APOLOGY["ja"], BUSY["ja"],
+    "ご来店をお待ちしております。", "失礼いたします。", ACK["ja"], APOLOGY["ja"], BUSY["ja"],
 ]
 
 
