@@ -217,6 +217,7 @@ def test_a_no_and_a_word_where_the_name_goes_is_weighed_as_a_corrected_name(aski
     assert "いえ、伊藤です" in expect("いえ、人です")
     assert "いいえ、鈴木です。" in expect("いいえ、早速です。")
     assert "いいえいいえ、伊藤です" in expect("いいえいいえ、行動です")  # the framing whisper wrote is kept
+    assert "いえ、伊藤と申します" in expect("いえ、人と申します")  # as the name question takes it
     for said in ("はい", "そうです", "いいえ、4名です", "いや、人数は4名です", "大丈夫です", "お願いします",
                  "いいえ、伊藤です", "特にありません"):
         assert not any("伊藤" in c for c in expect(said)), said

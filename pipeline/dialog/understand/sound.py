@@ -493,7 +493,7 @@ def expectation(asking: str | None, language: str | None, *, today: dt.date, par
         others = alternatives(text, asking, language, answered=answered, days=other_days, party=party, hours=hours)
         if asking in _CORRECTING and language != "en" and (named := _misheard_name(text, understand(text, today))):
             # 「いえ、人です」 to the read-back: a no and a word said where a name goes is the name, misheard
-            return [*others, *(text.replace(named, surname + "です", 1) for surname in SURNAMES[:SWEPT_SURNAMES])]
+            return [*others, *(text.replace(named, surname, 1) for surname in SURNAMES[:SWEPT_SURNAMES])]
         return others
 
     return expect
@@ -505,19 +505,19 @@ _DENY_START = re.compile(r"^(?:(?:いいえ|いえ|いや|違います|ちがい
 
 
 def _misheard_name(text: str, u) -> str | None:
-    """The part of ``text`` (said to the read-back or to "what is to be corrected?") that is a word
-    where a name would go, to weigh every common surname against: a bare 「Xです」 after an optional
-    no, understood as nothing else (no value but the name, no act but the no), X short and no
-    common surname."""
+    """The word X of ``text`` (said to the read-back or to "what is to be corrected?") where a name
+    would go, to weigh every common surname against: a bare 「Xです」 or 「Xと申します」 after an
+    optional no, understood as nothing else (no value but the name, no act but the no), X short and
+    no common surname."""
     from pipeline.dialog.understand.names import parse_name_answer
 
     if set(u.values) - {"name"} or u.acts - {"deny"}:
         return None
     rest = _DENY_START.sub("", text.strip())
     name = parse_name_answer(rest)
-    if not name or rest.rstrip("。.！! ") != name + "です" or not _sweep_surnames(name, rest):
+    if not name or not rest.startswith(name) or not _sweep_surnames(name, rest):
         return None
-    return name + "です"
+    return name
 
 
 def _said_ja(value: object) -> str | None:
