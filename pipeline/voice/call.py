@@ -93,6 +93,9 @@ def _join(lang: str, *parts: str) -> str:
 
 #: what a reply handed to a worker gives back when it has nothing more
 _DONE = object()
+#: a turn that ends after its acknowledgement was due (the caller's words led on, so the turn
+#: waited) still gets this long for its reply before the acknowledgement: one prepared ahead is ready
+ACK_GRACE_S = 0.15
 
 
 def _close(reply: Iterator[Any]) -> None:
@@ -290,7 +293,7 @@ class VoiceCall:
             while True:
                 step = self.runtime.run_soon(next, reply, _DONE)
                 try:
-                    item = step.result(timeout=max(0.0, due - time.monotonic())) if due else step.result()
+                    item = step.result(timeout=max(ACK_GRACE_S, due - time.monotonic())) if due else step.result()
                 except FutureTimeout:
                     due = 0.0  # once
                     tl.stamp("acked")
