@@ -171,9 +171,15 @@ class TwilioCall:
             await self.audio(silence(0.1))
         raise AssertionError(f"the bot kept sending audio for {timeout} s")
 
-    async def wait_closed(self, timeout: float) -> None:
-        """Until the server has closed the socket."""
+    @property
+    def closed(self) -> bool:
+        """The server closed the socket."""
+        return self._reader.done()
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Until the server has closed the socket (True); a timeout raises."""
         await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return True
 
     async def close(self):
         self._reader.cancel()

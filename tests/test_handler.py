@@ -105,9 +105,8 @@ class Recorder:
 
 def start(rt: VoiceRuntime, loop) -> tuple[CallHandler, Recorder]:
     h = make_handler(rt).copy()  # FastRTC copies the handler per connection
-    h._loop = loop
     cleared = Recorder()
-    h._clear_queue = cleared  # the transport injects its queue-clearing here
+    h.attach(loop, cleared)  # as FastRTC's stream does: its event loop and its queue-clearing
     return h, cleared
 
 
@@ -669,7 +668,7 @@ def test_the_bots_fixed_phrases_are_rendered_ahead_of_the_calls(runtime_factory)
 
     rt = runtime_factory(kind="rules")
     assert rt.prerender_phrases() > 20
-    cache = rt.tts._cache
+    cache = rt.tts.cached()
     for lang, piece in (("ja", PHRASES["ja"]["ack_phone"]), ("ja", "アレルギーやお祝いなど、"), ("en", "Goodbye.")):
         assert (lang, normalize_for_speech(piece, lang)) in cache  # whole sentences and first clauses
     assert not any("{" in text for _, text in cache)  # templates are filled per call, never rendered raw

@@ -128,7 +128,7 @@ def no_errors(caplog, capfd) -> None:
 # ------------------------------------------------------------------------------ the handler, driven
 def new_handler(rt: VoiceRuntime) -> CallHandler:
     h = make_handler(rt).copy()
-    h._clear_queue = lambda: None
+    h.attach(None, lambda: None)
     return h
 
 
@@ -157,24 +157,13 @@ def line(h: CallHandler, seconds: float, *, talk: np.ndarray | None = None, unti
         item = h.emit()
         if item is not None:
             out.append(item)
-            if play and isinstance(item, tuple) and h._call_obj is not None:
-                played_now(h._call_obj)
+            if play and isinstance(item, tuple) and h.call_id is not None:
+                h.call.assume_played(ago_s=0.0)  # as a transport that plays at once would
             if isinstance(item, CloseStream):
                 return out
         if until is not None and until(item):
             return out
     return out
-
-
-def played_now(call) -> None:
-    """Take the audio handed out so far as played by now: as a transport that plays at once would.
-    (``VoiceCall.assume_played`` puts it a second in the past, which would skew the silence timers.)"""
-    reply = call._last_reply
-    if reply is None:
-        return
-    with reply.lock:
-        shift = max(0.0, reply.playing_until() - time.monotonic())
-        reply.sends = [(t - shift, s0, s1) for t, s0, s1 in reply.sends]
 
 
 def audio_s(items: list) -> float:
@@ -440,14 +429,14 @@ async def _until_closed(tw: TwilioCall, timeout: float) -> None:
     from websockets.exceptions import ConnectionClosed
 
     deadline = time.monotonic() + timeout
-    while not tw._reader.done():
+    while not tw.closed:
         if time.monotonic() > deadline:
             raise AssertionError(f"the socket stayed open for {timeout} s")
         try:
             await tw.audio(silence(0.1))
         except ConnectionClosed:
             break
-    await asyncio.wait_for(tw._reader, 5)
+    assert await tw.wait_closed(5)
 
 
 def _wait_gone(rt: VoiceRuntime, sid: str, timeout: float = 5) -> None:
@@ -513,7 +502,7 @@ def test_a_phone_call_over_max_calls_hears_busy_then_is_hung_up_without_a_call(m
                 await two.send("mark", streamSid=second, mark={"name": "busy"})  # Twilio: played it
                 await _until_closed(two, 10)
             await one.send("stop", streamSid=first, stop={})
-            await asyncio.wait_for(one._reader, 10)
+            assert await one.wait_closed(10)
         _wait_gone(rt, first)
         async with await _connect(server) as ws3:  # the line is free again
             three = TwilioCall(ws3)
@@ -521,7 +510,7 @@ def test_a_phone_call_over_max_calls_hears_busy_then_is_hung_up_without_a_call(m
             await _start(three, third)
             await three.wait_for("media", t3, timeout=20)
             await three.send("stop", streamSid=third, stop={})
-            await asyncio.wait_for(three._reader, 10)
+            assert await three.wait_closed(10)
         return two
 
     with caplog.at_level(logging.WARNING), _serving(rt) as server:
@@ -600,9 +589,9 @@ def test_bad_phone_messages_are_skipped_and_the_call_goes_on(phone, kind, caplog
                 await tw.audio(silence(0.1))
             t_bad = time.monotonic()
             await tw.wait_for("media", t_bad, timeout=10)  # still talking: the loop did not die
-            assert not tw._reader.done(), "the server closed the call"
+            assert not tw.closed, "the server closed the call"
             await tw.send("stop", streamSid=sid, stop={})
-            await asyncio.wait_for(tw._reader, 10)
+            assert await tw.wait_closed(10)
 
     with caplog.at_level(logging.INFO):
         asyncio.run(asyncio.wait_for(call(), 60))
@@ -638,7 +627,7 @@ def test_a_flood_of_every_bad_kind_leaves_the_call_answering(phone, caplog, capf
             t_said = time.monotonic()
             answer = await tw.wait_for("media", t_said - 0.5, timeout=20)
             await tw.send("stop", streamSid=sid, stop={})
-            await asyncio.wait_for(tw._reader, 10)
+            assert await tw.wait_closed(10)
             return answer
 
     with caplog.at_level(logging.INFO):  # held while the summary is awaited: INFO lines after it are dropped
@@ -666,7 +655,7 @@ def test_a_stream_in_another_audio_format_is_refused_with_the_reason(phone, capl
         async with await _connect(server) as ws:
             tw = TwilioCall(ws)
             await _start(tw, sid, fmt={"encoding": "audio/l16", "sampleRate": 16000, "channels": 1})
-            await asyncio.wait_for(tw._reader, 10)
+            assert await tw.wait_closed(10)
             return tw
 
     with caplog.at_level(logging.WARNING):
@@ -695,7 +684,7 @@ def test_media_before_start_is_ignored_without_validation(phone, caplog, capfd):
             await tw.send("stop", streamSid=sid, stop={})
             with contextlib.suppress(ConnectionClosed):  # the server may have closed already
                 await tw.audio(silence(0.1), realtime=0)  # media after stop
-            await asyncio.wait_for(tw._reader, 10)
+            assert await tw.wait_closed(10)
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(asyncio.wait_for(call(), 60))
@@ -715,7 +704,7 @@ def test_a_socket_that_never_starts_is_closed(phone, monkeypatch, caplog, capfd)
         async with await _connect(server) as ws:
             tw = TwilioCall(ws)
             await tw.send("connected", protocol="Call", version="1.0.0")
-            await asyncio.wait_for(tw._reader, 10)
+            assert await tw.wait_closed(10)
             return tw
 
     with caplog.at_level(logging.WARNING):
@@ -746,7 +735,7 @@ def test_bad_messages_after_a_gated_start_are_skipped_too(test_config, parts, tm
                     t_bad = time.monotonic()
                     await tw.wait_for("media", t_bad, timeout=10)
                     await tw.send("stop", streamSid=sid, stop={})
-                    await asyncio.wait_for(tw._reader, 10)
+                    assert await tw.wait_closed(10)
 
             with caplog.at_level(logging.WARNING):
                 asyncio.run(asyncio.wait_for(call(), 60))

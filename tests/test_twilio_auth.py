@@ -209,7 +209,7 @@ async def _stream(port: int, custom: dict | None, *, call_sid: str = CALL_SID, f
             await tw.wait_for("media", 0.0, timeout=until_media)
             await tw.send("stop", streamSid=STREAM_SID, stop={"accountSid": "AC0", "callSid": call_sid})
         try:
-            await asyncio.wait_for(tw._reader, timeout=10)
+            await tw.wait_closed(10)  # a timeout raises
         except TimeoutError:
             await tw.close()
             return tw, None

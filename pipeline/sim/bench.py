@@ -510,7 +510,7 @@ def run_pipeline_call(runtime: Any, clips: list[Clip], call_no: int, loop: async
     from pipeline.transport.fastrtc import make_handler
 
     h = make_handler(runtime).copy()
-    h._loop = loop
+    h.attach(loop)
     turns: list[Turn] = []
     with PhoneLine(h, cursor, on_idle=lambda: h.call.assume_played()) as line:
         h.start_up()

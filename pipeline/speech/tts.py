@@ -637,6 +637,12 @@ class KokoroTTS:
         self._stats_lock = threading.Lock()
         log.info("loaded kokoro from %s in %.2f s", self.model_path, time.perf_counter() - start)
 
+    def cached(self) -> list[tuple[str, str]]:
+        """The pieces held in memory (``tts.cache_size``), as ``(language, text as normalised for
+        speech)``, least recently used first."""
+        with self._cache_lock:
+            return list(self._cache)
+
     def _count(self, what: str) -> None:
         with self._stats_lock:
             setattr(self.stats, what, getattr(self.stats, what) + 1)

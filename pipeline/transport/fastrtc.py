@@ -163,6 +163,14 @@ class CallHandler(ReplyOnPause):
         self._listener = Listener(runtime, call=lambda: self.call, current=lambda: self._call_obj,
                                   bot_audible=self._bot_audible, name=lambda: self._call_key)
 
+    def attach(self, loop: asyncio.AbstractEventLoop | None, clear_queue: Callable[[], None] | None = None) -> None:
+        """What FastRTC's stream gives its handler, for a driver of its own (the bench, tests): the
+        event loop messages are posted to, and the callback that drops audio queued to play."""
+        if loop is not None:
+            self._loop = loop
+        if clear_queue is not None:
+            self._clear_queue = clear_queue
+
     def copy(self) -> CallHandler:
         return CallHandler(self.runtime, input_sample_rate=self.input_sample_rate, idle_wait_s=self.idle_wait_s)
 

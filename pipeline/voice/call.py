@@ -438,15 +438,15 @@ class VoiceCall:
         log.info("call %s: barge-in after %d of %d characters", self.id, len(reply.heard or ""), len(reply.raw))
         return reply.heard
 
-    def assume_played(self) -> None:
-        """Take everything handed out so far as already heard (a transport that plays before it
-        returns, or a test that does not want to wait out the playback)."""
-        reply = self._reply
+    def assume_played(self, ago_s: float = 1.0) -> None:
+        """Take everything handed out so far as already heard, its playback over ``ago_s`` seconds ago
+        (a transport that plays before it returns, or a test that does not want to wait it out)."""
+        reply = self._last_reply
         if reply is None:
             return
         with reply.lock:
             shift = max(0.0, reply.playing_until() - time.monotonic())
-            reply.sends = [(t - shift - 1.0, s0, s1) for t, s0, s1 in reply.sends]
+            reply.sends = [(t - shift - ago_s, s0, s1) for t, s0, s1 in reply.sends]
 
     def playing_until(self) -> float:
         """When the audio handed out so far ends playing, if it plays in real time from its hand-out."""
