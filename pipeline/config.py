@@ -320,8 +320,9 @@ class STTConfig(_Section):
     language: Literal["ja", "en", "auto"] = "ja"
     detect_languages: list[Literal["ja", "en"]] = Field(
         default_factory=lambda: ["ja", "en"],
-        description="the languages a caller may open in: the first turns of a call are decoded in whichever of "
-                    "these whisper hears (and the call switches to it); [] = always the call's language",
+        description="the languages a caller may open in: until 2 s of the caller's speech have been heard, each "
+                    "turn is decoded in whichever of these whisper hears in it and the turns before it (and the "
+                    "call switches to it); [] = always the call's language",
     )
     beam_size: int = Field(default=1, ge=1)
     hotwords: list[str] = Field(default_factory=lambda: ["AI-SHIFT", "予約"])
