@@ -64,7 +64,7 @@ from pipeline.voice.call import DueLine, PhoneLine, VoiceCall
 from pipeline.voice.detector import MAX_TURN_S, VAD_RATE
 from pipeline.voice.listener import Listener
 from pipeline.voice.phrases import TRANSFER_FAILED
-from pipeline.voice.playback import CHUNK_S
+from pipeline.voice.playback import in_chunks
 from pipeline.voice.runtime import VoiceRuntime
 from pipeline.voice.timeline import TurnTimeline
 
@@ -549,9 +549,8 @@ class CallHandler(ReplyOnPause):
         message = self.runtime.busy_message()
         if message is not None:
             sr, audio = message
-            step = max(1, int(CHUNK_S * sr))
-            for i in range(0, audio.size, step):
-                yield sr, audio[i : i + step]
+            for _start, piece in in_chunks(audio, sr):
+                yield sr, piece
         yield CloseStream("all lines are busy")
 
     def _start_own_line(self) -> bool:

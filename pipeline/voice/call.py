@@ -54,7 +54,7 @@ from pipeline.voice.phrases import (
     SILENCE_GOODBYE,
     SILENCE_PROMPT,
 )
-from pipeline.voice.playback import CHUNK_S, Playback
+from pipeline.voice.playback import Playback, in_chunks
 from pipeline.voice.timeline import TurnTimeline, now_iso
 from pipeline.voice.turns import YES_NO_PENDING
 
@@ -175,7 +175,8 @@ class VoiceCall:
         self.ahead: tuple[str, Future] | None = None
         #: the caller's words so far (16 kHz), while too little has been heard to tell their language
         #: by ear; None once it has been (``stt.detect_languages``)
-        self._opening: list[np.ndarray] | None = [] if len(runtime.cfg.stt.detect_languages) > 1 else None
+        self._opening: np.ndarray | None = (np.zeros(0, np.float32) if len(runtime.cfg.stt.detect_languages) > 1
+                                            else None)
         self._heard_in: str | None = None  # the language the last turn was decoded in
 
     # ------------------------------------------------------------------ state
@@ -299,10 +300,8 @@ class VoiceCall:
                     tl.stamp("acked")
                     log.debug("call %s: turn %d: no reply after %.1f s: acknowledged", self.id, tl.turn,
                               time.monotonic() - (tl.speech_end or tl.turn_detected or 0.0))
-                    sr = self.sample_rate
-                    step_n = max(1, int(CHUNK_S * sr))
-                    for i in range(0, ack.size, step_n):
-                        yield sr, ack[i : i + step_n]
+                    for _start, piece in in_chunks(ack, self.sample_rate):
+                        yield self.sample_rate, piece
                     item = step.result()
                 step = None
                 if item is _DONE:
@@ -614,7 +613,7 @@ class VoiceCall:
         detect = tuple(self.runtime.cfg.stt.detect_languages) if opening is not None else ()
         return STTContext(asking=asking, language=self.language, words=(self.runtime.cfg.restaurant.name,),
                           expect=expect, detect=detect, guessed=guessed if hasattr(state, "guess") else None,
-                          heard_before=np.concatenate(opening) if opening else None)
+                          heard_before=opening if opening is not None and opening.size else None)
 
     def _heard_opening(self, sr: int, samples: np.ndarray) -> None:
         """A turn with words in it, while the caller's language is not settled: kept to be heard with
@@ -628,11 +627,10 @@ class VoiceCall:
             log.info("call %s: the caller speaks %s (heard by ear): switching from %s", self.id, heard, self.language)
             self.agent.state.language = heard
         try:
-            opening.append(prepare_audio(samples, sr))
+            opening = np.concatenate([opening, prepare_audio(samples, sr)])
         except ValueError:
             return
-        if sum(a.size for a in opening) >= DETECT_MIN_S * WHISPER_SAMPLE_RATE:
-            self._opening = None
+        self._opening = None if opening.size >= DETECT_MIN_S * WHISPER_SAMPLE_RATE else opening
 
     def _transcribe(self, sr: int, samples: np.ndarray, tl: TurnTimeline,
                     ready: str | Future | None = None) -> str | None:
@@ -827,14 +825,10 @@ class VoiceCall:
         yield from self._chunks(reply, audio, start)
 
     def _chunks(self, reply: Playback, audio: np.ndarray, start: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        sr = self.sample_rate
-        step = max(1, int(CHUNK_S * sr))
         base = reply.samples - audio.size if start is None else start
-        audio = np.clip(audio, -1.0, 1.0)
-        for i in range(0, audio.size, step):
-            piece = audio[i : i + step]
+        for i, piece in in_chunks(np.clip(audio, -1.0, 1.0), self.sample_rate):
             reply.sent(base + i, base + i + piece.size, time.monotonic())
-            yield sr, piece
+            yield self.sample_rate, piece
 
     @staticmethod
     def _raw_end(raw: str, sentence: str, pos: int) -> int:

@@ -10,10 +10,20 @@ handed out); a barge-in freezes it at what was heard (:meth:`pipeline.voice.call
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import numpy as np
 
 #: audio is handed to the transport in pieces this long, so a barge-in can drop what was not yet sent
 CHUNK_S = 0.5
+
+
+def in_chunks(audio: np.ndarray, sample_rate: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``audio`` in pieces of :data:`CHUNK_S`, each with the sample it starts at."""
+    step = max(1, int(CHUNK_S * sample_rate))
+    for i in range(0, audio.size, step):
+        yield i, audio[i : i + step]
 
 
 @dataclass
