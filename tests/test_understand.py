@@ -27,7 +27,7 @@ def u(text, asking=None, filled=()):
     ("お店の人と話したいです", "person"), ("can I talk to someone?", "person"), ("オペレーターにつないで", "person"),
     ("結構です", "none"), ("いいえ", "none"), ("ないです", "none"), ("特にありません", "none"), ("nothing, thanks", "none"),
     # what whisper keeps of 「以上です」, and other ways to say that is all
-    ("以上で。", "none"), ("以上になります", "none"), ("以上で大丈夫です", "none"),
+    ("以上で。", "none"), ("以上になります", "none"), ("以上で大丈夫です", "none"), ("以上で結構です", "none"),
     ("やめます", "end"), ("never mind", "end"), ("土曜日は何時までですか", "question"), ("Do you have a kids menu?", "question"),
     ("やっぱり4名に変更してください", "correct"), ("actually make it three", "correct"),
 ])
